@@ -1,0 +1,63 @@
+//! The library's error type: every variant names the file, flag or key at fault.
+
+use std::path::PathBuf;
+
+/// Errors returned by the eio library.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// A file could not be read or written.
+    #[error("{path}: {source}")]
+    Io {
+        /// The file.
+        path: PathBuf,
+        /// The underlying I/O error.
+        source: std::io::Error,
+    },
+    /// A data set file or folder is missing, empty or malformed.
+    #[error("{path}: {msg}")]
+    Data {
+        /// The offending file or folder.
+        path: PathBuf,
+        /// What was expected.
+        msg: String,
+    },
+    /// A checkpoint is missing keys, has wrong shapes, or is not an eio/PyTorch model.
+    #[error("{path}: {msg}")]
+    Checkpoint {
+        /// The checkpoint file.
+        path: PathBuf,
+        /// What is wrong.
+        msg: String,
+    },
+    /// An invalid option value.
+    #[error("{0}")]
+    Config(String),
+    /// Training diverged (NaN or infinite loss).
+    #[error("{0}")]
+    Diverged(String),
+    /// An error reported by libtorch.
+    #[error("libtorch: {0}")]
+    Tch(#[from] tch::TchError),
+}
+
+/// Result with the library's [`Error`].
+pub type Result<T> = std::result::Result<T, Error>;
+
+impl Error {
+    /// An I/O error on `path`.
+    pub fn io(path: impl Into<PathBuf>, source: std::io::Error) -> Self {
+        Error::Io { path: path.into(), source }
+    }
+    /// A data error on `path`.
+    pub fn data(path: impl Into<PathBuf>, msg: impl Into<String>) -> Self {
+        Error::Data { path: path.into(), msg: msg.into() }
+    }
+    /// A checkpoint error on `path`.
+    pub fn checkpoint(path: impl Into<PathBuf>, msg: impl Into<String>) -> Self {
+        Error::Checkpoint { path: path.into(), msg: msg.into() }
+    }
+    /// A configuration error.
+    pub fn config(msg: impl Into<String>) -> Self {
+        Error::Config(msg.into())
+    }
+}

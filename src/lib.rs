@@ -1,0 +1,16 @@
+//! # eio: Ensemble-in-One for adversarially robust CIFAR classifiers
+//!
+//! Trains an ensemble of exponentially many sub-models inside one Random Gated Network (RGN),
+//! diversifies their vulnerabilities, derives one plain ResNet-20 for deployment, and evaluates it
+//! like the paper (Cai et al., "Ensemble-in-One: Learning Ensemble within Random Gated Networks
+//! for Enhanced Adversarial Robustness", arXiv:2103.14795).
+//!
+//! Modules: [`data`] (CIFAR-10 loading and augmentation), [`model`] (ResNet-20, RGN, routes,
+//! ensembles, model files), [`seed`] (one seed, many streams).
+
+pub mod data;
+pub mod error;
+pub mod model;
+pub mod seed;
+
+pub use error::{Error, Result};

@@ -1,0 +1,249 @@
+//! Models: ResNet-20, its Random Gated Network, ensembles, and the [`Classifier`] contract that
+//! attacks and evaluation use.
+//!
+//! Contract: inputs are NCHW f32 in [0,1]; normalisation is the model's first operation; outputs
+//! are logits (for an ensemble, the log of the averaged softmax).
+
+pub mod io;
+pub mod resnet;
+pub mod route;
+
+use std::cell::RefCell;
+use std::fmt;
+use std::str::FromStr;
+
+use serde::{Deserialize, Serialize};
+use tch::{nn, Device, Tensor};
+
+use crate::error::{Error, Result};
+use crate::seed::{Rng, Seed, Stream};
+pub use resnet::{Net, Tap, FEATURE_LAYERS};
+pub use route::Route;
+
+/// Which conv+BN slots of ResNet-20 become Random Gated Blocks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(try_from = "String", into = "String")]
+pub enum Augment {
+    /// No gated block: a plain ResNet-20.
+    None,
+    /// All 21 convolutions, the 2 projection shortcuts included (paper).
+    All,
+    /// The 19 3x3 convolutions (released code).
+    Conv3x3,
+    /// The first k of the 21 slots in forward order (paper appendix, "topk").
+    Top(usize),
+}
+
+impl FromStr for Augment {
+    type Err = Error;
+    fn from_str(s: &str) -> Result<Self> {
+        match s {
+            "none" => Ok(Augment::None),
+            "all" | "21" => Ok(Augment::All),
+            "conv3x3" | "19" => Ok(Augment::Conv3x3),
+            _ => match s.strip_prefix("top").and_then(|k| k.parse::<usize>().ok()) {
+                Some(k) if (1..=resnet::SLOTS).contains(&k) => Ok(Augment::Top(k)),
+                _ => Err(Error::config(format!(
+                    "unknown augmentation '{s}': expected all, conv3x3, none or top<k> with k in 1..=21"
+                ))),
+            },
+        }
+    }
+}
+
+impl fmt::Display for Augment {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Augment::None => f.write_str("none"),
+            Augment::All => f.write_str("all"),
+            Augment::Conv3x3 => f.write_str("conv3x3"),
+            Augment::Top(k) => write!(f, "top{k}"),
+        }
+    }
+}
+
+impl TryFrom<String> for Augment {
+    type Error = Error;
+    fn try_from(s: String) -> Result<Self> {
+        s.parse()
+    }
+}
+
+impl From<Augment> for String {
+    fn from(a: Augment) -> String {
+        a.to_string()
+    }
+}
+
+/// Architecture of one network: ResNet-20, gated or not.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ArchConfig {
+    /// Copies per gated block (the augmentation factor n); 1 = plain network.
+    pub copies: usize,
+    /// Which slots are gated.
+    pub augment: Augment,
+    /// Copies share the convolution weight and differ only in BatchNorm (released-code variant).
+    pub share_conv: bool,
+}
+
+impl ArchConfig {
+    /// Plain ResNet-20.
+    pub fn plain() -> Self {
+        ArchConfig { copies: 1, augment: Augment::None, share_conv: false }
+    }
+
+    /// The paper's RGN: `copies` independent copies in all 21 slots.
+    pub fn rgn(copies: usize) -> Self {
+        ArchConfig { copies, augment: Augment::All, share_conv: false }
+    }
+
+    /// True when the network has no gated block.
+    pub fn is_plain(&self) -> bool {
+        self.copies < 2 || self.augment == Augment::None
+    }
+
+    /// Checks the values are usable.
+    pub fn validate(&self) -> Result<()> {
+        if self.copies == 0 || self.copies > 255 {
+            return Err(Error::config(format!("copies must be in 1..=255, got {}", self.copies)));
+        }
+        Ok(())
+    }
+}
+
+/// What a model file holds: `members` networks of one architecture (1 = a single network).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ModelSpec {
+    /// Architecture of every member.
+    pub arch: ArchConfig,
+    /// Number of members; more than one is an ensemble (average of softmax).
+    pub members: usize,
+}
+
+/// Networks and the variable store that owns their weights.
+pub struct Model {
+    /// The weights (names follow the PyTorch layout; ensemble members under `member{i}`).
+    pub vs: nn::VarStore,
+    /// The member networks.
+    pub nets: Vec<Net>,
+    /// What was built.
+    pub spec: ModelSpec,
+}
+
+impl fmt::Debug for Model {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Model").field("spec", &self.spec).finish()
+    }
+}
+
+impl Model {
+    /// Builds freshly initialised networks; initial weights come from `seed`.
+    pub fn new(spec: &ModelSpec, device: Device, seed: Seed) -> Result<Self> {
+        spec.arch.validate()?;
+        if spec.members == 0 {
+            return Err(Error::config("an ensemble needs at least one member"));
+        }
+        seed.seed_torch(Stream::Init, 0, 0);
+        let vs = nn::VarStore::new(device);
+        let nets = if spec.members == 1 {
+            vec![Net::new(&vs.root(), &spec.arch)]
+        } else {
+            (0..spec.members)
+                .map(|i| Net::new(&(vs.root() / format!("member{i}")), &spec.arch))
+                .collect()
+        };
+        Ok(Model { vs, nets, spec: spec.clone() })
+    }
+
+    /// Route length of each member (0 for plain networks).
+    pub fn gates(&self) -> usize {
+        self.nets[0].gates()
+    }
+
+    /// Device holding the weights.
+    pub fn device(&self) -> Device {
+        self.vs.device()
+    }
+}
+
+/// Something an attack can attack: maps [0,1] images to logits, in eval mode, differentiably.
+pub trait Classifier {
+    /// Logits for `x` (`[B,3,32,32]` in [0,1]). With `sgm = Some(gamma)` the backward pass scales
+    /// the gradient through residual branches by gamma (skip gradient method).
+    fn logits(&self, x: &Tensor, sgm: Option<f64>) -> Tensor;
+    /// True when repeated calls on one input can differ (random routes): attacks then average
+    /// gradients over several calls (expectation over transformation).
+    fn is_random(&self) -> bool {
+        false
+    }
+}
+
+/// How a model's routes are chosen at each forward.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Routing {
+    /// The same route every time (empty for plain networks).
+    Fixed(Route),
+    /// A fresh uniformly random route at every forward call.
+    Random,
+}
+
+/// A [`Model`] seen as a [`Classifier`], with a routing policy.
+pub struct Target<'a> {
+    model: &'a Model,
+    routing: Routing,
+    rng: RefCell<Rng>,
+}
+
+impl<'a> Target<'a> {
+    /// Wraps `model`; random routes draw from `seed`. Checks a fixed route's length.
+    pub fn new(model: &'a Model, routing: Routing, seed: Seed) -> Result<Self> {
+        if let Routing::Fixed(r) = &routing {
+            r.check(model.gates(), model.spec.arch.copies.max(1))?;
+        }
+        Ok(Target { model, routing, rng: RefCell::new(seed.rng(Stream::Route, u64::MAX, 0)) })
+    }
+
+    /// A plain model, or an RGN on its all-zero route.
+    pub fn fixed_zero(model: &'a Model) -> Self {
+        let r = Route::zeros(model.gates());
+        Target {
+            model,
+            routing: Routing::Fixed(r),
+            rng: RefCell::new(Seed(0).rng(Stream::Route, 0, 0)),
+        }
+    }
+
+    fn route(&self) -> Route {
+        match &self.routing {
+            Routing::Fixed(r) => r.clone(),
+            Routing::Random => Route::random(
+                self.model.gates(),
+                self.model.spec.arch.copies,
+                &mut self.rng.borrow_mut(),
+            ),
+        }
+    }
+}
+
+impl Classifier for Target<'_> {
+    fn logits(&self, x: &Tensor, sgm: Option<f64>) -> Tensor {
+        let route = self.route();
+        let run = |net: &Net| match sgm {
+            Some(g) => net.forward_sgm(x, &route, g),
+            None => net.forward(x, &route, false),
+        };
+        if self.model.nets.len() == 1 {
+            return run(&self.model.nets[0]);
+        }
+        // log(mean_i softmax_i) computed stably as logsumexp_i(log_softmax_i) - log(N).
+        let logp: Vec<Tensor> =
+            self.model.nets.iter().map(|n| run(n).log_softmax(-1, tch::Kind::Float)).collect();
+        Tensor::stack(&logp, 0).logsumexp([0].as_slice(), false) - (logp.len() as f64).ln()
+    }
+
+    fn is_random(&self) -> bool {
+        self.routing == Routing::Random && self.model.gates() > 0
+    }
+}

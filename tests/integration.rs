@@ -1,0 +1,1 @@
+//! The one integration-test harness (one binary keeps libtorch link time down).
