@@ -10,7 +10,11 @@
 
 pub mod data;
 pub mod error;
+pub mod eval;
 pub mod model;
+pub mod optim;
+pub mod progress;
 pub mod seed;
+pub mod train;
 
 pub use error::{Error, Result};

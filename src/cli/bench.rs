@@ -1,0 +1,87 @@
+//! `eio bench`: milliseconds per train step, per input-gradient (PGD) step and per inference
+//! batch, for ResNet-20 and for an RGN.
+
+use std::time::Instant;
+
+use anyhow::Result;
+use clap::Args;
+use tch::{Kind, Tensor};
+
+use super::DeviceArg;
+use eio::model::{ArchConfig, Model, ModelSpec, Route};
+use eio::optim::{Sgd, SgdConfig};
+use eio::seed::{Seed, Stream};
+
+#[derive(Debug, Args)]
+pub struct BenchArgs {
+    /// Batch size.
+    #[arg(long, default_value_t = 128)]
+    batch_size: i64,
+    /// Timed repetitions of each measurement (after 3 warm-up runs).
+    #[arg(long, default_value_t = 20)]
+    iters: usize,
+    /// Where to compute.
+    #[arg(long, value_enum, default_value_t = DeviceArg::Auto)]
+    device: DeviceArg,
+}
+
+fn time_ms(iters: usize, device: tch::Device, mut f: impl FnMut()) -> f64 {
+    for _ in 0..3 {
+        f();
+    }
+    if let tch::Device::Cuda(_) = device {
+        tch::Cuda::synchronize(0);
+    }
+    let t = Instant::now();
+    for _ in 0..iters {
+        f();
+    }
+    if let tch::Device::Cuda(_) = device {
+        tch::Cuda::synchronize(0);
+    }
+    t.elapsed().as_secs_f64() * 1e3 / iters as f64
+}
+
+pub fn run(a: BenchArgs) -> Result<()> {
+    let device = a.device.device()?;
+    println!(
+        "eio bench: batch {}, {} iterations, device {:?}, {} threads",
+        a.batch_size,
+        a.iters,
+        device,
+        tch::get_num_threads()
+    );
+    println!("{:<24} {:>12} {:>16} {:>14}", "model", "train ms", "input-grad ms", "infer ms");
+    for (name, arch) in
+        [("resnet20", ArchConfig::plain()), ("rgn n=2 (21 blocks)", ArchConfig::rgn(2))]
+    {
+        let model = Model::new(&ModelSpec { arch, members: 1 }, device, Seed(0))?;
+        let net = &model.nets[0];
+        let mut rng = Seed(0).rng(Stream::Route, 0, 0);
+        tch::manual_seed(0);
+        let x = Tensor::rand([a.batch_size, 3, 32, 32], (Kind::Float, device));
+        let y = Tensor::randint(10, [a.batch_size], (Kind::Int64, device));
+        let mut opt = Sgd::new(&model, SgdConfig::default());
+        let copies = model.spec.arch.copies;
+        let gates = model.gates();
+        let train = time_ms(a.iters, device, || {
+            let r = Route::random(gates, copies, &mut rng);
+            opt.zero_grad();
+            net.forward(&x, &r, true).cross_entropy_for_logits(&y).backward();
+            opt.step(0.01);
+        });
+        let r = Route::zeros(gates);
+        let grad = time_ms(a.iters, device, || {
+            let xa = x.detach().set_requires_grad(true);
+            let loss = net.forward(&xa, &r, false).cross_entropy_for_logits(&y);
+            let g = Tensor::run_backward(&[loss], &[&xa], false, false);
+            let _ = g[0].sign();
+        });
+        let infer = time_ms(a.iters, device, || {
+            let _guard = tch::no_grad_guard();
+            let _ = net.forward(&x, &r, false).argmax(-1, false);
+        });
+        println!("{name:<24} {train:>12.1} {grad:>16.1} {infer:>14.1}");
+    }
+    Ok(())
+}

@@ -1,0 +1,133 @@
+//! Subcommands. Each parses its flags, resolves its configuration and calls the library.
+
+mod bench;
+mod config;
+mod model;
+mod train;
+
+use std::path::{Path, PathBuf};
+
+use anyhow::{bail, Context, Result};
+use clap::{Args, Parser, Subcommand};
+use serde::Serialize;
+
+use eio::data::{default_data_dir, Dataset, Split};
+
+/// Ensemble-in-One: train and evaluate adversarially robust CIFAR-10 classifiers.
+///
+/// Typical pipeline: `eio train rgn-warmup`, `eio train eio`, `eio derive`, `eio finetune`,
+/// `eio eval` / `eio attack`. Every training command takes a TOML file (`--config`) whose
+/// values any flag overrides; the resolved configuration is saved as `config.toml` in the run
+/// folder.
+#[derive(Debug, Parser)]
+#[command(name = "eio", version, about, long_about)]
+pub struct Cli {
+    #[command(subcommand)]
+    cmd: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Train a model (baseline ResNet-20s, RGN warm-up).
+    #[command(subcommand)]
+    Train(train::TrainCommand),
+    /// Fine-tune a plain (derived) model: SGD lr 1e-3, decays at 50% and 75%, 40 epochs.
+    Finetune(train::FinetuneArgs),
+    /// Clean accuracy of a model, an ensemble, or an RGN along chosen or random paths.
+    Eval(model::EvalArgs),
+    /// Convert a released EIO RGN checkpoint or a DVERGE-layout state dict into an eio file.
+    Import(model::ImportArgs),
+    /// Write a plain ResNet-20 holding the weights of one RGN path (PyTorch layout).
+    Derive(model::DeriveArgs),
+    /// Time train steps, input-gradient steps and inference for ResNet-20 and an RGN.
+    Bench(bench::BenchArgs),
+}
+
+/// Runs the parsed command.
+pub fn run(cli: Cli) -> Result<()> {
+    match cli.cmd {
+        Command::Train(c) => train::run(c),
+        Command::Finetune(a) => train::finetune(a),
+        Command::Eval(a) => model::eval(a),
+        Command::Import(a) => model::import(a),
+        Command::Derive(a) => model::derive(a),
+        Command::Bench(a) => bench::run(a),
+    }
+}
+
+/// Where the data is and which part of it to use.
+#[derive(Debug, Clone, Args)]
+pub struct DataArgs {
+    /// CIFAR-10 folder: official binary batches or image folders (train/<class>/, test/<class>/).
+    /// Default: $EIO_DATA, else ../shared/data/cifar10-jpeg.
+    #[arg(long, value_name = "DIR")]
+    pub data: Option<PathBuf>,
+}
+
+impl DataArgs {
+    /// Loads `split`, keeping the first `per_class` images of each class when given.
+    pub fn load(&self, split: Split, per_class: Option<usize>) -> Result<Dataset> {
+        let dir = match &self.data {
+            Some(d) => d.clone(),
+            None => default_data_dir()?,
+        };
+        let t = std::time::Instant::now();
+        let d = Dataset::load(&dir, split)?;
+        let d = match per_class {
+            Some(n) => d.first_per_class(n),
+            None => d,
+        };
+        eprintln!(
+            "loaded {} {} images from {} ({:.1}s)",
+            d.len(),
+            if split == Split::Train { "training" } else { "test" },
+            dir.display(),
+            t.elapsed().as_secs_f64()
+        );
+        Ok(d)
+    }
+}
+
+/// Device selection.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, clap::ValueEnum, Serialize)]
+pub enum DeviceArg {
+    /// CUDA when available, else the CPU.
+    #[default]
+    Auto,
+    /// The CPU.
+    Cpu,
+    /// The first CUDA GPU.
+    Cuda,
+}
+
+impl DeviceArg {
+    /// The tch device.
+    pub fn device(self) -> Result<tch::Device> {
+        Ok(match self {
+            DeviceArg::Auto => tch::Device::cuda_if_available(),
+            DeviceArg::Cpu => tch::Device::Cpu,
+            DeviceArg::Cuda => {
+                if !tch::Cuda::is_available() {
+                    bail!("--device cuda: no CUDA device is available");
+                }
+                tch::Device::Cuda(0)
+            }
+        })
+    }
+}
+
+/// Refuses to replace an existing output file unless `force`.
+pub fn check_new_output(path: &Path, force: bool) -> Result<()> {
+    if path.exists() && !force {
+        bail!("{} already exists: pass --force to overwrite it", path.display());
+    }
+    Ok(())
+}
+
+/// Writes a JSON report atomically.
+pub fn write_json(path: &Path, value: &impl Serialize) -> Result<()> {
+    let text = serde_json::to_string_pretty(value).context("serialising report")?;
+    eio::model::io::write_atomic(path, text.as_bytes())?;
+    eprintln!("wrote {}", path.display());
+    Ok(())
+}

@@ -1,0 +1,324 @@
+//! `eio train ...` and `eio finetune`.
+
+use std::path::PathBuf;
+
+use anyhow::{bail, Result};
+use clap::{Args, Subcommand};
+use serde::{Deserialize, Serialize};
+
+use super::config::resolve;
+use super::{DataArgs, DeviceArg};
+use eio::data::Split;
+use eio::model::{ArchConfig, Augment, Model, ModelSpec};
+use eio::optim::SgdConfig;
+use eio::seed::Seed;
+use eio::train::methods::{Independent, RgnWarmup};
+use eio::train::{fit, Method, RunDir, TrainConfig};
+
+#[derive(Debug, Subcommand)]
+pub enum TrainCommand {
+    /// ResNet-20, or an ensemble of N independently trained ones (SGD 0.1, momentum 0.9,
+    /// wd 1e-4, x0.1 at 50% and 75% of the epochs, crop+flip augmentation).
+    Baseline(BaselineArgs),
+    /// Warm up a Random Gated Network: a fresh uniformly random path per batch, clean data
+    /// (paper Alg. 1, lines 1-7).
+    RgnWarmup(RgnWarmupArgs),
+}
+
+/// Flags every training run takes (not part of the configuration).
+#[derive(Debug, Args)]
+pub struct RunArgs {
+    /// Run folder: checkpoint.safetensors, model.safetensors, config.toml, metrics.csv, train.log.
+    #[arg(long, value_name = "DIR")]
+    pub out: PathBuf,
+    /// Continue the run in --out from its last checkpoint.
+    #[arg(long)]
+    pub resume: bool,
+    /// Start over even if --out holds a run.
+    #[arg(long, conflicts_with = "resume")]
+    pub force: bool,
+    /// TOML configuration ([train], [optim], ... tables); flags override it.
+    #[arg(long, value_name = "FILE")]
+    pub config: Option<PathBuf>,
+    /// Where to compute.
+    #[arg(long, value_enum, default_value_t = DeviceArg::Auto)]
+    pub device: DeviceArg,
+    #[command(flatten)]
+    pub data: DataArgs,
+}
+
+impl RunArgs {
+    fn run_dir(&self) -> RunDir {
+        RunDir { dir: self.out.clone(), resume: self.resume, force: self.force }
+    }
+}
+
+/// Overrides of [`TrainConfig`].
+#[derive(Debug, Default, Args, Serialize)]
+pub struct TrainFlags {
+    /// Master seed of every random choice.
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub seed: Option<u64>,
+    /// Number of epochs.
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub epochs: Option<usize>,
+    /// Batch size.
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub batch_size: Option<usize>,
+    /// Use only the first N training images of each class.
+    #[arg(long, value_name = "N")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub train_per_class: Option<usize>,
+    /// Evaluate on the first N test images of each class after each epoch.
+    #[arg(long, value_name = "N")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub test_per_class: Option<usize>,
+    /// Also checkpoint every N steps within an epoch.
+    #[arg(long, value_name = "N")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub checkpoint_every: Option<usize>,
+    /// Random crop + flip augmentation (true/false).
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub augment: Option<bool>,
+}
+
+/// Overrides of [`SgdConfig`].
+#[derive(Debug, Default, Args, Serialize)]
+pub struct OptimFlags {
+    /// Initial learning rate.
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub lr: Option<f64>,
+    /// SGD momentum.
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub momentum: Option<f64>,
+    /// Weight decay.
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub weight_decay: Option<f64>,
+    /// Nesterov momentum (true/false).
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub nesterov: Option<bool>,
+    /// Epochs where the learning rate decays, e.g. 100,150 (default: 50% and 75% of the run).
+    #[arg(long, value_delimiter = ',')]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub milestones: Option<Vec<usize>>,
+    /// Learning-rate decay factor.
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub gamma: Option<f64>,
+}
+
+/// Overrides of [`ArchConfig`].
+#[derive(Debug, Default, Args, Serialize)]
+pub struct ArchFlags {
+    /// Copies per Random Gated Block (augmentation factor n).
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub copies: Option<usize>,
+    /// Gated layers: all (21), conv3x3 (19), top<k> (first k of 21), none.
+    #[arg(long, value_parser = parse_augment)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub augment: Option<Augment>,
+    /// Copies share the conv weight and differ in BatchNorm only (released-code variant).
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub share_conv: Option<bool>,
+}
+
+fn parse_augment(s: &str) -> std::result::Result<Augment, String> {
+    s.parse().map_err(|e: eio::Error| e.to_string())
+}
+
+/// `eio train baseline` configuration file.
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BaselineConfig {
+    /// Number of independently trained ResNet-20s.
+    pub members: usize,
+    /// Loop settings.
+    pub train: TrainConfig,
+    /// Optimiser.
+    pub optim: SgdConfig,
+}
+
+impl Default for BaselineConfig {
+    fn default() -> Self {
+        BaselineConfig { members: 1, train: TrainConfig::default(), optim: SgdConfig::default() }
+    }
+}
+
+#[derive(Debug, Args)]
+pub struct BaselineArgs {
+    #[command(flatten)]
+    run: RunArgs,
+    /// Number of independently trained ResNet-20s.
+    #[arg(long)]
+    members: Option<usize>,
+    #[command(flatten)]
+    train: TrainFlags,
+    #[command(flatten)]
+    optim: OptimFlags,
+}
+
+#[derive(Serialize)]
+struct BaselineOverrides<'a> {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    members: Option<usize>,
+    train: &'a TrainFlags,
+    optim: &'a OptimFlags,
+}
+
+/// `eio train rgn-warmup` configuration file.
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WarmupConfig {
+    /// The RGN.
+    pub arch: ArchConfig,
+    /// Loop settings.
+    pub train: TrainConfig,
+    /// Optimiser.
+    pub optim: SgdConfig,
+}
+
+impl Default for WarmupConfig {
+    fn default() -> Self {
+        WarmupConfig {
+            arch: ArchConfig::rgn(2),
+            train: TrainConfig::default(),
+            optim: SgdConfig::default(),
+        }
+    }
+}
+
+#[derive(Debug, Args)]
+pub struct RgnWarmupArgs {
+    #[command(flatten)]
+    run: RunArgs,
+    #[command(flatten)]
+    arch: ArchFlags,
+    #[command(flatten)]
+    train: TrainFlags,
+    #[command(flatten)]
+    optim: OptimFlags,
+}
+
+#[derive(Serialize)]
+struct WarmupOverrides<'a> {
+    arch: &'a ArchFlags,
+    train: &'a TrainFlags,
+    optim: &'a OptimFlags,
+}
+
+/// Trains `spec` from scratch (or resumes) with `method`.
+pub fn train_new(
+    run: &RunArgs,
+    spec: &ModelSpec,
+    method: &mut dyn Method,
+    train: &TrainConfig,
+    optim: &SgdConfig,
+    text: &str,
+) -> Result<()> {
+    let device = run.device.device()?;
+    let mut model = Model::new(spec, device, Seed(train.seed))?;
+    train_model(run, &mut model, method, train, optim, text)
+}
+
+/// Trains an existing `model` (or resumes its run) with `method`.
+pub fn train_model(
+    run: &RunArgs,
+    model: &mut Model,
+    method: &mut dyn Method,
+    train: &TrainConfig,
+    optim: &SgdConfig,
+    text: &str,
+) -> Result<()> {
+    train.validate()?;
+    optim.validate()?;
+    let train_set = run.data.load(Split::Train, train.train_per_class)?;
+    let test_set = run.data.load(Split::Test, train.test_per_class)?;
+    fit(model, method, train, optim, text, &train_set, &test_set, &run.run_dir())?;
+    Ok(())
+}
+
+pub fn run(cmd: TrainCommand) -> Result<()> {
+    match cmd {
+        TrainCommand::Baseline(a) => {
+            let o = BaselineOverrides { members: a.members, train: &a.train, optim: &a.optim };
+            let (cfg, text) = resolve::<BaselineConfig>(a.run.config.as_deref(), &o)?;
+            if cfg.members == 0 {
+                bail!("--members must be at least 1");
+            }
+            let spec = ModelSpec { arch: ArchConfig::plain(), members: cfg.members };
+            train_new(&a.run, &spec, &mut Independent, &cfg.train, &cfg.optim, &text)
+        }
+        TrainCommand::RgnWarmup(a) => {
+            let o = WarmupOverrides { arch: &a.arch, train: &a.train, optim: &a.optim };
+            let (cfg, text) = resolve::<WarmupConfig>(a.run.config.as_deref(), &o)?;
+            cfg.arch.validate()?;
+            if cfg.arch.is_plain() {
+                bail!("rgn-warmup needs gated blocks: --copies >= 2 and --augment other than none");
+            }
+            let spec = ModelSpec { arch: cfg.arch.clone(), members: 1 };
+            train_new(&a.run, &spec, &mut RgnWarmup, &cfg.train, &cfg.optim, &text)
+        }
+    }
+}
+
+/// `eio finetune` configuration file.
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FinetuneConfig {
+    /// Loop settings.
+    pub train: TrainConfig,
+    /// Optimiser.
+    pub optim: SgdConfig,
+}
+
+impl Default for FinetuneConfig {
+    fn default() -> Self {
+        FinetuneConfig {
+            train: TrainConfig { epochs: 40, ..TrainConfig::default() },
+            optim: SgdConfig { lr: 1e-3, ..SgdConfig::default() },
+        }
+    }
+}
+
+#[derive(Debug, Args)]
+pub struct FinetuneArgs {
+    /// The plain model (or ensemble of plain models) to fine-tune, e.g. from `eio derive`.
+    #[arg(long, value_name = "FILE")]
+    model: PathBuf,
+    #[command(flatten)]
+    run: RunArgs,
+    #[command(flatten)]
+    train: TrainFlags,
+    #[command(flatten)]
+    optim: OptimFlags,
+}
+
+#[derive(Serialize)]
+struct FinetuneOverrides<'a> {
+    train: &'a TrainFlags,
+    optim: &'a OptimFlags,
+}
+
+pub fn finetune(a: FinetuneArgs) -> Result<()> {
+    let o = FinetuneOverrides { train: &a.train, optim: &a.optim };
+    let (cfg, text) = resolve::<FinetuneConfig>(a.run.config.as_deref(), &o)?;
+    let text = format!("# fine-tuning {}\n{text}", a.model.display());
+    let (mut model, _) = Model::load(&a.model, a.run.device.device()?)?;
+    if !model.spec.arch.is_plain() {
+        bail!(
+            "{}: fine-tune a plain model; derive one from the RGN first (eio derive)",
+            a.model.display()
+        );
+    }
+    train_model(&a.run, &mut model, &mut Independent, &cfg.train, &cfg.optim, &text)
+}

@@ -1,0 +1,64 @@
+//! Standard training methods: independent members on clean data (baseline ensembles and
+//! fine-tuning) and the Random Gated Network warm-up (paper Alg. 1, lines 1-7).
+
+use tch::{Kind, Tensor};
+
+use super::{Batch, Method, StepAt, StepStats};
+use crate::error::Result;
+use crate::model::{Model, Route, Routing};
+use crate::seed::Stream;
+
+/// Cross-entropy of `logits` against `y`, with the count of correct predictions.
+pub fn ce_and_correct(logits: &Tensor, y: &Tensor) -> (Tensor, i64) {
+    let loss = logits.cross_entropy_for_logits(y);
+    let correct = logits.argmax(-1, false).eq_tensor(y).sum(Kind::Int64).int64_value(&[]);
+    (loss, correct)
+}
+
+/// Back-propagates each member's clean cross-entropy along `route`.
+fn clean_step(model: &Model, batch: &Batch, route: &Route) -> StepStats {
+    let mut st = StepStats::default();
+    for net in &model.nets {
+        let (loss, correct) = ce_and_correct(&net.forward(&batch.x, route, true), &batch.y);
+        loss.backward();
+        st.loss += loss.double_value(&[]) / model.nets.len() as f64;
+        st.correct += correct;
+        st.seen += batch.y.size()[0];
+    }
+    st
+}
+
+/// Every member trained independently with clean cross-entropy on the same batches (baseline
+/// ensembles; fine-tuning of a derived model). Members of an RGN use the all-zero route.
+#[derive(Debug, Default)]
+pub struct Independent;
+
+impl Method for Independent {
+    fn name(&self) -> &'static str {
+        "baseline"
+    }
+
+    fn step(&mut self, model: &Model, batch: &Batch, _at: StepAt) -> Result<StepStats> {
+        Ok(clean_step(model, batch, &Route::zeros(model.gates())))
+    }
+}
+
+/// RGN warm-up: a fresh uniformly random route per batch, clean cross-entropy.
+#[derive(Debug, Default)]
+pub struct RgnWarmup;
+
+impl Method for RgnWarmup {
+    fn name(&self) -> &'static str {
+        "rgn-warmup"
+    }
+
+    fn step(&mut self, model: &Model, batch: &Batch, at: StepAt) -> Result<StepStats> {
+        let mut rng = at.seed.rng(Stream::Route, at.epoch as u64, at.step as u64);
+        let route = Route::random(model.gates(), model.spec.arch.copies, &mut rng);
+        Ok(clean_step(model, batch, &route))
+    }
+
+    fn eval_routing(&self, _model: &Model) -> Routing {
+        Routing::Random
+    }
+}

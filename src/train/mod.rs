@@ -1,0 +1,426 @@
+//! Training: one loop (data order, augmentation, optimiser, schedule, per-epoch evaluation,
+//! atomic checkpoints, exact resume, NaN stop) shared by every method. A method only defines what
+//! one batch contributes to the gradient.
+
+pub mod methods;
+
+use std::io::Write as _;
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use serde::{Deserialize, Serialize};
+use tch::{Device, Tensor};
+
+use crate::data::{epoch_order, Dataset};
+use crate::error::{Error, Result};
+use crate::eval;
+use crate::model::io::{write_atomic, TensorFile};
+use crate::model::{Model, Routing, Target};
+use crate::optim::{Sgd, SgdConfig};
+use crate::progress::Progress;
+use crate::seed::{Seed, Stream};
+
+/// Settings shared by every training method.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TrainConfig {
+    /// Master seed of every random choice.
+    pub seed: u64,
+    /// Number of epochs.
+    pub epochs: usize,
+    /// Images per batch.
+    pub batch_size: usize,
+    /// Train on the first N images of each class only.
+    pub train_per_class: Option<usize>,
+    /// Evaluate on the first N test images of each class only.
+    pub test_per_class: Option<usize>,
+    /// Also checkpoint every this many steps inside an epoch (0 = at epoch ends only).
+    pub checkpoint_every: usize,
+    /// Random crop and flip of training images.
+    pub augment: bool,
+}
+
+impl Default for TrainConfig {
+    fn default() -> Self {
+        TrainConfig {
+            seed: 0,
+            epochs: 200,
+            batch_size: 128,
+            train_per_class: None,
+            test_per_class: None,
+            checkpoint_every: 0,
+            augment: true,
+        }
+    }
+}
+
+impl TrainConfig {
+    /// Checks the values are usable.
+    pub fn validate(&self) -> Result<()> {
+        if self.epochs == 0 {
+            return Err(Error::config("epochs must be at least 1"));
+        }
+        if self.batch_size < 2 {
+            return Err(Error::config("batch_size must be at least 2 (BatchNorm needs 2 images)"));
+        }
+        Ok(())
+    }
+}
+
+/// A training batch: images in [0,1] on the model's device, and labels.
+pub struct Batch {
+    /// Source images `[B,3,32,32]`.
+    pub x: Tensor,
+    /// Source labels `[B]`.
+    pub y: Tensor,
+    /// An independent target batch (second shuffle), for methods that ask for it.
+    pub target: Option<(Tensor, Tensor)>,
+}
+
+/// Where in the run a step is.
+#[derive(Debug, Clone, Copy)]
+pub struct StepAt {
+    /// Epoch, 0-based.
+    pub epoch: usize,
+    /// Step within the epoch, 0-based.
+    pub step: usize,
+    /// The run's master seed.
+    pub seed: Seed,
+}
+
+/// What one step reports.
+#[derive(Debug, Clone, Default)]
+pub struct StepStats {
+    /// Mean loss of the step.
+    pub loss: f64,
+    /// Correct predictions among `seen`.
+    pub correct: i64,
+    /// Predictions made.
+    pub seen: i64,
+    /// Extra status for the progress line (e.g. the distillation layer).
+    pub note: String,
+}
+
+/// A training method: what one batch contributes to the gradients.
+pub trait Method {
+    /// Name used in logs and checkpoints.
+    fn name(&self) -> &'static str;
+    /// Accumulates the gradients of the batch's loss into the model (the loop clears gradients
+    /// before and takes one optimiser step after). Randomness must come from `at`.
+    fn step(&mut self, model: &Model, batch: &Batch, at: StepAt) -> Result<StepStats>;
+    /// How the model is evaluated after each epoch.
+    fn eval_routing(&self, model: &Model) -> Routing {
+        Routing::Fixed(crate::model::Route::zeros(model.gates()))
+    }
+    /// True when the method needs an independent target batch.
+    fn needs_target(&self) -> bool {
+        false
+    }
+}
+
+/// One epoch's record.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct EpochRecord {
+    /// Epoch number, 1-based.
+    pub epoch: usize,
+    /// Learning rate used.
+    pub lr: f64,
+    /// Mean training loss.
+    pub train_loss: f64,
+    /// Training accuracy (on augmented data, along the routes trained).
+    pub train_acc: f64,
+    /// Test accuracy after the epoch.
+    pub test_acc: f64,
+    /// Wall time of the epoch's training steps, seconds.
+    pub train_secs: f64,
+    /// Training images per second.
+    pub images_per_sec: f64,
+}
+
+/// Progress of a run, stored in its checkpoint.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct RunState {
+    /// Epoch in progress (0-based); equals `epochs` when finished.
+    pub epoch: usize,
+    /// Next step within the epoch.
+    pub step: usize,
+    /// Running sums of the epoch in progress: loss*seen, correct, seen, seconds.
+    pub partial: (f64, i64, i64, f64),
+    /// Finished epochs.
+    pub history: Vec<EpochRecord>,
+}
+
+/// Where a run lives and how to treat an existing one.
+#[derive(Debug, Clone)]
+pub struct RunDir {
+    /// Output folder: `checkpoint.safetensors`, `model.safetensors`, `config.toml`,
+    /// `metrics.csv`, `train.log`.
+    pub dir: PathBuf,
+    /// Continue the run found in `dir`.
+    pub resume: bool,
+    /// Start over even if `dir` holds a run.
+    pub force: bool,
+}
+
+impl RunDir {
+    /// The run's checkpoint file.
+    pub fn checkpoint(&self) -> PathBuf {
+        self.dir.join("checkpoint.safetensors")
+    }
+    /// The final model file.
+    pub fn model(&self) -> PathBuf {
+        self.dir.join("model.safetensors")
+    }
+}
+
+const STATE_KEY: &str = "eio.run";
+const CONFIG_KEY: &str = "eio.config";
+
+fn log_line(dir: &Path, line: &str) -> Result<()> {
+    let path = dir.join("train.log");
+    let mut f = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(&path)
+        .map_err(|e| Error::io(&path, e))?;
+    writeln!(f, "{line}").map_err(|e| Error::io(&path, e))
+}
+
+fn say(dir: &Path, line: &str) -> Result<()> {
+    eprintln!("{line}");
+    log_line(dir, line)
+}
+
+fn write_metrics(dir: &Path, history: &[EpochRecord]) -> Result<()> {
+    let mut s = String::from("epoch,lr,train_loss,train_acc,test_acc,train_secs,images_per_sec\n");
+    for r in history {
+        s += &format!(
+            "{},{},{:.5},{:.5},{:.5},{:.2},{:.1}\n",
+            r.epoch, r.lr, r.train_loss, r.train_acc, r.test_acc, r.train_secs, r.images_per_sec
+        );
+    }
+    write_atomic(&dir.join("metrics.csv"), s.as_bytes())
+}
+
+/// The git revision this binary was built from.
+pub fn git_rev() -> &'static str {
+    env!("EIO_GIT_REV")
+}
+
+/// Trains `model` with `method`, resuming from (or refusing to overwrite) the run in
+/// `run.dir`. `config_text` is the resolved configuration: it is saved with the run and a resumed
+/// run must have the same one (only `epochs` may grow). Returns the epoch records.
+#[allow(clippy::too_many_arguments)]
+pub fn fit(
+    model: &mut Model,
+    method: &mut dyn Method,
+    cfg: &TrainConfig,
+    sgd: &SgdConfig,
+    config_text: &str,
+    train: &Dataset,
+    test: &Dataset,
+    run: &RunDir,
+) -> Result<Vec<EpochRecord>> {
+    cfg.validate()?;
+    sgd.validate()?;
+    let device = model.device();
+    let seed = Seed(cfg.seed);
+    let mut opt = Sgd::new(model, sgd.clone());
+    let ckpt = run.checkpoint();
+    let mut state = RunState::default();
+    std::fs::create_dir_all(&run.dir).map_err(|e| Error::io(&run.dir, e))?;
+    if ckpt.exists() && run.resume {
+        let (loaded, file) = Model::load(&ckpt, device)?;
+        if loaded.spec != model.spec {
+            return Err(Error::checkpoint(
+                &ckpt,
+                "model in the checkpoint differs from the one configured",
+            ));
+        }
+        let saved_cfg = file.meta.get(CONFIG_KEY).cloned().unwrap_or_default();
+        if strip_epochs(&saved_cfg) != strip_epochs(config_text) {
+            return Err(Error::config(format!(
+                "{}: the run was started with another configuration; resume with the same options \
+                 (saved in {}), or use a new --out folder",
+                ckpt.display(),
+                run.dir.join("config.toml").display()
+            )));
+        }
+        model.vs.copy(&loaded.vs)?;
+        opt.load_state(&file)?;
+        state = serde_json::from_str(file.meta.get(STATE_KEY).map(String::as_str).unwrap_or("{}"))
+            .map_err(|e| Error::checkpoint(&ckpt, format!("bad run state: {e}")))?;
+        if state.epoch >= cfg.epochs {
+            say(
+                &run.dir,
+                &format!("run in {} already finished {} epochs", run.dir.display(), state.epoch),
+            )?;
+            return Ok(state.history);
+        }
+        say(
+            &run.dir,
+            &format!(
+                "resuming {} at epoch {} step {}",
+                ckpt.display(),
+                state.epoch + 1,
+                state.step
+            ),
+        )?;
+    } else if ckpt.exists() && !run.force {
+        return Err(Error::config(format!(
+            "{} already holds a run: pass --resume to continue it or --force to start over",
+            run.dir.display()
+        )));
+    } else {
+        for f in ["train.log", "metrics.csv"] {
+            let _ = std::fs::remove_file(run.dir.join(f));
+        }
+        say(
+            &run.dir,
+            &format!(
+                "eio {} ({}), {} on {} training images; seed {}",
+                env!("CARGO_PKG_VERSION"),
+                git_rev(),
+                method.name(),
+                train.len(),
+                cfg.seed
+            ),
+        )?;
+    }
+    write_atomic(&run.dir.join("config.toml"), config_text.as_bytes())?;
+
+    let n = train.len();
+    let bs = cfg.batch_size;
+    // A trailing batch of one image cannot go through train-mode BatchNorm.
+    let steps = if n % bs == 1 { n / bs } else { n.div_ceil(bs) };
+    let method_name = method.name();
+    let save = |model: &Model, opt: &Sgd, state: &RunState| -> Result<()> {
+        let mut extra = TensorFile::default();
+        extra.tensors.extend(opt.state());
+        extra
+            .meta
+            .insert(STATE_KEY.into(), serde_json::to_string(state).expect("state serialises"));
+        extra.meta.insert(CONFIG_KEY.into(), config_text.to_string());
+        extra.meta.insert("eio.git".into(), git_rev().into());
+        extra.meta.insert("eio.method".into(), method_name.into());
+        model.save(&ckpt, extra)
+    };
+
+    while state.epoch < cfg.epochs {
+        let epoch = state.epoch;
+        let lr = sgd.lr_at(epoch, cfg.epochs);
+        let order = epoch_order(n, seed, Stream::Order, epoch as u64);
+        let target_order =
+            method.needs_target().then(|| epoch_order(n, seed, Stream::TargetOrder, epoch as u64));
+        let mut bar = Progress::new(steps as u64, format!("epoch {}/{}", epoch + 1, cfg.epochs));
+        let (mut loss_sum, mut correct, mut seen, secs_before) = state.partial;
+        let t0 = Instant::now();
+        let mut note = String::new();
+        for step in state.step..steps {
+            let idx = &order[step * bs..((step + 1) * bs).min(n)];
+            let mut aug = seed.rng(Stream::Augment, epoch as u64, step as u64);
+            let mut make = |idx: &[usize]| {
+                let (x, y) = train.batch(idx, if cfg.augment { Some(&mut aug) } else { None });
+                (x.to_device(device), y.to_device(device))
+            };
+            let (x, y) = make(idx);
+            let target =
+                target_order.as_ref().map(|o| make(&o[step * bs..((step + 1) * bs).min(n)]));
+            seed.seed_torch(Stream::Torch, epoch as u64, step as u64);
+            opt.zero_grad();
+            let at = StepAt { epoch, step, seed };
+            let st = method.step(model, &Batch { x, y, target }, at)?;
+            if !st.loss.is_finite() {
+                bar.finish();
+                let msg = format!(
+                    "loss is {} at epoch {} step {}: training stopped; the last good checkpoint is {}",
+                    st.loss,
+                    epoch + 1,
+                    step,
+                    if ckpt.exists() { ckpt.display().to_string() } else { "none (no checkpoint written yet)".into() }
+                );
+                log_line(&run.dir, &msg)?;
+                return Err(Error::Diverged(msg));
+            }
+            opt.step(lr);
+            loss_sum += st.loss * st.seen as f64;
+            correct += st.correct;
+            seen += st.seen;
+            note = st.note;
+            let secs = secs_before + t0.elapsed().as_secs_f64();
+            let done = (step + 1 - state.step) * bs;
+            bar.update(
+                (step + 1) as u64,
+                &format!(
+                    "loss {:.3} acc {:.1}% {:.0} img/s{}{}",
+                    loss_sum / seen.max(1) as f64,
+                    100.0 * correct as f64 / seen.max(1) as f64,
+                    done as f64 / t0.elapsed().as_secs_f64().max(1e-9),
+                    if note.is_empty() { "" } else { " " },
+                    note
+                ),
+            );
+            if cfg.checkpoint_every > 0
+                && (step + 1) % cfg.checkpoint_every == 0
+                && step + 1 < steps
+            {
+                let st = RunState {
+                    epoch,
+                    step: step + 1,
+                    partial: (loss_sum, correct, seen, secs),
+                    history: state.history.clone(),
+                };
+                save(model, &opt, &st)?;
+            }
+        }
+        bar.finish();
+        let train_secs = secs_before + t0.elapsed().as_secs_f64();
+        let target = Target::new(
+            model,
+            method.eval_routing(model),
+            Seed(seed.derive(Stream::Eval, epoch as u64, 0)),
+        )?;
+        let test_acc = eval::accuracy(&target, test, 500, device);
+        let rec = EpochRecord {
+            epoch: epoch + 1,
+            lr,
+            train_loss: loss_sum / seen.max(1) as f64,
+            train_acc: correct as f64 / seen.max(1) as f64,
+            test_acc,
+            train_secs,
+            images_per_sec: n as f64 / train_secs.max(1e-9),
+        };
+        say(
+            &run.dir,
+            &format!(
+                "epoch {}/{} lr {} loss {:.4} train acc {:.2}% test acc {:.2}% ({:.1}s, {:.0} img/s){}",
+                rec.epoch, cfg.epochs, lr, rec.train_loss, 100.0 * rec.train_acc, 100.0 * rec.test_acc,
+                rec.train_secs, rec.images_per_sec,
+                if note.is_empty() { String::new() } else { format!(" {note}") }
+            ),
+        )?;
+        state.history.push(rec);
+        state.epoch += 1;
+        state.step = 0;
+        state.partial = (0.0, 0, 0, 0.0);
+        save(model, &opt, &state)?;
+        write_metrics(&run.dir, &state.history)?;
+    }
+    model.save(&run.model(), TensorFile::default())?;
+    say(&run.dir, &format!("finished: model written to {}", run.model().display()))?;
+    Ok(state.history)
+}
+
+/// The configuration text without its `epochs` line, so a run can be extended.
+fn strip_epochs(cfg: &str) -> String {
+    cfg.lines().filter(|l| !l.trim_start().starts_with("epochs")).collect::<Vec<_>>().join("\n")
+}
+
+/// Runs on `device` when given, else on CUDA when available, else on the CPU.
+pub fn pick_device(cuda: Option<bool>) -> Device {
+    match cuda {
+        Some(true) => Device::Cuda(0),
+        Some(false) => Device::Cpu,
+        None => Device::cuda_if_available(),
+    }
+}
