@@ -9,6 +9,7 @@
 //! ensembles, model files), [`seed`] (one seed, many streams).
 
 pub mod data;
+pub mod distill;
 pub mod error;
 pub mod eval;
 pub mod model;

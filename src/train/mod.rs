@@ -2,6 +2,7 @@
 //! atomic checkpoints, exact resume, NaN stop) shared by every method. A method only defines what
 //! one batch contributes to the gradient.
 
+pub mod eio;
 pub mod methods;
 
 use std::io::Write as _;
