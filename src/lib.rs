@@ -8,6 +8,7 @@
 //! Modules: [`data`] (CIFAR-10 loading and augmentation), [`model`] (ResNet-20, RGN, routes,
 //! ensembles, model files), [`seed`] (one seed, many streams).
 
+pub mod attack;
 pub mod data;
 pub mod distill;
 pub mod error;

@@ -1,1 +1,3 @@
 //! The one integration-test harness (one binary keeps libtorch link time down).
+
+mod attack;

@@ -3,6 +3,7 @@
 mod bench;
 mod config;
 mod model;
+mod stability;
 mod train;
 
 use std::path::{Path, PathBuf};
@@ -28,7 +29,7 @@ pub struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Command {
-    /// Train a model (baseline ResNet-20s, RGN warm-up).
+    /// Train a model (baseline ResNet-20s, RGN warm-up, Ensemble-in-One diversification).
     #[command(subcommand)]
     Train(train::TrainCommand),
     /// Fine-tune a plain (derived) model: SGD lr 1e-3, decays at 50% and 75%, 40 epochs.
@@ -41,6 +42,9 @@ enum Command {
     Derive(model::DeriveArgs),
     /// Time train steps, input-gradient steps and inference for ResNet-20 and an RGN.
     Bench(bench::BenchArgs),
+    /// Derive K random paths of an RGN, fine-tune each (or not), and report the clean and
+    /// white-box accuracy of each with mean, min and max (paper Appendix A.1).
+    Stability(stability::StabilityArgs),
 }
 
 /// Runs the parsed command.
@@ -52,6 +56,7 @@ pub fn run(cli: Cli) -> Result<()> {
         Command::Import(a) => model::import(a),
         Command::Derive(a) => model::derive(a),
         Command::Bench(a) => bench::run(a),
+        Command::Stability(a) => stability::run(a),
     }
 }
 

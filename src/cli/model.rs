@@ -12,6 +12,7 @@ use eio::eval::accuracy;
 use eio::model::io::TensorFile;
 use eio::model::{Model, Route, Routing, Target};
 use eio::seed::{Seed, Stream};
+use eio::train::eio::{distinct_routes, screen_routes, AdvConfig, RouteScore};
 
 /// How to route an RGN.
 #[derive(Debug, Args)]
@@ -172,42 +173,143 @@ pub struct DeriveArgs {
     #[arg(long, value_name = "FILE")]
     model: PathBuf,
     /// Path to derive, e.g. 0,1,0,... (default: all zeros).
-    #[arg(long = "path", value_name = "GATES", conflicts_with = "random_path")]
+    #[arg(long = "path", value_name = "GATES", conflicts_with_all = ["random_path", "paths", "best_of"])]
     path: Option<Route>,
     /// Derive a random path drawn with --seed.
-    #[arg(long)]
+    #[arg(long, conflicts_with_all = ["paths", "best_of"])]
     random_path: bool,
-    /// Seed of --random-path.
+    /// Derive k paths as one ensemble of plain ResNet-20s (average of softmax): k distinct
+    /// random paths drawn with --seed, or the k best of --best-of candidates.
+    #[arg(long, value_name = "K")]
+    paths: Option<usize>,
+    /// Draw K distinct random candidate paths (--seed) and keep the best (or the --paths best)
+    /// by PGD accuracy on --val-images training images (ties: clean accuracy).
+    #[arg(long, value_name = "K")]
+    best_of: Option<usize>,
+    /// Screening set for --best-of: this many training images drawn with --seed (a seeded
+    /// random subset of the 50,000 training images, which the RGN was trained on: it ranks
+    /// paths, it is not a held-out estimate; test images are never used).
+    #[arg(long, value_name = "N", default_value_t = 1000)]
+    val_images: usize,
+    /// Screening PGD radius (L-infinity, pixel units).
+    #[arg(long, value_name = "EPS", default_value_t = 0.01)]
+    val_eps: f64,
+    /// Screening PGD steps (of eps/4, uniform random start, eval-mode BatchNorm, one run).
+    #[arg(long, value_name = "N", default_value_t = 10)]
+    val_steps: usize,
+    /// Seed of random paths and of the screening set.
     #[arg(long, default_value_t = 0)]
     seed: u64,
     /// Plain ResNet-20 file to write (PyTorch layout; loads with load_state_dict).
     #[arg(long, value_name = "FILE")]
     output: PathBuf,
-    /// Overwrite --output if it exists.
+    /// Also write the candidates' scores (--best-of) to this JSON file.
+    #[arg(long, value_name = "FILE")]
+    json: Option<PathBuf>,
+    /// Overwrite --output and --json if they exist.
     #[arg(long)]
     force: bool,
+    #[command(flatten)]
+    data: DataArgs,
+    /// Where to compute (screening only).
+    #[arg(long, value_enum, default_value_t = DeviceArg::Auto)]
+    device: DeviceArg,
+}
+
+#[derive(Debug, Serialize)]
+struct DeriveReport {
+    model: String,
+    output: String,
+    chosen: Vec<String>,
+    candidates: Vec<RouteScore>,
+    val_images: usize,
+    val_eps: f64,
+    val_steps: usize,
+    seed: u64,
+    git: &'static str,
 }
 
 pub fn derive(a: DeriveArgs) -> Result<()> {
     check_new_output(&a.output, a.force)?;
-    let (model, _) = Model::load(&a.model, tch::Device::Cpu)?;
+    if let Some(j) = &a.json {
+        check_new_output(j, a.force)?;
+    }
+    if a.paths == Some(0) || a.best_of == Some(0) {
+        bail!("--paths and --best-of must be at least 1");
+    }
+    let screen = a.best_of.is_some();
+    let device = if screen { a.device.device()? } else { tch::Device::Cpu };
+    let (model, _) = Model::load(&a.model, device)?;
     if model.gates() == 0 {
         bail!("{} is a plain model: nothing to derive", a.model.display());
     }
-    let route = if a.random_path {
-        Route::random(
-            model.gates(),
-            model.spec.arch.copies,
-            &mut Seed(a.seed).rng(Stream::Route, 0, 0),
-        )
+    let mut rng = Seed(a.seed).rng(Stream::Route, 0, 0);
+    let (gates, copies) = (model.gates(), model.spec.arch.copies);
+    let mut candidates = Vec::new();
+    let routes = if let Some(k) = a.best_of {
+        let keep = a.paths.unwrap_or(1);
+        if keep > k {
+            bail!("--paths {keep} cannot exceed --best-of {k}");
+        }
+        let cands = distinct_routes(gates, copies, k, &mut rng);
+        let val = a.data.load(Split::Train, None)?.random_subset(a.val_images, Seed(a.seed));
+        let (x, y) = val.tensors();
+        let cfg = AdvConfig::eval(a.val_eps, a.val_eps / 4.0, a.val_steps);
+        cfg.validate()?;
+        eprintln!(
+            "screening {} paths on {} training images: clean and PGD-{} accuracy at eps {}",
+            cands.len(),
+            val.len(),
+            a.val_steps,
+            a.val_eps
+        );
+        candidates = screen_routes(&model, &cands, &x, &y, &cfg, 1, device, Seed(a.seed))?;
+        for s in &candidates {
+            println!(
+                "path {}  clean {:6.2}%  pgd {:6.2}%",
+                s.route,
+                100.0 * s.clean,
+                100.0 * s.robust
+            );
+        }
+        candidates
+            .iter()
+            .take(keep)
+            .map(|s| s.route.parse::<Route>())
+            .collect::<eio::Result<Vec<Route>>>()?
+    } else if let Some(k) = a.paths {
+        distinct_routes(gates, copies, k, &mut rng)
+    } else if a.random_path {
+        vec![Route::random(gates, copies, &mut rng)]
     } else {
-        a.path.clone().unwrap_or_else(|| Route::zeros(model.gates()))
+        vec![a.path.clone().unwrap_or_else(|| Route::zeros(gates))]
     };
-    let plain = model.derive(&route)?;
+    let plain = if routes.len() == 1 {
+        model.derive(&routes[0])?
+    } else {
+        model.derive_ensemble(&routes)?
+    };
+    let joined: Vec<String> = routes.iter().map(|r| r.to_string()).collect();
     let mut extra = TensorFile::default();
     extra.meta.insert("eio.derived_from".into(), a.model.display().to_string());
-    extra.meta.insert("eio.path".into(), route.to_string());
+    extra.meta.insert("eio.path".into(), joined.join(";"));
     plain.save(&a.output, extra)?;
-    println!("derived path {route} of {} -> {}", a.model.display(), a.output.display());
+    for r in &joined {
+        println!("derived path {r} of {} -> {}", a.model.display(), a.output.display());
+    }
+    if let Some(j) = &a.json {
+        let report = DeriveReport {
+            model: a.model.display().to_string(),
+            output: a.output.display().to_string(),
+            chosen: joined,
+            candidates,
+            val_images: a.val_images,
+            val_eps: a.val_eps,
+            val_steps: a.val_steps,
+            seed: a.seed,
+            git: eio::train::git_rev(),
+        };
+        write_json(j, &report)?;
+    }
     Ok(())
 }

@@ -12,6 +12,7 @@ use eio::data::Split;
 use eio::model::{ArchConfig, Augment, Model, ModelSpec};
 use eio::optim::SgdConfig;
 use eio::seed::Seed;
+use eio::train::eio::{Eio, EioConfig, LayerPer};
 use eio::train::methods::{Independent, RgnWarmup};
 use eio::train::{fit, Method, RunDir, TrainConfig};
 
@@ -23,6 +24,11 @@ pub enum TrainCommand {
     /// Warm up a Random Gated Network: a fresh uniformly random path per batch, clean data
     /// (paper Alg. 1, lines 1-7).
     RgnWarmup(RgnWarmupArgs),
+    /// Ensemble-in-One vulnerability diversification of an RGN (paper Alg. 1, lines 8-26):
+    /// per batch a distillation layer, p paths with distinct gate prefixes, feature-distilled
+    /// data per path, round-robin cross-training, one optimiser step. Starts from --init (a
+    /// warm-up model or checkpoint), or warms up first for --warmup-epochs into OUT/warmup.
+    Eio(Box<EioArgs>),
 }
 
 /// Flags every training run takes (not part of the configuration).
@@ -249,6 +255,7 @@ pub fn train_model(
 
 pub fn run(cmd: TrainCommand) -> Result<()> {
     match cmd {
+        TrainCommand::Eio(a) => train_eio(*a),
         TrainCommand::Baseline(a) => {
             let o = BaselineOverrides { members: a.members, train: &a.train, optim: &a.optim };
             let (cfg, text) = resolve::<BaselineConfig>(a.run.config.as_deref(), &o)?;
@@ -321,4 +328,243 @@ pub fn finetune(a: FinetuneArgs) -> Result<()> {
         );
     }
     train_model(&a.run, &mut model, &mut Independent, &cfg.train, &cfg.optim, &text)
+}
+
+/// `eio train eio` configuration file.
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EioTrainConfig {
+    /// Without --init: warm-up epochs (random path per batch, clean data) run first, into
+    /// OUT/warmup, with the same [train] (but this many epochs) and [optim] settings; 0 = start
+    /// diversification from a freshly initialised RGN.
+    pub warmup_epochs: usize,
+    /// The RGN (must match the --init model).
+    pub arch: ArchConfig,
+    /// Loop settings.
+    pub train: TrainConfig,
+    /// Optimiser.
+    pub optim: SgdConfig,
+    /// Vulnerability diversification.
+    pub eio: EioConfig,
+}
+
+impl Default for EioTrainConfig {
+    fn default() -> Self {
+        EioTrainConfig {
+            warmup_epochs: 0,
+            arch: ArchConfig::rgn(2),
+            train: TrainConfig::default(),
+            optim: SgdConfig::default(),
+            eio: EioConfig::default(),
+        }
+    }
+}
+
+/// Overrides of [`EioConfig`] and of its distillation and adversarial-training settings.
+#[derive(Debug, Default, Args, Serialize)]
+pub struct EioFlags {
+    /// Paths sampled per batch (p).
+    #[arg(long, value_name = "P")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub paths: Option<usize>,
+    /// Redraw the distillation layer every batch (EIO code) or every epoch (DVERGE).
+    #[arg(long, value_parser = parse_layer_per, value_name = "batch|epoch")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub layer_per: Option<LayerPer>,
+    /// Always distil at this feature layer (1..=20) instead of drawing it.
+    #[arg(long, value_name = "L")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub layer: Option<usize>,
+    #[command(flatten)]
+    #[serde(skip_serializing_if = "DistillFlags::is_empty")]
+    pub distill: DistillFlags,
+    #[command(flatten)]
+    #[serde(skip_serializing_if = "AdvFlags::is_empty")]
+    pub adv: AdvFlags,
+}
+
+fn parse_layer_per(s: &str) -> std::result::Result<LayerPer, String> {
+    s.parse().map_err(|e: eio::Error| e.to_string())
+}
+
+/// Overrides of [`eio::distill::DistillConfig`].
+#[derive(Debug, Default, Args, Serialize)]
+pub struct DistillFlags {
+    /// Distillation radius eps_d (L-infinity, pixel units).
+    #[arg(long = "distill-eps", value_name = "EPS")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub eps: Option<f64>,
+    /// Distillation steps.
+    #[arg(long = "distill-steps", value_name = "N")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub steps: Option<usize>,
+    /// Distillation step size.
+    #[arg(long = "distill-step-size", value_name = "S")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub step_size: Option<f64>,
+    /// Random start in the eps_d ball (true: EIO code; false: DVERGE).
+    #[arg(long = "distill-random-start", value_name = "BOOL")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub random_start: Option<bool>,
+    /// L1-normalised gradient momentum, mu = 1 (true: DVERGE; false: EIO code).
+    #[arg(long = "distill-momentum", value_name = "BOOL")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub momentum: Option<bool>,
+    /// BatchNorm in train mode while distilling (true: DVERGE; false: EIO code).
+    #[arg(long = "distill-bn-train", value_name = "BOOL")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub bn_train: Option<bool>,
+    /// Match features before the ReLU (true: DVERGE; false: EIO code).
+    #[arg(long = "distill-before-relu", value_name = "BOOL")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub before_relu: Option<bool>,
+}
+
+impl DistillFlags {
+    fn is_empty(&self) -> bool {
+        self.eps.is_none()
+            && self.steps.is_none()
+            && self.step_size.is_none()
+            && self.random_start.is_none()
+            && self.momentum.is_none()
+            && self.bn_train.is_none()
+            && self.before_relu.is_none()
+    }
+}
+
+/// Overrides of the adversarial-training term (Eq. 5). Any --adv-* flag turns it on.
+#[derive(Debug, Default, Args, Serialize)]
+pub struct AdvFlags {
+    /// Add CE on PGD examples made against each sampled path (Eq. 5; default PGD: eps 8/255,
+    /// step 2/255, 10 steps, random start, train-mode BatchNorm). false removes a configured one.
+    #[arg(long = "adv", value_name = "BOOL")]
+    #[serde(skip)]
+    pub on: Option<bool>,
+    /// PGD radius of the adversarial term.
+    #[arg(long = "adv-eps", value_name = "EPS")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub eps: Option<f64>,
+    /// PGD step size of the adversarial term.
+    #[arg(long = "adv-step-size", value_name = "S")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub step_size: Option<f64>,
+    /// PGD steps of the adversarial term.
+    #[arg(long = "adv-steps", value_name = "N")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub steps: Option<usize>,
+    /// Random start of the adversarial term's PGD.
+    #[arg(long = "adv-random-start", value_name = "BOOL")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub random_start: Option<bool>,
+    /// BatchNorm in train mode while crafting the adversarial examples.
+    #[arg(long = "adv-bn-train", value_name = "BOOL")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub bn_train: Option<bool>,
+}
+
+impl AdvFlags {
+    /// True when no flag turns the term on or changes it (`--adv false` alone counts as empty:
+    /// it is applied after the merge).
+    fn is_empty(&self) -> bool {
+        self.on != Some(true)
+            && self.eps.is_none()
+            && self.step_size.is_none()
+            && self.steps.is_none()
+            && self.random_start.is_none()
+            && self.bn_train.is_none()
+    }
+}
+
+#[derive(Debug, Args)]
+pub struct EioArgs {
+    /// RGN to diversify: the warm-up run's model.safetensors or checkpoint.safetensors (or any
+    /// eio RGN file, e.g. an imported released checkpoint). Without it the RGN is built fresh and
+    /// warmed up for --warmup-epochs first.
+    #[arg(long, value_name = "FILE")]
+    init: Option<PathBuf>,
+    /// Without --init: warm-up epochs run first into OUT/warmup (0 = none).
+    #[arg(long, value_name = "N")]
+    warmup_epochs: Option<usize>,
+    #[command(flatten)]
+    run: RunArgs,
+    #[command(flatten)]
+    arch: ArchFlags,
+    #[command(flatten)]
+    train: TrainFlags,
+    #[command(flatten)]
+    optim: OptimFlags,
+    #[command(flatten)]
+    eio: EioFlags,
+}
+
+#[derive(Serialize)]
+struct EioOverrides<'a> {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    warmup_epochs: Option<usize>,
+    arch: &'a ArchFlags,
+    train: &'a TrainFlags,
+    optim: &'a OptimFlags,
+    eio: &'a EioFlags,
+}
+
+fn train_eio(a: EioArgs) -> Result<()> {
+    let o = EioOverrides {
+        warmup_epochs: a.warmup_epochs,
+        arch: &a.arch,
+        train: &a.train,
+        optim: &a.optim,
+        eio: &a.eio,
+    };
+    let (mut cfg, _) = resolve::<EioTrainConfig>(a.run.config.as_deref(), &o)?;
+    if a.eio.adv.on == Some(false) {
+        cfg.eio.adv = None;
+    }
+    let text = toml::to_string(&cfg)?;
+    cfg.arch.validate()?;
+    cfg.eio.validate()?;
+    if cfg.arch.is_plain() {
+        bail!("eio needs an RGN: --copies >= 2 and --augment other than none");
+    }
+    let spec = ModelSpec { arch: cfg.arch.clone(), members: 1 };
+    let device = a.run.device.device()?;
+    let mut method = Eio::new(cfg.eio.clone())?;
+    let (mut model, text) = match &a.init {
+        Some(init) => {
+            if cfg.warmup_epochs > 0 {
+                bail!("--init starts from a warmed-up RGN: drop --warmup-epochs / warmup_epochs");
+            }
+            let (model, _) = Model::load(init, device)?;
+            if model.spec != spec {
+                bail!(
+                    "{} holds {:?} but the configuration asks for {:?}: pass matching \
+                     --copies/--augment/--share-conv (or a config with a matching [arch])",
+                    init.display(),
+                    model.spec,
+                    spec
+                );
+            }
+            (model, format!("# initialised from {}\n{text}", init.display()))
+        }
+        None if cfg.warmup_epochs > 0 => {
+            let warm = RunArgs {
+                out: a.run.out.join("warmup"),
+                resume: a.run.resume,
+                force: a.run.force,
+                config: None,
+                device: a.run.device,
+                data: a.run.data.clone(),
+            };
+            let wcfg = WarmupConfig {
+                arch: cfg.arch.clone(),
+                train: TrainConfig { epochs: cfg.warmup_epochs, ..cfg.train.clone() },
+                optim: cfg.optim.clone(),
+            };
+            let wtext = toml::to_string(&wcfg)?;
+            train_new(&warm, &spec, &mut RgnWarmup, &wcfg.train, &wcfg.optim, &wtext)?;
+            let (model, _) = Model::load(&warm.run_dir().model(), device)?;
+            (model, text)
+        }
+        None => (Model::new(&spec, device, Seed(cfg.train.seed))?, text),
+    };
+    train_model(&a.run, &mut model, &mut method, &cfg.train, &cfg.optim, &text)
 }

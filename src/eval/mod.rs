@@ -1,5 +1,12 @@
 //! Evaluation: clean accuracy of any [`Classifier`].
 
+pub mod aggregate;
+pub mod report;
+mod run;
+pub mod transfer;
+pub mod transferability;
+pub mod whitebox;
+
 use tch::{Device, Kind, Tensor};
 
 use crate::data::Dataset;

@@ -41,8 +41,8 @@ use super::{Batch, Method, StepAt, StepStats};
 use crate::distill::{check_layer, distill, DistillConfig};
 use crate::error::{Error, Result};
 use crate::model::route::sample_distinct;
-use crate::model::{Augment, Model, Net, Route, Routing, FEATURE_LAYERS};
-use crate::seed::Stream;
+use crate::model::{Augment, Classifier, Model, Net, Route, Routing, Target, FEATURE_LAYERS};
+use crate::seed::{Rng, Seed, Stream};
 
 /// How often the distillation layer is redrawn.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -123,6 +123,17 @@ impl AdvConfig {
 /// # Shapes
 /// `x`: `[B, 3, 32, 32]` in [0,1]; `y`: `[B]` i64 -> `[B, 3, 32, 32]`.
 pub fn pgd(net: &Net, route: &Route, x: &Tensor, y: &Tensor, cfg: &AdvConfig) -> Tensor {
+    pgd_on(&|x: &Tensor| net.forward(x, route, cfg.bn_train), x, y, cfg)
+}
+
+/// [`pgd`] against any differentiable `logits` function (`cfg.bn_train` is then up to
+/// `logits`).
+pub fn pgd_on(
+    logits: &dyn Fn(&Tensor) -> Tensor,
+    x: &Tensor,
+    y: &Tensor,
+    cfg: &AdvConfig,
+) -> Tensor {
     let x = x.detach();
     let (lo, hi) = {
         let _guard = tch::no_grad_guard();
@@ -140,7 +151,7 @@ pub fn pgd(net: &Net, route: &Route, x: &Tensor, y: &Tensor, cfg: &AdvConfig) ->
     for _ in 0..cfg.steps {
         let grad = tch::with_grad(|| {
             let xr = xa.detach().set_requires_grad(true);
-            let loss = net.forward(&xr, route, cfg.bn_train).cross_entropy_for_logits(y);
+            let loss = logits(&xr).cross_entropy_for_logits(y);
             Tensor::run_backward(&[&loss], &[&xr], false, false).pop().expect("one gradient")
         });
         let _guard = tch::no_grad_guard();
@@ -363,28 +374,35 @@ impl Method for Eio {
     }
 }
 
-/// Fraction of `x` that `net` along `route` classifies correctly (eval mode), and the fraction
-/// still classified correctly under every one of `restarts` PGD runs of `cfg` (white-box robust
-/// accuracy, per-image worst case over restarts), computed on `device` in batches of `batch`.
-/// Libtorch's generator should be seeded by the caller.
+/// Clean accuracy of `target` on `x`, `y`, and its white-box robust accuracy: the fraction
+/// classified correctly clean and under every one of `restarts` PGD runs of `cfg` ([`pgd_on`],
+/// cross-entropy; each restart only attacks the images still robust). Computed on `device` in
+/// batches of `batch`; the target decides the BatchNorm mode ([`crate::model::Target`] uses eval
+/// mode) and must be deterministic (a fixed route). Libtorch's generator should be seeded by the
+/// caller.
+///
+/// # Shapes
+/// `x`: `[N, 3, 32, 32]` in [0,1]; `y`: `[N]` i64 (any device).
 pub fn robust_accuracy(
-    net: &Net,
-    device: tch::Device,
-    route: &Route,
+    target: &dyn Classifier,
     x: &Tensor,
     y: &Tensor,
     cfg: &AdvConfig,
     restarts: usize,
     batch: i64,
+    device: tch::Device,
 ) -> (f64, f64) {
     let n = x.size()[0];
+    let logits = |x: &Tensor| target.logits(x, None);
+    let correct =
+        |x: &Tensor, y: &Tensor| tch::no_grad(|| logits(x).argmax(-1, false).eq_tensor(y));
     let (mut clean, mut robust) = (0i64, 0i64);
     let mut i = 0;
     while i < n {
         let len = batch.min(n - i);
         let xb = x.narrow(0, i, len).to_device(device);
         let yb = y.narrow(0, i, len).to_device(device);
-        let ok = tch::no_grad(|| net.forward(&xb, route, false).argmax(-1, false).eq_tensor(&yb));
+        let ok = correct(&xb, &yb);
         clean += ok.sum(Kind::Int64).int64_value(&[]);
         let mut alive = ok;
         for _ in 0..restarts.max(1) {
@@ -393,15 +411,67 @@ pub fn robust_accuracy(
                 break;
             }
             let (xs, ys) = (xb.index_select(0, &idx), yb.index_select(0, &idx));
-            let xa = pgd(net, route, &xs, &ys, cfg);
-            let still =
-                tch::no_grad(|| net.forward(&xa, route, false).argmax(-1, false).eq_tensor(&ys));
-            alive = alive.index_put(&[Some(idx)], &still, false);
+            let xa = pgd_on(&logits, &xs, &ys, cfg);
+            alive = alive.index_put(&[Some(idx)], &correct(&xa, &ys), false);
         }
         robust += alive.sum(Kind::Int64).int64_value(&[]);
         i += len;
     }
     (clean as f64 / n.max(1) as f64, robust as f64 / n.max(1) as f64)
+}
+
+/// `k` distinct uniformly random routes, drawn in order from `rng` (all of them when the RGN
+/// has at most `k` routes). The first equals `Route::random(gates, copies, rng)`.
+pub fn distinct_routes(gates: usize, copies: usize, k: usize, rng: &mut Rng) -> Vec<Route> {
+    let total = (copies.max(1) as f64).powi(gates as i32);
+    let k = if total < k as f64 { total as usize } else { k };
+    let mut out: Vec<Route> = Vec::with_capacity(k);
+    while out.len() < k {
+        let r = Route::random(gates, copies, rng);
+        if !out.contains(&r) {
+            out.push(r);
+        }
+    }
+    out
+}
+
+/// How a candidate route fared on a validation set.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RouteScore {
+    /// The route (`0,1,...`).
+    pub route: String,
+    /// Clean accuracy.
+    pub clean: f64,
+    /// Accuracy under the screening PGD.
+    pub robust: f64,
+}
+
+/// Scores each of `routes` of the RGN `model` by clean and PGD accuracy on `x`, `y`
+/// ([`robust_accuracy`] in eval mode; libtorch seeded from `seed` before each route so every
+/// route faces the same random starts) and returns the scores best first: higher robust
+/// accuracy, then higher clean accuracy, then candidate order.
+#[allow(clippy::too_many_arguments)]
+pub fn screen_routes(
+    model: &Model,
+    routes: &[Route],
+    x: &Tensor,
+    y: &Tensor,
+    cfg: &AdvConfig,
+    restarts: usize,
+    device: tch::Device,
+    seed: Seed,
+) -> Result<Vec<RouteScore>> {
+    let mut scores = Vec::with_capacity(routes.len());
+    for (i, r) in routes.iter().enumerate() {
+        let target = Target::new(model, Routing::Fixed(r.clone()), seed)?;
+        seed.seed_torch(Stream::Eval, 0, 0);
+        let (clean, robust) = robust_accuracy(&target, x, y, cfg, restarts, 500, device);
+        scores.push((i, RouteScore { route: r.to_string(), clean, robust }));
+    }
+    scores.sort_by(|(i, a), (j, b)| {
+        b.robust.total_cmp(&a.robust).then(b.clean.total_cmp(&a.clean)).then(i.cmp(j))
+    });
+    Ok(scores.into_iter().map(|(_, s)| s).collect())
 }
 
 #[cfg(test)]

@@ -1,0 +1,233 @@
+/*!
+Projected gradient descent in L-infinity (Madry et al., "Towards Deep Learning Models Resistant
+to Adversarial Attacks", arXiv:1706.06083) and the transfer-attack variants built on it, all in
+one config:
+
+- **PGD / I-FGSM**: `x <- Proj(x + step * sign(g))`, optionally from a uniform random start in
+  the eps ball, with restarts (per-sample worst case, see [`crate::attack`]). The final iterate
+  of each restart is returned (as advertorch's `LinfPGDAttack`, used by the DVERGE evaluation).
+- **Momentum (MI-FGSM)** (Dong et al., "Boosting Adversarial Attacks with Momentum",
+  arXiv:1710.06081; advertorch `MomentumIterativeAttack`): `m <- mu * m + g / ||g||_1` per
+  sample, step along `sign(m)`.
+- **Input diversity (M-DI2-FGSM)** (Xie et al., arXiv:1803.06978): the gradient is taken at a
+  randomly resized and padded input, see [`DiversityConfig`].
+- **SGM** (Wu et al., "Skip Connections Matter: On the Transferability of Adversarial Examples
+  Generated with ResNets", arXiv:2002.05990): gradients through residual branches scaled by
+  gamma in the backward pass ([`Classifier::logits`] with `Some(gamma)`).
+- **EOT** for random targets: gradients averaged over `eot` passes.
+
+Presets: [`PgdConfig::whitebox`] (paper white-box: 50 steps of eps/5, random start, 5 restarts),
+[`PgdConfig::momentum`], [`PgdConfig::diversity`], [`PgdConfig::sgm`] (paper transfer suite:
+100 steps of eps/5), [`PgdConfig::ifgsm`].
+*/
+
+use serde::{Deserialize, Serialize};
+use tch::Tensor;
+
+use super::{
+    check_eot, check_eps, sample_dims, with_restarts, Attack, AttackLoss, Ball, DiversityConfig,
+    Objective,
+};
+use crate::error::{Error, Result};
+use crate::model::Classifier;
+use crate::seed::Rng;
+
+/// PGD settings (also momentum PGD, M-DI2-FGSM and SGM).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct PgdConfig {
+    /// L-infinity radius in [0,1] pixel units (default 0.03).
+    pub eps: f64,
+    /// Step size in pixel units (default 0.006 = eps/5).
+    pub step_size: f64,
+    /// Iterations per restart (default 50).
+    pub steps: usize,
+    /// Start each restart at a uniform random point of the eps ball (default true).
+    pub random_start: bool,
+    /// Restarts; an image is fooled if any restart fools it (default 5).
+    pub restarts: usize,
+    /// Loss to increase (default cross-entropy).
+    pub loss: AttackLoss,
+    /// Momentum decay mu of MI-FGSM; `None` = plain sign steps (default `None`).
+    pub momentum: Option<f64>,
+    /// Input diversity of DI2-FGSM; `None` = off (default `None`).
+    pub diversity: Option<DiversityConfig>,
+    /// SGM residual-gradient scale gamma; `None` = plain gradients (default `None`).
+    pub sgm: Option<f64>,
+    /// Gradient samples averaged per step for a random target (default 1).
+    pub eot: usize,
+}
+
+impl Default for PgdConfig {
+    fn default() -> Self {
+        PgdConfig::whitebox(0.03)
+    }
+}
+
+/// The paper's transfer attacks: 100 steps of eps/5.
+const TRANSFER_STEPS: usize = 100;
+
+impl PgdConfig {
+    /// The paper's white-box PGD: 50 steps of eps/5, uniform random start, 5 restarts, CE.
+    pub fn whitebox(eps: f64) -> Self {
+        PgdConfig {
+            eps,
+            step_size: eps / 5.0,
+            steps: 50,
+            random_start: true,
+            restarts: 5,
+            loss: AttackLoss::CrossEntropy,
+            momentum: None,
+            diversity: None,
+            sgm: None,
+            eot: 1,
+        }
+    }
+
+    /// Iterative FGSM (BIM): `steps` sign steps of `step_size` from `x`, one run.
+    pub fn ifgsm(eps: f64, step_size: f64, steps: usize) -> Self {
+        PgdConfig { step_size, steps, random_start: false, restarts: 1, ..Self::whitebox(eps) }
+    }
+
+    /// Momentum PGD of the transfer suite: MI-FGSM with decay `mu` (paper 1.0) from a uniform
+    /// random start, 100 steps of eps/5, one run (the suite stores each restart separately).
+    pub fn momentum(eps: f64, mu: f64) -> Self {
+        PgdConfig {
+            steps: TRANSFER_STEPS,
+            random_start: true,
+            restarts: 1,
+            momentum: Some(mu),
+            ..Self::whitebox(eps)
+        }
+    }
+
+    /// M-DI2-FGSM of the transfer suite: momentum 1.0 and input diversity with probability
+    /// `prob` (paper 0.5), from `x`, 100 steps of eps/5.
+    pub fn diversity(eps: f64, prob: f64) -> Self {
+        PgdConfig {
+            steps: TRANSFER_STEPS,
+            random_start: false,
+            restarts: 1,
+            momentum: Some(1.0),
+            diversity: Some(DiversityConfig { prob, ..Default::default() }),
+            ..Self::whitebox(eps)
+        }
+    }
+
+    /// SGM of the transfer suite: residual gradients scaled by `gamma` (paper 0.2), from `x`,
+    /// 100 steps of eps/5, no momentum (as `attack_sgm.py` of csdongxian/skip-connections-matter).
+    pub fn sgm(eps: f64, gamma: f64) -> Self {
+        PgdConfig {
+            steps: TRANSFER_STEPS,
+            random_start: false,
+            restarts: 1,
+            sgm: Some(gamma),
+            ..Self::whitebox(eps)
+        }
+    }
+
+    /// The same attack with another loss.
+    pub fn with_loss(self, loss: AttackLoss) -> Self {
+        PgdConfig { loss, ..self }
+    }
+
+    /// Checks the parameters.
+    pub fn validate(&self) -> Result<()> {
+        check_eps(self.eps)?;
+        check_eot(self.eot)?;
+        self.loss.validate()?;
+        if !(self.step_size.is_finite() && self.step_size > 0.0) {
+            return Err(Error::config(format!(
+                "PGD step size must be > 0, got {}",
+                self.step_size
+            )));
+        }
+        if self.steps == 0 || self.restarts == 0 {
+            return Err(Error::config("PGD needs at least one step and one restart"));
+        }
+        if let Some(mu) = self.momentum {
+            if !(mu.is_finite() && mu >= 0.0) {
+                return Err(Error::config(format!("momentum decay must be >= 0, got {mu}")));
+            }
+        }
+        if let Some(g) = self.sgm {
+            if !(g.is_finite() && g >= 0.0) {
+                return Err(Error::config(format!("SGM gamma must be >= 0, got {g}")));
+            }
+        }
+        if let Some(d) = &self.diversity {
+            d.validate()?;
+        }
+        Ok(())
+    }
+
+    fn objective<'a>(&'a self, target: &'a dyn Classifier) -> Objective<'a> {
+        Objective {
+            target,
+            loss: self.loss,
+            sgm: self.sgm,
+            eot: self.eot,
+            diversity: self.diversity.as_ref(),
+        }
+    }
+
+    /// One run (no restarts): the final iterate.
+    fn run(&self, obj: &Objective, x: &Tensor, y: &Tensor, rng: &mut Rng) -> Tensor {
+        let _guard = tch::no_grad_guard();
+        let ball = Ball::new(x, self.eps);
+        let mut xa = if self.random_start { ball.uniform(x, self.eps, rng) } else { x.copy() };
+        let mut m = self.momentum.map(|_| x.zeros_like());
+        let dims = sample_dims(x.dim());
+        for _ in 0..self.steps {
+            let g = obj.eval(&xa, y, rng).grad;
+            let dir = match (&mut m, self.momentum) {
+                (Some(m), Some(mu)) => {
+                    let l1 = g.abs().sum_dim_intlist(dims.as_slice(), true, None).clamp_min(1e-12);
+                    *m *= mu;
+                    *m += g / l1;
+                    m.sign()
+                }
+                _ => g.sign(),
+            };
+            xa += dir * self.step_size;
+            ball.project_(&mut xa);
+        }
+        xa
+    }
+}
+
+impl Attack for PgdConfig {
+    fn perturb(&self, target: &dyn Classifier, x: &Tensor, y: &Tensor, rng: &mut Rng) -> Tensor {
+        let obj = self.objective(target);
+        with_restarts(&obj, x, y, self.restarts, rng, |xs, ys, rng| self.run(&obj, xs, ys, rng))
+    }
+
+    fn eps(&self) -> f64 {
+        self.eps
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn presets_validate_and_round_trip() {
+        for c in [
+            PgdConfig::default(),
+            PgdConfig::ifgsm(0.03, 0.01, 10),
+            PgdConfig::momentum(0.03, 1.0),
+            PgdConfig::diversity(0.03, 0.5),
+            PgdConfig::sgm(0.03, 0.2).with_loss(AttackLoss::cw()),
+        ] {
+            c.validate().unwrap();
+            let s = toml::to_string(&c).unwrap();
+            assert_eq!(toml::from_str::<PgdConfig>(&s).unwrap(), c, "{s}");
+        }
+        let partial: PgdConfig = toml::from_str("eps = 0.05\nloss = \"cw\"").unwrap();
+        assert_eq!(partial.steps, 50);
+        assert!(toml::from_str::<PgdConfig>("epsilon = 0.05").is_err());
+        assert!(PgdConfig { steps: 0, ..Default::default() }.validate().is_err());
+        assert!(PgdConfig { eps: 2.0, ..Default::default() }.validate().is_err());
+    }
+}

@@ -1,0 +1,760 @@
+/*!
+Black-box transfer evaluation (Ensemble-in-One Sec. 4.1, DVERGE `eval/eval_bbox.py`).
+
+1. [`transfer_gen`] crafts adversarial examples on surrogate models (the paper: baseline
+   ensembles of 3, 5 and 8 ResNet-20s) with every attack x loss x eps of a
+   [`TransferGenConfig`] (the paper's suite: momentum PGD from 3 random starts, each start a
+   version of its own; M-DI2-FGSM with p = 0.5; SGM with gamma = 0.2; CE and CW losses; 100
+   steps of eps/5; eps 0.01..0.07: 10 versions per surrogate, 30 per image and eps) and stores
+   them, one safetensors file per (surrogate, eps).
+2. [`transfer_eval`] reads such files and reports, for a target, the clean accuracy and per eps
+   the fraction of images classified correctly clean and on ALL versions; also per attack and
+   per source (surrogate, attack, loss).
+
+File layout (`<out_dir>/<surrogate>_eps<eps>.safetensors`):
+
+| tensor | shape, kind | content |
+|---|---|---|
+| `images` | `[N,3,32,32]` u8 | the clean images (exact) |
+| `labels` | `[N]` i64 | true labels |
+| `index` | `[N]` i64 | index of each image in the source split |
+| `adv.<attack>.<loss>.<restart>` | `[N,3,32,32]` f32 | one adversarial version (exact f32) |
+
+The metadata key `eio.transfer` holds a JSON [`TransferFile`] (surrogate, eps, seed, and per
+version its attack, loss, restart, full attack config and the surrogate's own fooling rate);
+`eio.transfer.plan` identifies what was asked for, so an interrupted generation resumes by
+skipping the files already complete.
+*/
+
+use std::collections::BTreeMap;
+use std::io::Read;
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use serde::{Deserialize, Serialize};
+use tch::{Device, Kind, Tensor};
+
+use super::aggregate::{all_or_nothing, fraction};
+use super::report::{csv_field, Report};
+use super::run::{attack_and_judge, clean_correct};
+use super::whitebox::paper_eps;
+use crate::attack::{AttackLoss, DiversityConfig, PgdConfig};
+use crate::data::Dataset;
+use crate::error::{Error, Result};
+use crate::model::io::TensorFile;
+use crate::model::Classifier;
+use crate::progress::Progress;
+use crate::seed::Seed;
+
+/// Metadata key of the JSON [`TransferFile`].
+pub const TRANSFER_KEY: &str = "eio.transfer";
+/// Metadata key of the generation plan (resume check).
+pub const PLAN_KEY: &str = "eio.transfer.plan";
+
+/// A model with a name (surrogate, ensemble member, route).
+pub struct Named<'a> {
+    /// Name used in file names, metadata and reports.
+    pub name: String,
+    /// The model.
+    pub target: &'a dyn Classifier,
+}
+
+impl<'a> Named<'a> {
+    /// Pairs `name` with `target`.
+    pub fn new(name: impl Into<String>, target: &'a dyn Classifier) -> Self {
+        Named { name: name.into(), target }
+    }
+}
+
+fn one() -> f64 {
+    1.0
+}
+fn three() -> usize {
+    3
+}
+fn one_restart() -> usize {
+    1
+}
+fn half() -> f64 {
+    0.5
+}
+fn resize_rate() -> f64 {
+    DiversityConfig::default().resize_rate
+}
+fn sgm_gamma() -> f64 {
+    0.2
+}
+fn yes() -> bool {
+    true
+}
+
+/// One attack family of a transfer suite (`kind = "mpgd" | "mdi2" | "sgm" | "pgd"`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "lowercase", deny_unknown_fields)]
+pub enum TransferAttack {
+    /// Momentum PGD (MI-FGSM) from uniform random starts; each start is stored as a version.
+    Mpgd {
+        /// Momentum decay mu (default 1.0).
+        #[serde(default = "one")]
+        momentum: f64,
+        /// Random starts, i.e. versions (default 3).
+        #[serde(default = "three")]
+        restarts: usize,
+    },
+    /// M-DI2-FGSM: momentum plus input diversity, from the clean image.
+    Mdi2 {
+        /// Momentum decay mu (default 1.0).
+        #[serde(default = "one")]
+        momentum: f64,
+        /// Probability of the resize-and-pad transformation (default 0.5).
+        #[serde(default = "half")]
+        prob: f64,
+        /// Smallest resized side as a fraction of the input side (default 0.9).
+        #[serde(default = "resize_rate")]
+        resize_rate: f64,
+    },
+    /// Skip gradient method, I-FGSM steps from the clean image.
+    Sgm {
+        /// Residual gradient scale (default 0.2).
+        #[serde(default = "sgm_gamma")]
+        gamma: f64,
+    },
+    /// Plain PGD; each restart is stored as a version.
+    Pgd {
+        /// Uniform random start (default true).
+        #[serde(default = "yes")]
+        random_start: bool,
+        /// Versions (default 1).
+        #[serde(default = "one_restart")]
+        restarts: usize,
+    },
+}
+
+impl TransferAttack {
+    /// The paper's three attacks: momentum PGD (3 starts), M-DI2-FGSM (p 0.5), SGM (gamma 0.2).
+    pub fn paper_suite() -> Vec<TransferAttack> {
+        vec![
+            TransferAttack::Mpgd { momentum: 1.0, restarts: 3 },
+            TransferAttack::Mdi2 { momentum: 1.0, prob: 0.5, resize_rate: resize_rate() },
+            TransferAttack::Sgm { gamma: 0.2 },
+        ]
+    }
+
+    /// Short name (`mpgd`, `mdi2`, `sgm`, `pgd`).
+    pub fn name(&self) -> &'static str {
+        match self {
+            TransferAttack::Mpgd { .. } => "mpgd",
+            TransferAttack::Mdi2 { .. } => "mdi2",
+            TransferAttack::Sgm { .. } => "sgm",
+            TransferAttack::Pgd { .. } => "pgd",
+        }
+    }
+
+    /// Versions stored per image (restarts of `mpgd` / `pgd`, else 1).
+    pub fn versions(&self) -> usize {
+        match self {
+            TransferAttack::Mpgd { restarts, .. } | TransferAttack::Pgd { restarts, .. } => {
+                *restarts
+            }
+            _ => 1,
+        }
+    }
+
+    /// The attack that makes one version.
+    pub fn config(
+        &self,
+        eps: f64,
+        step_size: f64,
+        steps: usize,
+        loss: AttackLoss,
+        eot: usize,
+    ) -> PgdConfig {
+        let base = PgdConfig {
+            eps,
+            step_size,
+            steps,
+            random_start: false,
+            restarts: 1,
+            loss,
+            momentum: None,
+            diversity: None,
+            sgm: None,
+            eot,
+        };
+        match *self {
+            TransferAttack::Mpgd { momentum, .. } => {
+                PgdConfig { random_start: true, momentum: Some(momentum), ..base }
+            }
+            TransferAttack::Mdi2 { momentum, prob, resize_rate } => PgdConfig {
+                momentum: Some(momentum),
+                diversity: Some(DiversityConfig { prob, resize_rate }),
+                ..base
+            },
+            TransferAttack::Sgm { gamma } => PgdConfig { sgm: Some(gamma), ..base },
+            TransferAttack::Pgd { random_start, .. } => PgdConfig { random_start, ..base },
+        }
+    }
+}
+
+/// Transfer-set generation settings.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TransferGenConfig {
+    /// Radii (default 0.01..=0.07 step 0.01).
+    pub eps: Vec<f64>,
+    /// Losses (default `ce` and `cw` with confidence 0.1).
+    pub losses: Vec<AttackLoss>,
+    /// Attack families (default the paper's suite, see [`TransferAttack::paper_suite`]).
+    pub attacks: Vec<TransferAttack>,
+    /// Iterations per attack (default 100).
+    pub steps: usize,
+    /// Step size as a fraction of eps (default 0.2).
+    pub step_ratio: f64,
+    /// Gradient samples per step for a random surrogate (default 1).
+    pub eot: usize,
+    /// Images per batch (default 500).
+    pub batch: usize,
+}
+
+impl Default for TransferGenConfig {
+    fn default() -> Self {
+        TransferGenConfig {
+            eps: paper_eps(),
+            losses: vec![AttackLoss::CrossEntropy, AttackLoss::cw()],
+            attacks: TransferAttack::paper_suite(),
+            steps: 100,
+            step_ratio: 0.2,
+            eot: 1,
+            batch: 500,
+        }
+    }
+}
+
+/// One adversarial version stored in a transfer file.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TransferVersion {
+    /// Tensor name (`adv.<attack>.<loss>.<restart>`).
+    pub key: String,
+    /// Attack family name.
+    pub attack: String,
+    /// Loss.
+    pub loss: AttackLoss,
+    /// Restart number (0 for single-version attacks).
+    pub restart: usize,
+    /// The exact attack settings.
+    pub config: PgdConfig,
+    /// Fraction of images that fool the surrogate itself (absent in plans).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub surrogate_fooled: Option<f64>,
+}
+
+/// What a transfer file holds (its `eio.transfer` metadata).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TransferFile {
+    /// Surrogate name.
+    pub surrogate: String,
+    /// Radius of every version.
+    pub eps: f64,
+    /// Master seed.
+    pub seed: u64,
+    /// Number of images.
+    pub images: usize,
+    /// The stored versions.
+    pub versions: Vec<TransferVersion>,
+}
+
+impl TransferGenConfig {
+    /// Checks the parameters.
+    pub fn validate(&self) -> Result<()> {
+        if self.eps.is_empty() || self.losses.is_empty() || self.attacks.is_empty() {
+            return Err(Error::config("transfer generation needs eps, losses and attacks"));
+        }
+        if self.batch == 0 {
+            return Err(Error::config("batch must be at least 1"));
+        }
+        for a in &self.attacks {
+            if a.versions() == 0 {
+                return Err(Error::config(format!("attack {} has 0 restarts", a.name())));
+            }
+        }
+        for &eps in &self.eps {
+            for v in self.versions(eps) {
+                v.config.validate()?;
+            }
+        }
+        Ok(())
+    }
+
+    /// The versions made at `eps` (attacks x losses x restarts), in storage order.
+    pub fn versions(&self, eps: f64) -> Vec<TransferVersion> {
+        let mut out = Vec::new();
+        for a in &self.attacks {
+            for &loss in &self.losses {
+                for r in 0..a.versions() {
+                    out.push(TransferVersion {
+                        key: format!("adv.{}.{}.{}", a.name(), loss, r),
+                        attack: a.name().to_string(),
+                        loss,
+                        restart: r,
+                        config: a.config(eps, eps * self.step_ratio, self.steps, loss, self.eot),
+                        surrogate_fooled: None,
+                    });
+                }
+            }
+        }
+        out
+    }
+}
+
+/// One file written (or found complete) by [`transfer_gen`].
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TransferFileReport {
+    /// The file.
+    pub path: PathBuf,
+    /// True when it already existed with the same plan and was kept.
+    pub skipped: bool,
+    /// Its contents.
+    pub file: TransferFile,
+}
+
+/// Result of [`transfer_gen`].
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TransferGenReport {
+    /// Images per version.
+    pub images: usize,
+    /// The files, per surrogate and eps.
+    pub files: Vec<TransferFileReport>,
+    /// The settings.
+    pub config: TransferGenConfig,
+    /// Master seed.
+    pub seed: u64,
+    /// Wall-clock seconds.
+    pub seconds: f64,
+}
+
+impl Report for TransferGenReport {
+    fn to_csv(&self) -> String {
+        let mut s = String::from("surrogate,eps,attack,loss,restart,surrogate_fooled,file\n");
+        for f in &self.files {
+            for v in &f.file.versions {
+                s += &format!(
+                    "{},{},{},{},{},{},{}\n",
+                    csv_field(&f.file.surrogate),
+                    f.file.eps,
+                    v.attack,
+                    csv_field(&v.loss.to_string()),
+                    v.restart,
+                    v.surrogate_fooled.map(|x| format!("{x:.6}")).unwrap_or_default(),
+                    csv_field(&f.path.display().to_string())
+                );
+            }
+        }
+        s
+    }
+}
+
+/// A file-name-safe version of `name`.
+fn file_stem(name: &str) -> String {
+    name.chars()
+        .map(|c| if c.is_ascii_alphanumeric() || "-_.".contains(c) { c } else { '_' })
+        .collect()
+}
+
+/// Reads only the `__metadata__` of a safetensors file (not its tensors).
+pub fn read_metadata(path: &Path) -> Result<BTreeMap<String, String>> {
+    let mut f = std::fs::File::open(path).map_err(|e| Error::io(path, e))?;
+    let mut len = [0u8; 8];
+    f.read_exact(&mut len).map_err(|e| Error::io(path, e))?;
+    let len = u64::from_le_bytes(len);
+    if len > 100 << 20 {
+        return Err(Error::checkpoint(path, "not a safetensors file (header too large)"));
+    }
+    let mut header = vec![0u8; len as usize];
+    f.read_exact(&mut header).map_err(|e| Error::io(path, e))?;
+    let v: serde_json::Value = serde_json::from_slice(&header)
+        .map_err(|e| Error::checkpoint(path, format!("not a safetensors file ({e})")))?;
+    let mut out = BTreeMap::new();
+    if let Some(m) = v.get("__metadata__").and_then(|m| m.as_object()) {
+        for (k, v) in m {
+            if let Some(s) = v.as_str() {
+                out.insert(k.clone(), s.to_string());
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// A stable fingerprint of the chosen images (FNV-1a over indices and labels).
+fn fingerprint(index: &[usize], labels: &[u8]) -> u64 {
+    let mut h = 0xcbf2_9ce4_8422_2325u64;
+    for (&i, &l) in index.iter().zip(labels) {
+        for b in (i as u64).to_le_bytes().into_iter().chain([l]) {
+            h = (h ^ b as u64).wrapping_mul(0x0100_0000_01b3);
+        }
+    }
+    h
+}
+
+/// Crafts the transfer set: for every surrogate and eps, every version of `cfg` on the images
+/// `index` of `data` (e.g. the test split), written to `out_dir` (see the module docs for the
+/// layout). Files that already exist with the same plan are kept (resume). Version `v` of
+/// surrogate `s` at eps `e`, batch `b`, is seeded from `seed` with the label
+/// `transfer/<s>/eps=<e>/<key of v>`.
+pub fn transfer_gen(
+    surrogates: &[Named],
+    data: &Dataset,
+    index: &[usize],
+    cfg: &TransferGenConfig,
+    out_dir: &Path,
+    device: Device,
+    seed: Seed,
+) -> Result<TransferGenReport> {
+    cfg.validate()?;
+    if surrogates.is_empty() {
+        return Err(Error::config("transfer generation needs at least one surrogate"));
+    }
+    if let Some(&bad) = index.iter().find(|&&i| i >= data.len()) {
+        return Err(Error::config(format!(
+            "image index {bad} out of range (data has {})",
+            data.len()
+        )));
+    }
+    let mut stems: Vec<String> = surrogates.iter().map(|s| file_stem(&s.name)).collect();
+    stems.sort();
+    stems.dedup();
+    if stems.len() != surrogates.len() {
+        return Err(Error::config("surrogate names must be distinct (after file-name cleaning)"));
+    }
+    let start = Instant::now();
+    let subset = data.select(index);
+    let (x, y) = subset.tensors();
+    let n = subset.len();
+    let images_u8 = (&x * 255.0).round().to_kind(Kind::Uint8);
+    let index_t = Tensor::from_slice(&index.iter().map(|&i| i as i64).collect::<Vec<_>>());
+    let all: Vec<i64> = (0..n as i64).collect();
+    let print = fingerprint(index, subset.labels());
+
+    let per_file = cfg.versions(cfg.eps[0]).len();
+    let total = (surrogates.len() * cfg.eps.len() * per_file * n) as u64;
+    let mut progress = Progress::new(total, "transfer-gen");
+    let mut pos = 0u64;
+    let mut files = Vec::new();
+    for s in surrogates {
+        for &eps in &cfg.eps {
+            let path = out_dir.join(format!("{}_eps{eps}.safetensors", file_stem(&s.name)));
+            let versions = cfg.versions(eps);
+            let plan = serde_json::json!({
+                "surrogate": s.name, "eps": eps, "seed": seed.0, "images": n,
+                "fingerprint": print.to_string(), "versions": versions,
+            })
+            .to_string();
+            if path.is_file() {
+                let meta = read_metadata(&path)?;
+                if meta.get(PLAN_KEY) == Some(&plan) {
+                    if let Some(file) =
+                        meta.get(TRANSFER_KEY).and_then(|j| serde_json::from_str(j).ok())
+                    {
+                        pos += (versions.len() * n) as u64;
+                        progress.update(pos, &format!("{} eps {eps}: kept", s.name));
+                        files.push(TransferFileReport { path, skipped: true, file });
+                        continue;
+                    }
+                }
+            }
+            let mut out = TensorFile::default();
+            out.tensors.insert("images".into(), images_u8.shallow_clone());
+            out.tensors.insert("labels".into(), y.shallow_clone());
+            out.tensors.insert("index".into(), index_t.shallow_clone());
+            let mut done_versions = Vec::new();
+            for mut v in versions {
+                let label = format!("transfer/{}/eps={eps}/{}", s.name, v.key);
+                let msg = format!("{} eps {eps} {}", s.name, v.key);
+                let judged = attack_and_judge(
+                    &v.config,
+                    s.target,
+                    &[s.target],
+                    (&x, &y),
+                    &all,
+                    cfg.batch,
+                    device,
+                    (seed, &label),
+                    true,
+                    |k| {
+                        pos += k as u64;
+                        progress.update(pos, &msg);
+                    },
+                )?;
+                let adv = judged.adv.expect("kept");
+                out.tensors.insert(v.key.clone(), adv.to_kind(Kind::Float));
+                v.surrogate_fooled = Some(1.0 - fraction(&judged.correct[0]));
+                done_versions.push(v);
+            }
+            let file = TransferFile {
+                surrogate: s.name.clone(),
+                eps,
+                seed: seed.0,
+                images: n,
+                versions: done_versions,
+            };
+            out.meta.insert(TRANSFER_KEY.into(), serde_json::to_string(&file).expect("serialises"));
+            out.meta.insert(PLAN_KEY.into(), plan);
+            out.meta.insert("eio.version".into(), env!("CARGO_PKG_VERSION").into());
+            out.write(&path)?;
+            files.push(TransferFileReport { path, skipped: false, file });
+        }
+    }
+    progress.finish();
+    Ok(TransferGenReport {
+        images: n,
+        files,
+        config: cfg.clone(),
+        seed: seed.0,
+        seconds: start.elapsed().as_secs_f64(),
+    })
+}
+
+/// The `.safetensors` files of a transfer-set folder, sorted by name.
+pub fn transfer_files(dir: &Path) -> Result<Vec<PathBuf>> {
+    let rd = std::fs::read_dir(dir).map_err(|e| Error::io(dir, e))?;
+    let mut out = Vec::new();
+    for e in rd {
+        let p = e.map_err(|e| Error::io(dir, e))?.path();
+        if p.extension().is_some_and(|x| x == "safetensors") {
+            out.push(p);
+        }
+    }
+    out.sort();
+    if out.is_empty() {
+        return Err(Error::data(dir, "no .safetensors transfer files in this folder"));
+    }
+    Ok(out)
+}
+
+/// Black-box accuracy of one group of versions at one eps.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TransferEvalRow {
+    /// Radius.
+    pub eps: f64,
+    /// Surrogate of the versions (`None`: all surrogates).
+    pub surrogate: Option<String>,
+    /// Attack family (`None`: all attacks).
+    pub attack: Option<String>,
+    /// Loss (`None`: all losses).
+    pub loss: Option<String>,
+    /// Number of versions combined.
+    pub versions: usize,
+    /// Fraction of images correct clean and on every version of the group.
+    pub robust_accuracy: f64,
+}
+
+/// Result of [`transfer_eval`].
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TransferEvalReport {
+    /// Images per version.
+    pub images: usize,
+    /// Clean accuracy on those images.
+    pub clean_accuracy: f64,
+    /// Per eps: first the overall row (all surrogates, attacks and losses), then one row per
+    /// attack family, then one per (surrogate, attack, loss) source.
+    pub rows: Vec<TransferEvalRow>,
+    /// The transfer files read.
+    pub files: Vec<PathBuf>,
+    /// Wall-clock seconds.
+    pub seconds: f64,
+}
+
+impl TransferEvalReport {
+    /// The overall black-box accuracy at `eps`.
+    pub fn accuracy(&self, eps: f64) -> Option<f64> {
+        self.rows
+            .iter()
+            .find(|r| {
+                r.eps == eps && r.surrogate.is_none() && r.attack.is_none() && r.loss.is_none()
+            })
+            .map(|r| r.robust_accuracy)
+    }
+}
+
+impl Report for TransferEvalReport {
+    fn to_csv(&self) -> String {
+        let mut s = String::from(
+            "eps,surrogate,attack,loss,versions,images,clean_accuracy,robust_accuracy\n",
+        );
+        let all = |o: &Option<String>| csv_field(o.as_deref().unwrap_or("all"));
+        for r in &self.rows {
+            s += &format!(
+                "{},{},{},{},{},{},{:.6},{:.6}\n",
+                r.eps,
+                all(&r.surrogate),
+                all(&r.attack),
+                all(&r.loss),
+                r.versions,
+                self.images,
+                self.clean_accuracy,
+                r.robust_accuracy
+            );
+        }
+        s
+    }
+}
+
+type Group = (Option<String>, Option<String>, Option<String>);
+/// Correctness rows (clean first) per group, for one eps.
+type Groups = BTreeMap<Group, Vec<Vec<bool>>>;
+
+/// Evaluates `target` on the transfer files `files` (all made from the same images; see
+/// [`transfer_files`]). Needs no seed for a deterministic target; a random-route target is
+/// judged with one random forward per image and version.
+pub fn transfer_eval(
+    target: &dyn Classifier,
+    files: &[PathBuf],
+    batch: usize,
+    device: Device,
+) -> Result<TransferEvalReport> {
+    if files.is_empty() {
+        return Err(Error::config("no transfer files to evaluate"));
+    }
+    let start = Instant::now();
+    // (eps, group) -> correctness rows.
+    let mut groups: Vec<(f64, Groups)> = Vec::new();
+    let mut reference: Option<(Tensor, Tensor, Vec<bool>)> = None;
+    let mut progress = Progress::new(files.len() as u64, "transfer-eval");
+    for (fi, path) in files.iter().enumerate() {
+        let tf = TensorFile::read(path)?;
+        let meta: TransferFile = tf
+            .meta
+            .get(TRANSFER_KEY)
+            .ok_or_else(|| {
+                Error::data(
+                    path,
+                    format!("not an eio transfer file (no '{TRANSFER_KEY}' metadata)"),
+                )
+            })
+            .and_then(|j| {
+                serde_json::from_str(j)
+                    .map_err(|e| Error::data(path, format!("bad '{TRANSFER_KEY}' metadata: {e}")))
+            })?;
+        let get = |k: &str| {
+            tf.tensors.get(k).ok_or_else(|| Error::data(path, format!("missing tensor '{k}'")))
+        };
+        let (images, labels, index) = (get("images")?, get("labels")?, get("index")?);
+        let n = labels.size()[0];
+        let x = images.to_kind(Kind::Float) / 255.0;
+        let clean = match &reference {
+            None => {
+                let c = clean_correct(target, (&x, labels), batch, device)?;
+                reference = Some((labels.shallow_clone(), index.shallow_clone(), c.clone()));
+                c
+            }
+            Some((l, i, c)) => {
+                if l.size() != labels.size() || !l.equal(labels) || !i.equal(index) {
+                    return Err(Error::data(
+                        path,
+                        format!("made from other images than {}", files[0].display()),
+                    ));
+                }
+                c.clone()
+            }
+        };
+        let at = match groups.iter().position(|(e, _)| *e == meta.eps) {
+            Some(p) => p,
+            None => {
+                groups.push((meta.eps, BTreeMap::new()));
+                groups.len() - 1
+            }
+        };
+        for v in &meta.versions {
+            let adv = get(&v.key)?;
+            if adv.size() != images.size() {
+                return Err(Error::data(
+                    path,
+                    format!("tensor '{}' has shape {:?}", v.key, adv.size()),
+                ));
+            }
+            let ok = clean_correct(target, (adv, labels), batch, device)?;
+            debug_assert_eq!(ok.len() as i64, n);
+            let loss = v.loss.to_string();
+            let keys: [Group; 3] = [
+                (None, None, None),
+                (None, Some(v.attack.clone()), None),
+                (Some(meta.surrogate.clone()), Some(v.attack.clone()), Some(loss)),
+            ];
+            for k in keys {
+                groups[at].1.entry(k).or_insert_with(|| vec![clean.clone()]).push(ok.clone());
+            }
+        }
+        progress.update(fi as u64 + 1, &format!("{}", path.display()));
+    }
+    progress.finish();
+    let (_, _, clean) = reference.expect("at least one file");
+    groups.sort_by(|a, b| a.0.total_cmp(&b.0));
+    let mut rows = Vec::new();
+    for (eps, map) in groups {
+        for ((surrogate, attack, loss), table) in map {
+            rows.push(TransferEvalRow {
+                eps,
+                surrogate,
+                attack,
+                loss,
+                versions: table.len() - 1,
+                robust_accuracy: fraction(&all_or_nothing(&table)?),
+            });
+        }
+    }
+    Ok(TransferEvalReport {
+        images: clean.len(),
+        clean_accuracy: fraction(&clean),
+        rows,
+        files: files.to_vec(),
+        seconds: start.elapsed().as_secs_f64(),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn paper_suite_has_ten_versions_per_surrogate_and_eps() {
+        let cfg = TransferGenConfig::default();
+        cfg.validate().unwrap();
+        let v = cfg.versions(0.03);
+        assert_eq!(v.len(), 10);
+        assert_eq!(v.iter().filter(|v| v.attack == "mpgd").count(), 6);
+        let mpgd = &v[0].config;
+        assert!(mpgd.random_start && mpgd.momentum == Some(1.0) && mpgd.steps == 100);
+        assert!((mpgd.step_size - 0.006).abs() < 1e-12);
+        let sgm = v.iter().find(|v| v.attack == "sgm").unwrap();
+        assert_eq!((sgm.config.sgm, sgm.config.random_start), (Some(0.2), false));
+        assert_eq!(cfg.eps.len() * 3 * v.len(), 210);
+    }
+
+    #[test]
+    fn config_from_toml() {
+        let cfg: TransferGenConfig = toml::from_str(
+            r#"
+            eps = [0.03]
+            losses = ["ce", "cw:0.5"]
+            [[attacks]]
+            kind = "mpgd"
+            [[attacks]]
+            kind = "mdi2"
+            prob = 0.7
+            "#,
+        )
+        .unwrap();
+        assert_eq!(cfg.attacks[0], TransferAttack::Mpgd { momentum: 1.0, restarts: 3 });
+        assert_eq!(
+            cfg.attacks[1],
+            TransferAttack::Mdi2 { momentum: 1.0, prob: 0.7, resize_rate: 0.9 }
+        );
+        assert_eq!(cfg.losses[1], AttackLoss::Cw { kappa: 0.5 });
+        assert_eq!(cfg.steps, 100);
+        assert!(
+            toml::from_str::<TransferGenConfig>("[[attacks]]\nkind = \"sgm\"\ngama = 1.0").is_err()
+        );
+        assert!(toml::from_str::<TransferGenConfig>("step = 3").is_err());
+        let back: TransferGenConfig = toml::from_str(&toml::to_string(&cfg).unwrap()).unwrap();
+        assert_eq!(back, cfg);
+    }
+}

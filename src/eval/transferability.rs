@@ -1,0 +1,240 @@
+/*!
+Transferability among sub-models (DVERGE `eval/eval_transferability.py`, Ensemble-in-One Fig. 4):
+for the members of an ensemble (or K fixed routes of an RGN), on N test images that every member
+classifies correctly, entry (i, j) is the success rate on member j of PGD examples crafted on
+member i (default eps 0.03, 50 steps of eps/5, random start, 5 restarts). An image counts as a
+success for (i, j) when any restart's example fools member j. The diagonal is the white-box
+success rate. An optional extra column judges the whole ensemble.
+
+Each restart r > 0 runs only on the images whose examples from member i have not yet fooled
+every judge (the others cannot change any entry).
+*/
+
+use std::time::Instant;
+
+use rand::seq::SliceRandom;
+use serde::{Deserialize, Serialize};
+use tch::Device;
+
+use super::report::{csv_field, Report};
+use super::run::{attack_and_judge, clean_correct, key, where_true};
+use super::transfer::Named;
+use crate::attack::{AttackLoss, PgdConfig};
+use crate::data::Dataset;
+use crate::error::{Error, Result};
+use crate::model::Classifier;
+use crate::progress::Progress;
+use crate::seed::{Seed, Stream};
+
+/// Transferability-matrix settings.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TransferabilityConfig {
+    /// Radius (default 0.03).
+    pub eps: f64,
+    /// PGD iterations (default 50).
+    pub steps: usize,
+    /// Step size as a fraction of eps (default 0.2).
+    pub step_ratio: f64,
+    /// Restarts (default 5).
+    pub restarts: usize,
+    /// Uniform random start (default true).
+    pub random_start: bool,
+    /// Attack loss (default `ce`).
+    pub loss: AttackLoss,
+    /// Gradient samples per step for random members (default 1).
+    pub eot: usize,
+    /// Images to use, drawn (seeded) among those every member classifies correctly
+    /// (default 1000; fewer when fewer qualify).
+    pub images: usize,
+    /// Images per batch (default 500).
+    pub batch: usize,
+}
+
+impl Default for TransferabilityConfig {
+    fn default() -> Self {
+        TransferabilityConfig {
+            eps: 0.03,
+            steps: 50,
+            step_ratio: 0.2,
+            restarts: 5,
+            random_start: true,
+            loss: AttackLoss::CrossEntropy,
+            eot: 1,
+            images: 1000,
+            batch: 500,
+        }
+    }
+}
+
+impl TransferabilityConfig {
+    /// The attack of one restart.
+    pub fn attack(&self) -> PgdConfig {
+        PgdConfig {
+            eps: self.eps,
+            step_size: self.eps * self.step_ratio,
+            steps: self.steps,
+            random_start: self.random_start,
+            restarts: 1,
+            loss: self.loss,
+            momentum: None,
+            diversity: None,
+            sgm: None,
+            eot: self.eot,
+        }
+    }
+
+    /// Checks the parameters.
+    pub fn validate(&self) -> Result<()> {
+        if self.restarts == 0 || self.batch == 0 || self.images == 0 {
+            return Err(Error::config("restarts, batch and images must be at least 1"));
+        }
+        self.attack().validate()
+    }
+}
+
+/// Result of [`transferability`].
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TransferabilityReport {
+    /// Member names (rows: source; columns: judge).
+    pub members: Vec<String>,
+    /// `success[i][j]`: fraction of images where an example made on member i fools judge j;
+    /// judges are the members, then the ensemble when given.
+    pub success: Vec<Vec<f64>>,
+    /// True when the last column judges the whole ensemble.
+    pub ensemble_column: bool,
+    /// Images used.
+    pub images: usize,
+    /// Images of the data that every member classified correctly.
+    pub eligible: usize,
+    /// Indices (into the given data) of the images used.
+    pub index: Vec<usize>,
+    /// The settings.
+    pub config: TransferabilityConfig,
+    /// Master seed.
+    pub seed: u64,
+    /// Wall-clock seconds.
+    pub seconds: f64,
+}
+
+impl Report for TransferabilityReport {
+    fn to_csv(&self) -> String {
+        let mut cols: Vec<String> = self.members.iter().map(|m| csv_field(m)).collect();
+        if self.ensemble_column {
+            cols.push("ensemble".into());
+        }
+        let mut s = format!("source,{}\n", cols.join(","));
+        for (name, row) in self.members.iter().zip(&self.success) {
+            let vals: Vec<String> = row.iter().map(|v| format!("{v:.6}")).collect();
+            s += &format!("{},{}\n", csv_field(name), vals.join(","));
+        }
+        s
+    }
+}
+
+/// Computes the transferability matrix among `members` on images of `data` (e.g. the test
+/// split) that every member classifies correctly; with `ensemble`, adds a column judging it.
+/// The image draw uses `seed` (evaluation stream, label `transferability/images`); the random
+/// starts of restart `r` on member `i` use the label `transferability/source=<i>/restart=<r>`.
+pub fn transferability(
+    members: &[Named],
+    ensemble: Option<&dyn Classifier>,
+    data: &Dataset,
+    cfg: &TransferabilityConfig,
+    device: Device,
+    seed: Seed,
+) -> Result<TransferabilityReport> {
+    cfg.validate()?;
+    if members.is_empty() {
+        return Err(Error::config("the transferability matrix needs at least one member"));
+    }
+    let start = Instant::now();
+    let (x_all, y_all) = data.tensors();
+    let mut eligible = vec![true; data.len()];
+    for m in members {
+        for (e, ok) in
+            eligible.iter_mut().zip(clean_correct(m.target, (&x_all, &y_all), cfg.batch, device)?)
+        {
+            *e &= ok;
+        }
+    }
+    let mut index: Vec<usize> = where_true(&eligible).into_iter().map(|i| i as usize).collect();
+    let n_eligible = index.len();
+    if index.len() > cfg.images {
+        index.shuffle(&mut seed.rng(Stream::Eval, key("transferability/images"), 0));
+        index.truncate(cfg.images);
+        index.sort_unstable();
+    }
+    let subset = data.select(&index);
+    let (x, y) = subset.tensors();
+    let n = subset.len();
+
+    let mut judges: Vec<&dyn Classifier> = members.iter().map(|m| m.target).collect();
+    if let Some(e) = ensemble {
+        judges.push(e);
+    }
+    let attack = cfg.attack();
+    let total = (members.len() * cfg.restarts * n) as u64;
+    let mut progress = Progress::new(total, "transferability");
+    let mut pos = 0u64;
+    let mut success = Vec::new();
+    for (i, m) in members.iter().enumerate() {
+        // fooled[j][k]: judge j fooled on image k by some restart so far.
+        let mut fooled = vec![vec![false; n]; judges.len()];
+        for r in 0..cfg.restarts {
+            let open: Vec<bool> = (0..n).map(|k| fooled.iter().any(|f| !f[k])).collect();
+            let idx = where_true(&open);
+            let skipped = (n - idx.len()) as u64;
+            let base = pos;
+            let label = format!("transferability/source={i}/restart={r}");
+            let msg = format!("source {} restart {}/{}", m.name, r + 1, cfg.restarts);
+            let judged = attack_and_judge(
+                &attack,
+                m.target,
+                &judges,
+                (&x, &y),
+                &idx,
+                cfg.batch,
+                device,
+                (seed, &label),
+                false,
+                |k| {
+                    pos += k as u64;
+                    progress.update(pos + skipped, &msg);
+                },
+            )?;
+            pos = base + n as u64;
+            for (f, ok) in fooled.iter_mut().zip(&judged.correct) {
+                for (&k, &c) in idx.iter().zip(ok) {
+                    f[k as usize] |= !c;
+                }
+            }
+        }
+        success.push(
+            fooled
+                .iter()
+                .map(
+                    |f| {
+                        if n == 0 {
+                            0.0
+                        } else {
+                            f.iter().filter(|&&b| b).count() as f64 / n as f64
+                        }
+                    },
+                )
+                .collect(),
+        );
+    }
+    progress.finish();
+    Ok(TransferabilityReport {
+        members: members.iter().map(|m| m.name.clone()).collect(),
+        success,
+        ensemble_column: ensemble.is_some(),
+        images: n,
+        eligible: n_eligible,
+        index,
+        config: cfg.clone(),
+        seed: seed.0,
+        seconds: start.elapsed().as_secs_f64(),
+    })
+}

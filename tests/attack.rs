@@ -1,0 +1,514 @@
+//! Attacks and robustness protocols: invariants, closed forms, finite differences, protocol
+//! consistency. Tiny models and inputs, CPU only.
+
+use eio::attack::{
+    check_output, loss_and_grad, ApgdConfig, Attack, AttackConfig, AttackLoss, DiversityConfig,
+    FgsmConfig, PgdConfig,
+};
+use eio::data::{Dataset, IMAGE_BYTES};
+use eio::eval::report::Report;
+use eio::eval::transfer::{
+    transfer_eval, transfer_files, transfer_gen, Named, TransferAttack, TransferFile,
+    TransferGenConfig, PLAN_KEY, TRANSFER_KEY,
+};
+use eio::eval::transferability::{transferability, TransferabilityConfig};
+use eio::eval::whitebox::{whitebox, WhiteboxConfig};
+use eio::model::io::TensorFile;
+use eio::model::{ArchConfig, Classifier, Model, ModelSpec, Routing, Target};
+use eio::seed::{Rng, Seed, Stream};
+use rand::Rng as _;
+use tch::{Device, Kind, Tensor};
+
+/// Logits `W x + b` of the flattened input.
+struct Linear {
+    w: Tensor,
+    b: Tensor,
+}
+
+/// A test generator (tests run in parallel threads: never use libtorch's global generator).
+fn rng(seed: u64) -> Rng {
+    Seed(seed).rng(Stream::Eval, 0, 0)
+}
+
+/// U[lo, hi) values of `kind`, drawn from `seed`.
+fn uniform(shape: &[i64], lo: f64, hi: f64, kind: Kind, seed: u64) -> Tensor {
+    let mut r = rng(seed);
+    let n: i64 = shape.iter().product();
+    let v: Vec<f64> = (0..n).map(|_| r.gen_range(lo..hi)).collect();
+    Tensor::from_slice(&v).view(shape).to_kind(kind)
+}
+
+impl Linear {
+    fn new(classes: i64, dim: i64, kind: Kind, seed: u64) -> Self {
+        Linear {
+            w: uniform(&[classes, dim], -0.1, 0.1, kind, seed),
+            b: uniform(&[classes], -0.2, 0.2, kind, seed + 1000),
+        }
+    }
+}
+
+impl Classifier for Linear {
+    fn logits(&self, x: &Tensor, _sgm: Option<f64>) -> Tensor {
+        x.flatten(1, -1).matmul(&self.w.tr()) + &self.b
+    }
+}
+
+/// conv3x3 (3 -> 4) - tanh - 2x2 average pool - linear, in float64.
+struct TinyConv {
+    k: Tensor,
+    w: Tensor,
+}
+
+impl Classifier for TinyConv {
+    fn logits(&self, x: &Tensor, _sgm: Option<f64>) -> Tensor {
+        let h = x.conv2d(&self.k, None::<Tensor>, [1, 1], [1, 1], [1, 1], 1).tanh();
+        h.avg_pool2d([2, 2], [2, 2], [0, 0], false, true, None::<i64>)
+            .flatten(1, -1)
+            .matmul(&self.w)
+    }
+}
+
+fn rand_images(n: i64, seed: u64) -> Tensor {
+    // About 5% of the pixels exactly 0 and 5% exactly 1.
+    uniform(&[n, 3, 32, 32], -0.05, 1.05, Kind::Float, seed).clamp(0.0, 1.0)
+}
+
+fn labels(n: i64, seed: u64) -> Tensor {
+    let mut r = rng(seed);
+    Tensor::from_slice(&(0..n).map(|_| r.gen_range(0..10i64)).collect::<Vec<_>>())
+}
+
+fn plain_model() -> Model {
+    Model::new(&ModelSpec { arch: ArchConfig::plain(), members: 1 }, Device::Cpu, Seed(3)).unwrap()
+}
+
+fn ce_of(t: &dyn Classifier, x: &Tensor, y: &Tensor) -> f64 {
+    let _g = tch::no_grad_guard();
+    AttackLoss::CrossEntropy.per_sample(&t.logits(x, None), y).sum(Kind::Double).double_value(&[])
+}
+
+fn all_attacks(eps: f64) -> Vec<AttackConfig> {
+    let short = |c: PgdConfig| PgdConfig { steps: 3, ..c };
+    vec![
+        AttackConfig::Fgsm(FgsmConfig { eot: 2, ..FgsmConfig::new(eps) }),
+        AttackConfig::Pgd(PgdConfig { restarts: 2, eot: 2, ..short(PgdConfig::whitebox(eps)) }),
+        AttackConfig::Pgd(short(PgdConfig::whitebox(eps)).with_loss(AttackLoss::cw())),
+        AttackConfig::Pgd(short(PgdConfig::momentum(eps, 1.0))),
+        AttackConfig::Pgd(short(PgdConfig::diversity(eps, 1.0))),
+        AttackConfig::Pgd(PgdConfig { eot: 2, ..short(PgdConfig::sgm(eps, 0.2)) }),
+        AttackConfig::Apgd(ApgdConfig {
+            steps: 4,
+            restarts: 2,
+            eot: 2,
+            ..ApgdConfig::new(eps, AttackLoss::CrossEntropy)
+        }),
+        AttackConfig::Apgd(ApgdConfig { steps: 4, ..ApgdConfig::new(eps, AttackLoss::Dlr) }),
+    ]
+}
+
+#[test]
+fn every_attack_stays_in_the_ball_and_the_unit_box() {
+    let rgn = Model::new(&ModelSpec { arch: ArchConfig::rgn(2), members: 1 }, Device::Cpu, Seed(1))
+        .unwrap();
+    let random = Target::new(&rgn, Routing::Random, Seed(5)).unwrap();
+    assert!(random.is_random());
+    let plain = plain_model();
+    let fixed = Target::fixed_zero(&plain);
+    let linear = Linear::new(10, 3072, Kind::Float, 0);
+    let targets: [(&str, &dyn Classifier); 3] =
+        [("linear", &linear), ("resnet20", &fixed), ("rgn-random", &random)];
+    for (case, eps) in [0.004, 0.03, 0.3].into_iter().enumerate() {
+        let x = rand_images(3, 10 + case as u64);
+        let y = labels(3, 20 + case as u64);
+        for (name, t) in targets {
+            for a in all_attacks(eps) {
+                a.validate().unwrap();
+                let xa = a.perturb(t, &x, &y, &mut rng(case as u64));
+                check_output(&x, &xa, eps).unwrap_or_else(|e| panic!("{name} {a:?}: {e}"));
+                let d = (&xa - &x).abs().max().double_value(&[]);
+                assert!(d <= eps + 1e-6, "{name} {a:?}: {d}");
+                assert!(xa.min().double_value(&[]) >= 0.0 && xa.max().double_value(&[]) <= 1.0);
+            }
+        }
+    }
+}
+
+#[test]
+fn attacks_never_touch_weight_gradients() {
+    let m = plain_model();
+    let t = Target::fixed_zero(&m);
+    let (x, y) = (rand_images(2, 1), labels(2, 2));
+    let _ = PgdConfig { steps: 2, restarts: 2, ..PgdConfig::whitebox(0.03) }.perturb(
+        &t,
+        &x,
+        &y,
+        &mut rng(0),
+    );
+    for (name, v) in m.vs.variables() {
+        assert!(!v.grad().defined(), "{name} got a gradient");
+    }
+}
+
+#[test]
+fn pgd_on_a_linear_model_is_monotone_and_reaches_the_box_optimum() {
+    // Cross-entropy of a linear model is convex in x, so a projected sign step never lowers it.
+    let m = Linear::new(10, 3072, Kind::Double, 7);
+    let x = rand_images(4, 3).to_kind(Kind::Double);
+    let y = labels(4, 4);
+    let eps = 0.02;
+    let mut last = ce_of(&m, &x, &y);
+    for steps in 1..=12 {
+        let a = PgdConfig::ifgsm(eps, eps / 4.0, steps);
+        let l = ce_of(&m, &a.perturb(&m, &x, &y, &mut rng(0)), &y);
+        assert!(l >= last - 1e-12, "step {steps}: {l} < {last}");
+        last = l;
+    }
+
+    // Two classes: CE = softplus(d . x + c) with d = w_1 - w_0, maximised over the box at the
+    // vertex x_i = hi_i where d_i > 0 and lo_i where d_i < 0.
+    let m2 = Linear::new(2, 3072, Kind::Double, 8);
+    let y0 = Tensor::zeros([4], (Kind::Int64, Device::Cpu));
+    let d = (m2.w.get(1) - m2.w.get(0)).view([1, 3, 32, 32]);
+    let lo = (&x - eps).clamp_min(0.0);
+    let hi = (&x + eps).clamp_max(1.0);
+    let best = hi.where_self(&d.gt(0.0), &lo);
+    let optimum = ce_of(&m2, &best, &y0);
+    for random_start in [false, true] {
+        let a = PgdConfig { steps: 12, random_start, restarts: 1, ..PgdConfig::whitebox(eps) };
+        let xa = a.perturb(&m2, &x, &y0, &mut rng(0));
+        let l = ce_of(&m2, &xa, &y0);
+        assert!((l - optimum).abs() < 1e-6 * optimum.abs().max(1.0), "{l} vs {optimum}");
+        assert!(xa.allclose(&best, 0.0, 1e-12, false));
+    }
+    // APGD's first step (2 eps) lands on the vertex and later steps cannot leave it, so both its
+    // last fooling iterate and its best-loss iterate are the optimum.
+    let ap = ApgdConfig { steps: 10, ..ApgdConfig::new(eps, AttackLoss::CrossEntropy) };
+    let xa = ap.perturb(&m2, &x, &y0, &mut rng(0));
+    assert!(xa.allclose(&best, 0.0, 1e-12, false));
+}
+
+#[test]
+fn fgsm_is_the_analytic_sign_step() {
+    let m = Linear::new(10, 3072, Kind::Double, 9);
+    let x = rand_images(3, 5).to_kind(Kind::Double);
+    let y = labels(3, 6);
+    let eps = 0.03;
+    // d CE / d x = W^T (softmax(z) - onehot(y)).
+    let p = m.logits(&x, None).softmax(-1, Kind::Double) - y.one_hot(10).to_kind(Kind::Double);
+    let g = p.matmul(&m.w).view([3, 3, 32, 32]);
+    let want = (&x + g.sign() * eps).clamp(0.0, 1.0);
+    let got = FgsmConfig::new(eps).perturb(&m, &x, &y, &mut rng(0));
+    assert!(got.allclose(&want, 0.0, 1e-12, false));
+}
+
+#[test]
+fn input_gradients_match_central_finite_differences() {
+    let net = TinyConv {
+        k: uniform(&[4, 3, 3, 3], -0.8, 0.8, Kind::Double, 11),
+        w: uniform(&[64, 10], -0.8, 0.8, Kind::Double, 12),
+    };
+    let x = uniform(&[2, 3, 8, 8], 0.0, 1.0, Kind::Double, 13);
+    let y = Tensor::from_slice(&[3i64, 7]);
+    for loss in [AttackLoss::CrossEntropy, AttackLoss::Cw { kappa: 50.0 }, AttackLoss::Dlr] {
+        let g = loss_and_grad(&net, &x, &y, loss, None, 1).grad;
+        let f = |x: &Tensor| {
+            loss.per_sample(&net.logits(x, None), &y).sum(Kind::Double).double_value(&[])
+        };
+        let h = 1e-6;
+        let flat = x.view([-1]);
+        let gflat = g.view([-1]);
+        let mut worst = 0f64;
+        for i in (0..flat.size()[0]).step_by(7) {
+            let e = Tensor::zeros_like(&flat).index_fill(0, &Tensor::from_slice(&[i]), h);
+            let fd = (f(&(&flat + &e).view([2, 3, 8, 8])) - f(&(&flat - &e).view([2, 3, 8, 8])))
+                / (2.0 * h);
+            let an = gflat.double_value(&[i]);
+            worst = worst.max((fd - an).abs() / (1e-6 + an.abs()).max(1e-3));
+        }
+        assert!(worst < 1e-5, "{loss}: relative error {worst}");
+    }
+}
+
+#[test]
+fn sgm_with_gamma_one_is_plain_pgd() {
+    let m = plain_model();
+    let t = Target::fixed_zero(&m);
+    let (x, y) = (rand_images(3, 8), labels(3, 9));
+    let base = PgdConfig { steps: 4, restarts: 2, ..PgdConfig::whitebox(0.03) };
+    let plain = base.perturb(&t, &x, &y, &mut rng(4));
+    let sgm1 = PgdConfig { sgm: Some(1.0), ..base.clone() }.perturb(&t, &x, &y, &mut rng(4));
+    assert!(plain.equal(&sgm1));
+    let sgm = PgdConfig { sgm: Some(0.2), ..base }.perturb(&t, &x, &y, &mut rng(4));
+    assert!(!plain.equal(&sgm), "gamma 0.2 should change the gradients");
+}
+
+#[test]
+fn mdi2_without_diversity_or_momentum_is_ifgsm() {
+    let m = plain_model();
+    let t = Target::fixed_zero(&m);
+    let (x, y) = (rand_images(3, 12), labels(3, 13));
+    let ifgsm = PgdConfig::ifgsm(0.03, 0.006, 5);
+    let degenerate = PgdConfig {
+        momentum: Some(0.0),
+        diversity: Some(DiversityConfig { prob: 0.0, ..Default::default() }),
+        ..ifgsm.clone()
+    };
+    let a = ifgsm.perturb(&t, &x, &y, &mut rng(1));
+    let b = degenerate.perturb(&t, &x, &y, &mut rng(1));
+    assert!(a.equal(&b));
+    // The real thing differs, and is reproducible from the seed.
+    let mdi2 = PgdConfig { steps: 5, ..PgdConfig::diversity(0.03, 0.5) };
+    let c = mdi2.perturb(&t, &x, &y, &mut rng(2));
+    let d = mdi2.perturb(&t, &x, &y, &mut rng(2));
+    assert!(c.equal(&d) && !c.equal(&a));
+}
+
+#[test]
+fn eot_averages_gradients_of_a_random_target() {
+    let rgn = Model::new(&ModelSpec { arch: ArchConfig::rgn(2), members: 1 }, Device::Cpu, Seed(2))
+        .unwrap();
+    let (x, y) = (rand_images(2, 14), labels(2, 15));
+    let a = Target::new(&rgn, Routing::Random, Seed(9)).unwrap();
+    let avg = loss_and_grad(&a, &x, &y, AttackLoss::CrossEntropy, None, 3).grad;
+    let b = Target::new(&rgn, Routing::Random, Seed(9)).unwrap();
+    let gs: Vec<Tensor> =
+        (0..3).map(|_| loss_and_grad(&b, &x, &y, AttackLoss::CrossEntropy, None, 1).grad).collect();
+    let mean = (&gs[0] + &gs[1] + &gs[2]) / 3.0;
+    assert!(avg.allclose(&mean, 1e-5, 1e-9, false));
+    assert!(!gs[0].allclose(&gs[1], 1e-5, 1e-9, false), "routes should differ");
+    // A deterministic target ignores eot.
+    let plain = plain_model();
+    let t = Target::fixed_zero(&plain);
+    let g1 = loss_and_grad(&t, &x, &y, AttackLoss::CrossEntropy, None, 1).grad;
+    let g5 = loss_and_grad(&t, &x, &y, AttackLoss::CrossEntropy, None, 5).grad;
+    assert!(g1.equal(&g5));
+}
+
+/// A data set of `n` random images labelled with `t`'s own predictions (all clean-correct).
+fn self_labelled(t: &dyn Classifier, n: usize, seed: u64) -> Dataset {
+    let x = rand_images(n as i64, seed);
+    let bytes = (&x * 255.0).round().to_kind(Kind::Uint8);
+    let mut pixels = vec![0u8; n * IMAGE_BYTES];
+    bytes.copy_data(&mut pixels, n * IMAGE_BYTES);
+    let xq = bytes.to_kind(Kind::Float) / 255.0;
+    let pred: Vec<i64> = Vec::try_from(t.logits(&xq, None).argmax(-1, false)).unwrap();
+    let classes = (0..10).map(|c| c.to_string()).collect();
+    Dataset::from_raw(pixels, pred.iter().map(|&p| p as u8).collect(), classes).unwrap()
+}
+
+#[test]
+fn whitebox_report_is_consistent() {
+    let m = plain_model();
+    let t = Target::fixed_zero(&m);
+    let data = self_labelled(&t, 6, 30);
+    let cfg = WhiteboxConfig {
+        eps: vec![0.001, 0.05],
+        steps: 3,
+        restarts: 3,
+        batch: 4,
+        ..Default::default()
+    };
+    let r = whitebox(&t, &data, &cfg, Device::Cpu, Seed(1)).unwrap();
+    assert_eq!(r.images, 6);
+    assert_eq!(r.clean_accuracy, 1.0);
+    for row in &r.rows {
+        assert_eq!(row.accuracy_after_restart.len(), 3);
+        assert!(row.accuracy_after_restart.windows(2).all(|w| w[1] <= w[0]));
+        assert_eq!(row.robust_accuracy, *row.accuracy_after_restart.last().unwrap());
+        assert_eq!(row.robust as f64 / 6.0, row.robust_accuracy);
+    }
+    assert!(r.rows[1].robust_accuracy <= r.rows[0].robust_accuracy);
+    // Reproducible from the seed.
+    let again = whitebox(&t, &data, &cfg, Device::Cpu, Seed(1)).unwrap();
+    assert_eq!(
+        again.rows.iter().map(|r| r.robust).collect::<Vec<_>>(),
+        r.rows.iter().map(|r| r.robust).collect::<Vec<_>>()
+    );
+    let dir = tempfile::tempdir().unwrap();
+    r.write_json(&dir.path().join("wb.json")).unwrap();
+    r.write_csv(&dir.path().join("wb.csv")).unwrap();
+    let back: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.path().join("wb.json")).unwrap())
+            .unwrap();
+    assert_eq!(back["config"]["restarts"], 3);
+    let csv = std::fs::read_to_string(dir.path().join("wb.csv")).unwrap();
+    assert_eq!(csv.lines().count(), 3);
+    assert!(csv.starts_with("eps,"));
+    // Invalid settings are errors, not panics.
+    let bad = WhiteboxConfig { eps: vec![], ..Default::default() };
+    assert!(whitebox(&t, &data, &bad, Device::Cpu, Seed(1)).is_err());
+}
+
+#[test]
+fn transferability_of_a_model_with_itself_has_the_whitebox_rate() {
+    let m = plain_model();
+    let t = Target::fixed_zero(&m);
+    let data = self_labelled(&t, 8, 40);
+    let cfg = TransferabilityConfig {
+        eps: 0.1,
+        steps: 4,
+        restarts: 2,
+        random_start: false,
+        images: 6,
+        batch: 4,
+        ..Default::default()
+    };
+    let members = [Named::new("a", &t), Named::new("b", &t)];
+    let r = transferability(&members, Some(&t), &data, &cfg, Device::Cpu, Seed(2)).unwrap();
+    assert_eq!((r.images, r.eligible, r.index.len()), (6, 8, 6));
+    let wb_cfg = WhiteboxConfig {
+        eps: vec![cfg.eps],
+        steps: cfg.steps,
+        restarts: cfg.restarts,
+        random_start: false,
+        ..Default::default()
+    };
+    let wb = whitebox(&t, &data.select(&r.index), &wb_cfg, Device::Cpu, Seed(2)).unwrap();
+    let rate = 1.0 - wb.rows[0].robust_accuracy;
+    assert!(rate > 0.0, "the attack should fool some images");
+    for row in &r.success {
+        assert_eq!(row.len(), 3);
+        for &v in row {
+            assert!((v - rate).abs() < 1e-12, "{:?} vs {rate}", r.success);
+        }
+    }
+    let csv = r.to_csv();
+    assert!(csv.starts_with("source,a,b,ensemble\n"), "{csv}");
+}
+
+/// Predicts class 1 when the mean pixel exceeds 0.5, else class 0.
+struct Threshold;
+
+impl Classifier for Threshold {
+    fn logits(&self, x: &Tensor, _sgm: Option<f64>) -> Tensor {
+        let m = x.mean_dim([1, 2, 3].as_slice(), false, Kind::Float) - 0.5;
+        Tensor::stack(&[-&m, m], 1) * 10.0
+    }
+}
+
+#[test]
+fn transfer_eval_applies_all_or_nothing_on_a_hand_made_file() {
+    let img = |vals: &[f32]| {
+        let t = Tensor::from_slice(vals).view([-1, 1, 1, 1]);
+        t.expand([vals.len() as i64, 3, 32, 32], false).contiguous()
+    };
+    let clean = img(&[0.9, 0.8, 0.1, 0.2]);
+    let labels = Tensor::from_slice(&[1i64, 1, 0, 0]);
+    let versions = [
+        ("adv.mpgd.ce.0", "mpgd", 0, [0.9f32, 0.3, 0.1, 0.2]), // image 1 broken
+        ("adv.mpgd.ce.1", "mpgd", 1, [0.9, 0.8, 0.7, 0.2]),    // image 2 broken
+        ("adv.sgm.ce.0", "sgm", 0, [0.9, 0.8, 0.1, 0.2]),      // nothing broken
+    ];
+    let mut f = TensorFile::default();
+    f.tensors.insert("images".into(), (&clean * 255.0).round().to_kind(Kind::Uint8));
+    f.tensors.insert("labels".into(), labels);
+    f.tensors.insert("index".into(), Tensor::from_slice(&[5i64, 6, 7, 8]));
+    let mut meta_versions = Vec::new();
+    for (key, attack, restart, vals) in versions {
+        f.tensors.insert(key.into(), img(&vals));
+        meta_versions.push(serde_json::json!({
+            "key": key, "attack": attack, "loss": "ce", "restart": restart,
+            "config": PgdConfig::default(),
+        }));
+    }
+    let meta = serde_json::json!({
+        "surrogate": "hand", "eps": 0.03, "seed": 0, "images": 4, "versions": meta_versions,
+    });
+    f.meta.insert(TRANSFER_KEY.into(), meta.to_string());
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("hand_eps0.03.safetensors");
+    f.write(&path).unwrap();
+    let r = transfer_eval(&Threshold, &[path], 3, Device::Cpu).unwrap();
+    assert_eq!(r.clean_accuracy, 1.0);
+    assert_eq!(r.accuracy(0.03), Some(0.5));
+    let acc = |attack: &str| {
+        r.rows
+            .iter()
+            .find(|w| w.surrogate.is_none() && w.attack.as_deref() == Some(attack))
+            .unwrap()
+    };
+    assert_eq!((acc("mpgd").robust_accuracy, acc("mpgd").versions), (0.5, 2));
+    assert_eq!((acc("sgm").robust_accuracy, acc("sgm").versions), (1.0, 1));
+    assert!(r.to_csv().lines().nth(1).unwrap().starts_with("0.03,all,all,all,3,4,"));
+}
+
+#[test]
+fn transfer_sets_round_trip_and_resume() {
+    let m = plain_model();
+    let surrogate = Target::fixed_zero(&m);
+    let linear = Linear::new(10, 3072, Kind::Float, 3);
+    let data = self_labelled(&surrogate, 5, 50);
+    let index = [4usize, 0, 2];
+    let cfg = TransferGenConfig {
+        eps: vec![0.02, 0.05],
+        steps: 2,
+        attacks: vec![
+            TransferAttack::Mpgd { momentum: 1.0, restarts: 2 },
+            TransferAttack::Mdi2 { momentum: 1.0, prob: 0.5, resize_rate: 0.9 },
+            TransferAttack::Sgm { gamma: 0.2 },
+        ],
+        batch: 2,
+        ..Default::default()
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let sur = [Named::new("resnet", &surrogate), Named::new("lin", &linear)];
+    let r = transfer_gen(&sur, &data, &index, &cfg, dir.path(), Device::Cpu, Seed(4)).unwrap();
+    assert_eq!(r.files.len(), 4);
+    assert!(r.files.iter().all(|f| !f.skipped && f.file.versions.len() == 8));
+    let files = transfer_files(dir.path()).unwrap();
+    assert_eq!(files.len(), 4);
+
+    // File contents: exact clean images, labels, source indices, versions in the ball.
+    let f = TensorFile::read(&dir.path().join("resnet_eps0.05.safetensors")).unwrap();
+    let sub = data.select(&index);
+    let (x, y) = sub.tensors();
+    assert!((f.tensors["images"].to_kind(Kind::Float) / 255.0).equal(&x));
+    assert!(f.tensors["labels"].equal(&y));
+    assert_eq!(Vec::<i64>::try_from(&f.tensors["index"]).unwrap(), vec![4, 0, 2]);
+    let meta: TransferFile = serde_json::from_str(&f.meta[TRANSFER_KEY]).unwrap();
+    assert_eq!((meta.surrogate.as_str(), meta.eps, meta.versions.len()), ("resnet", 0.05, 8));
+    for v in &meta.versions {
+        check_output(&x, &f.tensors[&v.key], 0.05).unwrap();
+        assert_eq!(v.config.steps, 2);
+        assert!((v.config.step_size - 0.01).abs() < 1e-12);
+    }
+    assert!(meta.versions.iter().any(|v| v.key == "adv.mpgd.cw.1"));
+
+    // A second run keeps the complete files.
+    let mtime = std::fs::metadata(&files[0]).unwrap().modified().unwrap();
+    let again = transfer_gen(&sur, &data, &index, &cfg, dir.path(), Device::Cpu, Seed(4)).unwrap();
+    assert!(again.files.iter().all(|f| f.skipped));
+    assert_eq!(again.files[0].file, r.files[0].file);
+    assert_eq!(std::fs::metadata(&files[0]).unwrap().modified().unwrap(), mtime);
+    assert!(f.meta.contains_key(PLAN_KEY));
+
+    // Evaluating the surrogate on its own white-box versions.
+    let ev = transfer_eval(&surrogate, &files, 2, Device::Cpu).unwrap();
+    assert_eq!((ev.images, ev.clean_accuracy), (3, 1.0));
+    let eps_rows = |eps: f64| ev.rows.iter().filter(|w| w.eps == eps).count();
+    // all + 3 attacks + 2 surrogates x 3 attacks x 2 losses
+    assert_eq!(eps_rows(0.02), 1 + 3 + 12);
+    for w in ev.rows.iter().filter(|w| w.surrogate.is_none() && w.attack.is_none()) {
+        assert_eq!(w.versions, 16);
+    }
+    // The overall row is no higher than any group of the same eps.
+    for &eps in &cfg.eps {
+        let all = ev.accuracy(eps).unwrap();
+        assert!(ev.rows.iter().filter(|w| w.eps == eps).all(|w| w.robust_accuracy >= all));
+    }
+    // Files made from other images are refused.
+    let other = dir.path().join("other");
+    transfer_gen(
+        &sur[..1],
+        &data,
+        &[1, 2, 3],
+        &TransferGenConfig { eps: vec![0.02], ..cfg },
+        &other,
+        Device::Cpu,
+        Seed(4),
+    )
+    .unwrap();
+    let mut mixed = files.clone();
+    mixed.extend(transfer_files(&other).unwrap());
+    assert!(transfer_eval(&surrogate, &mixed, 2, Device::Cpu).is_err());
+}
