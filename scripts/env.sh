@@ -16,3 +16,6 @@ export PATH="$EIO_VENV/bin:$PATH"
 export LIBTORCH_USE_PYTORCH=1
 EIO_TORCH_LIB="$("$EIO_VENV/bin/python" -c 'import os, torch; print(os.path.join(os.path.dirname(torch.__file__), "lib"))' 2>/dev/null)"
 export LD_LIBRARY_PATH="$EIO_TORCH_LIB${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
+# libtorch's OpenMP threads spin while waiting; on a busy 2-core machine (a background run plus a
+# build) that burns the CPU in the kernel. Sleep instead.
+export OMP_WAIT_POLICY="${OMP_WAIT_POLICY:-PASSIVE}"
