@@ -91,13 +91,18 @@ impl Sgd {
     }
 
     /// One update with learning rate `lr`: d = g + wd*w; buf = m*buf + d;
-    /// w -= lr * (nesterov ? d + m*buf : buf). Tensors without a gradient are skipped.
+    /// w -= lr * (nesterov ? d + m*buf : buf).
+    ///
+    /// Tensors that received no gradient this step (absent, or exactly zero after
+    /// [`Sgd::zero_grad`]) are left untouched, weight decay and momentum included: that is
+    /// PyTorch's `zero_grad(set_to_none=True)` behaviour, so RGN copies off the sampled routes do
+    /// not move, and a resumed run (where such gradients are absent) matches an uninterrupted one.
     pub fn step(&mut self, lr: f64) {
         let _guard = tch::no_grad_guard();
         let m = self.cfg.momentum;
         for ((_, p), buf) in self.params.iter_mut().zip(&mut self.bufs) {
             let g = p.grad();
-            if !g.defined() {
+            if !g.defined() || g.abs().max().double_value(&[]) == 0.0 {
                 continue;
             }
             let d = if self.cfg.weight_decay != 0.0 { &g + &*p * self.cfg.weight_decay } else { g };

@@ -2,6 +2,7 @@
 
 mod bench;
 mod config;
+mod demo;
 mod model;
 mod stability;
 mod train;
@@ -40,6 +41,9 @@ enum Command {
     Import(model::ImportArgs),
     /// Write a plain ResNet-20 holding the weights of one RGN path (PyTorch layout).
     Derive(model::DeriveArgs),
+    /// The main job on embedded defaults: baseline ResNet-20 and RGN warm-up on a CIFAR-10
+    /// subset, then clean evaluation (fixed, random and derived paths) as a table.
+    Demo(demo::DemoArgs),
     /// Time train steps, input-gradient steps and inference for ResNet-20 and an RGN.
     Bench(bench::BenchArgs),
     /// Derive K random paths of an RGN, fine-tune each (or not), and report the clean and
@@ -56,6 +60,7 @@ pub fn run(cli: Cli) -> Result<()> {
         Command::Import(a) => model::import(a),
         Command::Derive(a) => model::derive(a),
         Command::Bench(a) => bench::run(a),
+        Command::Demo(a) => demo::run(a),
         Command::Stability(a) => stability::run(a),
     }
 }

@@ -1,0 +1,62 @@
+"""Reference PyTorch pieces shared by bench.py and reference.py: a safetensors reader (no extra
+package needed) and a ResNet-20 that runs one path of a released Ensemble-in-One RGN checkpoint."""
+import json
+import struct
+
+import torch
+import torch.nn.functional as F
+
+MEAN = torch.tensor([0.4914, 0.4822, 0.4465]).view(1, 3, 1, 1)
+STD = torch.tensor([0.2023, 0.1994, 0.2010]).view(1, 3, 1, 1)
+DTYPES = {"F32": torch.float32, "I64": torch.int64, "F64": torch.float64, "U8": torch.uint8}
+
+
+def read_safetensors(path):
+    with open(path, "rb") as f:
+        n = struct.unpack("<Q", f.read(8))[0]
+        header = json.loads(f.read(n))
+        data = f.read()
+    out = {}
+    for k, v in header.items():
+        if k == "__metadata__":
+            continue
+        a, b = v["data_offsets"]
+        out[k] = torch.frombuffer(bytearray(data[a:b]), dtype=DTYPES[v["dtype"]]).reshape(v["shape"])
+    return out
+
+
+def official_rgn_forward(sd, x, path):
+    """Logits of the released RGN (net.model.*: 19 gated 3x3 conv slots) along `path`."""
+    gates = iter(path)
+
+    def slot(name, h, stride):
+        g = next(gates)
+        p = f"net.model.{name}.candidate_ops.{g}."
+        h = F.conv2d(h, sd[p + "0.weight"], stride=stride, padding=1)
+        return F.batch_norm(h, sd[p + "1.running_mean"], sd[p + "1.running_var"],
+                            sd[p + "1.weight"], sd[p + "1.bias"], False, 0.0, 1e-5)
+
+    h = (x - MEAN) / STD
+    h = F.relu(slot("conv1", h, 1))
+    for stage in range(3):
+        for b in range(3):
+            pre = f"layer{stage + 1}.{b}"
+            stride = 2 if stage > 0 and b == 0 else 1
+            out = F.relu(slot(pre + ".conv1", h, stride))
+            out = slot(pre + ".conv2", out, 1)
+            ds = f"net.model.{pre}.downsample."
+            if ds + "0.weight" in sd:
+                sc = F.conv2d(h, sd[ds + "0.weight"], stride=stride)
+                sc = F.batch_norm(sc, sd[ds + "1.running_mean"], sd[ds + "1.running_var"],
+                                  sd[ds + "1.weight"], sd[ds + "1.bias"], False, 0.0, 1e-5)
+            else:
+                sc = h
+            h = F.relu(out + sc)
+    h = F.adaptive_avg_pool2d(h, 1).flatten(1)
+    return F.linear(h, sd["net.model.fc.weight"], sd["net.model.fc.bias"])
+
+
+def probe_input(n):
+    """A deterministic input batch in [0,1] that needs no data files."""
+    i = torch.arange(n * 3 * 32 * 32, dtype=torch.float64)
+    return ((i * 7919) % 251 / 250.0).float().view(n, 3, 32, 32)

@@ -1,0 +1,473 @@
+//! Foundation: data loaders, ResNet-20 / RGN structure, model files, training loop, CLI errors.
+
+use std::path::Path;
+
+use eio::data::{Dataset, Split, IMAGE_BYTES};
+use eio::error::Error;
+use eio::model::io::TensorFile;
+use eio::model::{ArchConfig, Augment, Model, ModelSpec, Route, Tap};
+use eio::optim::SgdConfig;
+use eio::seed::{Seed, Stream};
+use eio::train::methods::{Independent, RgnWarmup};
+use eio::train::{fit, Batch, Method, RunDir, StepAt, StepStats, TrainConfig};
+use tch::{Device, Kind, Tensor};
+
+use crate::util::{assert_user_error, cifar_jpeg, official_rgn, probe_input, tempdir};
+
+fn plain() -> ModelSpec {
+    ModelSpec { arch: ArchConfig::plain(), members: 1 }
+}
+
+fn rgn(copies: usize, augment: Augment, share_conv: bool) -> ModelSpec {
+    ModelSpec { arch: ArchConfig { copies, augment, share_conv }, members: 1 }
+}
+
+/// Gives every BatchNorm non-trivial running statistics so eval-mode comparisons mean something.
+fn randomise_bn_stats(m: &Model, seed: i64) {
+    tch::manual_seed(seed);
+    let _g = tch::no_grad_guard();
+    for (name, mut t) in m.vs.variables() {
+        if name.ends_with("running_mean") {
+            t.copy_(&(t.randn_like() * 0.1));
+        } else if name.ends_with("running_var") {
+            t.copy_(&(t.rand_like() + 0.5));
+        }
+    }
+}
+
+#[test]
+fn feature_shapes_and_layer_numbering() {
+    let m = Model::new(&plain(), Device::Cpu, Seed(0)).unwrap();
+    let net = &m.nets[0];
+    let x = probe_input(2);
+    let r = Route::default();
+    for layer in 1..=20usize {
+        let f = net.features(&x, &r, false, Tap { layer, before_relu: true });
+        let want: Vec<i64> = match layer {
+            1..=7 => vec![2, 16, 32, 32],
+            8..=13 => vec![2, 32, 16, 16],
+            14..=19 => vec![2, 64, 8, 8],
+            _ => vec![2, 10],
+        };
+        assert_eq!(f.size(), want, "layer {layer}");
+        let after = net.features(&x, &r, false, Tap { layer, before_relu: false });
+        if layer < 20 {
+            assert!(after.equal(&f.relu()), "layer {layer}: after-ReLU = relu(before)");
+        }
+    }
+    let logits = net.forward(&x, &r, false);
+    assert!(logits.equal(&net.features(&x, &r, false, Tap { layer: 20, before_relu: false })));
+    // 21 conv slots: 19 3x3 + 2 projection shortcuts; gates per variant.
+    let vars = m.vs.variables();
+    assert_eq!(
+        vars.keys().filter(|k| k.ends_with("conv1.weight") || k.ends_with("conv2.weight")).count(),
+        19
+    );
+    assert!(
+        vars.contains_key("layer2.0.shortcut.0.weight")
+            && vars.contains_key("layer3.0.shortcut.1.running_var")
+    );
+    assert_eq!(vars["linear.weight"].size(), vec![10, 64]);
+    for (augment, gates) in [(Augment::All, 21), (Augment::Conv3x3, 19), (Augment::Top(7), 7)] {
+        let g = Model::new(&rgn(2, augment, false), Device::Cpu, Seed(0)).unwrap();
+        assert_eq!(g.gates(), gates, "{augment}");
+        assert_eq!(g.nets[0].gates_through(1), 1);
+        assert_eq!(g.nets[0].gates_through(20), gates);
+    }
+    let g = Model::new(&rgn(2, Augment::All, false), Device::Cpu, Seed(0)).unwrap();
+    // Layer 2 = block 0 after conv1: stem + conv1 gates; layer 9 = block 3 output: includes shortcut.
+    assert_eq!(g.nets[0].gates_through(2), 2);
+    assert_eq!(g.nets[0].gates_through(9), 10);
+}
+
+#[test]
+fn conv_init_follows_the_reference() {
+    let m = Model::new(&plain(), Device::Cpu, Seed(3)).unwrap();
+    let vars = m.vs.variables();
+    let w = &vars["layer3.1.conv1.weight"]; // 64x64x3x3: std sqrt(2/(9*64))
+    let std = w.std(true).double_value(&[]);
+    assert!((std - (2.0f64 / 576.0).sqrt()).abs() < 0.004, "std {std}");
+    assert!(vars["bn1.weight"].eq(1.0).all().int64_value(&[]) == 1);
+    assert!(vars["bn1.bias"].eq(0.0).all().int64_value(&[]) == 1);
+}
+
+#[test]
+fn gate_sampling_is_uniform() {
+    // Chi-square on 10,000 draws: each gate's value (3 copies, 2 dof) and the joint value of the
+    // first three gates of a 2-copy RGN (8 cells, 7 dof). Critical values at p = 1e-4.
+    let mut rng = Seed(11).rng(Stream::Route, 0, 0);
+    let n = 10_000;
+    let draws: Vec<Route> = (0..n).map(|_| Route::random(21, 3, &mut rng)).collect();
+    for g in 0..21 {
+        let mut c = [0f64; 3];
+        for r in &draws {
+            c[r.0[g] as usize] += 1.0;
+        }
+        let e = n as f64 / 3.0;
+        let chi: f64 = c.iter().map(|o| (o - e) * (o - e) / e).sum();
+        assert!(chi < 18.4, "gate {g}: chi2 {chi}");
+    }
+    let mut c = [0f64; 8];
+    for _ in 0..n {
+        let r = Route::random(21, 2, &mut rng);
+        c[(r.0[0] + 2 * r.0[1] + 4 * r.0[2]) as usize] += 1.0;
+    }
+    let e = n as f64 / 8.0;
+    let chi: f64 = c.iter().map(|o| (o - e) * (o - e) / e).sum();
+    assert!(chi < 29.9, "joint chi2 {chi}");
+}
+
+#[test]
+fn shared_conv_rgn_with_identical_bns_equals_plain() {
+    let a = Model::new(&plain(), Device::Cpu, Seed(1)).unwrap();
+    randomise_bn_stats(&a, 5);
+    let b = Model::new(&rgn(3, Augment::All, true), Device::Cpu, Seed(2)).unwrap();
+    let src = a.vs.variables();
+    {
+        let _g = tch::no_grad_guard();
+        for (name, mut t) in b.vs.variables() {
+            // BN copies live at `<bn>.<i>.<param>`: drop the copy index to find the plain name.
+            let parts: Vec<&str> = name.split('.').collect();
+            let plain_name = if src.contains_key(&name) {
+                name.clone()
+            } else {
+                let mut p = parts.clone();
+                p.remove(p.len() - 2);
+                p.join(".")
+            };
+            t.copy_(&src[&plain_name]);
+        }
+    }
+    let x = probe_input(4);
+    let want = a.nets[0].forward(&x, &Route::default(), false);
+    let mut rng = Seed(0).rng(Stream::Route, 0, 0);
+    for _ in 0..3 {
+        let r = Route::random(b.gates(), 3, &mut rng);
+        assert!(b.nets[0].forward(&x, &r, false).equal(&want), "route {r}");
+    }
+}
+
+#[test]
+fn derive_round_trip_gives_identical_logits() {
+    let dir = tempdir();
+    let m = Model::new(&rgn(2, Augment::All, false), Device::Cpu, Seed(4)).unwrap();
+    randomise_bn_stats(&m, 6);
+    let r: Route = "1,0,1,1,0,0,1,0,1,1,1,0,0,1,0,1,0,0,1,1,0".parse().unwrap();
+    let path = dir.path().join("derived.safetensors");
+    m.derive(&r).unwrap().save(&path, TensorFile::default()).unwrap();
+    let (d, _) = Model::load(&path, Device::Cpu).unwrap();
+    assert!(d.spec.arch.is_plain());
+    let x = probe_input(3);
+    assert!(d.nets[0]
+        .forward(&x, &Route::default(), false)
+        .equal(&m.nets[0].forward(&x, &r, false)));
+    // PyTorch layout, loadable with a strict load_state_dict.
+    let f = TensorFile::read(&path).unwrap();
+    for k in [
+        "conv1.weight",
+        "bn1.num_batches_tracked",
+        "layer2.0.shortcut.0.weight",
+        "layer3.2.bn2.running_var",
+        "linear.bias",
+    ] {
+        assert!(f.tensors.contains_key(k), "missing {k}");
+    }
+    // Another route gives other weights.
+    let other = Route(r.0.iter().map(|g| 1 - g).collect());
+    assert!(!m.derive(&other).unwrap().nets[0]
+        .forward(&x, &Route::default(), false)
+        .equal(&m.nets[0].forward(&x, &r, false)));
+}
+
+#[test]
+fn checkpoint_round_trip_is_bit_exact() {
+    let dir = tempdir();
+    for spec in [
+        plain(),
+        rgn(2, Augment::Conv3x3, true),
+        ModelSpec { arch: ArchConfig::plain(), members: 3 },
+    ] {
+        let m = Model::new(&spec, Device::Cpu, Seed(9)).unwrap();
+        randomise_bn_stats(&m, 1);
+        let path = dir.path().join("m.safetensors");
+        m.save(&path, TensorFile::default()).unwrap();
+        let (l, _) = Model::load(&path, Device::Cpu).unwrap();
+        assert_eq!(l.spec, spec);
+        let (a, b) = (m.vs.variables(), l.vs.variables());
+        assert_eq!(a.len(), b.len());
+        for (k, t) in &a {
+            assert!(t.equal(&b[k]), "{k} differs");
+        }
+    }
+}
+
+#[test]
+fn official_import_matches_pytorch() {
+    // Golden logits from `scripts/python bench/reference.py ../shared/models/eio-official-rgn.safetensors`
+    // (an independent PyTorch forward over the released keys, see bench/common.py).
+    let (m, _) = Model::load(&official_rgn(), Device::Cpu).unwrap();
+    assert_eq!(m.spec.arch, ArchConfig { copies: 2, augment: Augment::Conv3x3, share_conv: true });
+    assert_eq!(m.gates(), 19);
+    let x = probe_input(2);
+    let cases: [(&str, [[f64; 10]; 2]); 2] = [
+        (
+            "0,0,0,0,0,0,0,0,0,0,0,0,0,0,0,0,0,0,0",
+            [
+                [
+                    -4.091162, 13.000257, -1.246845, -6.953732, -7.836264, -2.021863, 13.575332,
+                    -11.237378, 7.013568, -0.200208,
+                ],
+                [
+                    -4.256087, 13.027268, -1.112821, -6.877535, -7.805048, -2.022269, 13.612653,
+                    -11.088370, 6.841187, -0.317280,
+                ],
+            ],
+        ),
+        (
+            "0,1,0,1,0,1,0,1,0,1,0,1,0,1,0,1,0,1,0",
+            [
+                [
+                    -3.911213, 13.719491, -0.734900, -7.285611, -8.213617, -2.134375, 13.343500,
+                    -11.406030, 6.735061, -0.110601,
+                ],
+                [
+                    -4.005405, 13.776209, -0.625783, -7.188600, -8.281658, -2.009489, 13.331787,
+                    -11.289289, 6.567802, -0.273869,
+                ],
+            ],
+        ),
+    ];
+    for (route, want) in cases {
+        let got = m.nets[0].forward(&x, &route.parse().unwrap(), false);
+        let want = Tensor::from_slice(&want.concat()).view([2, 10]).to_kind(Kind::Float);
+        let err = (got - want).abs().max().double_value(&[]);
+        assert!(err < 1e-3, "route {route}: max error {err}");
+    }
+}
+
+#[test]
+fn image_folder_and_binary_loaders() {
+    // Real JPEGs: the first 2 test images of each class, labels in CIFAR-10 order.
+    let d = Dataset::load(&cifar_jpeg(), Split::Test).unwrap().first_per_class(2);
+    assert_eq!(d.len(), 20);
+    assert_eq!(d.labels(), &[0, 0, 1, 1, 2, 2, 3, 3, 4, 4, 5, 5, 6, 6, 7, 7, 8, 8, 9, 9]);
+    assert_eq!(d.classes[0], "airplane");
+    let (x, _) = d.tensors();
+    assert!(x.min().double_value(&[]) >= 0.0 && x.max().double_value(&[]) <= 1.0);
+    assert!(x.std(true).double_value(&[]) > 0.1, "real images vary");
+
+    // A synthetic official binary set: records of label + R,G,B planes.
+    let dir = tempdir();
+    let rec = |label: u8, v: u8| {
+        let mut r = vec![label];
+        r.extend((0..IMAGE_BYTES).map(|i| {
+            if i < 1024 {
+                v
+            } else if i < 2048 {
+                v / 2
+            } else {
+                0
+            }
+        }));
+        r
+    };
+    for i in 1..=5u8 {
+        let bytes: Vec<u8> = [rec(i, 10 * i), rec(9, 200)].concat();
+        std::fs::write(dir.path().join(format!("data_batch_{i}.bin")), bytes).unwrap();
+    }
+    std::fs::write(dir.path().join("test_batch.bin"), rec(3, 255)).unwrap();
+    let train = Dataset::load(dir.path(), Split::Train).unwrap();
+    assert_eq!(train.labels(), &[1, 9, 2, 9, 3, 9, 4, 9, 5, 9]);
+    let test = Dataset::load(dir.path(), Split::Test).unwrap();
+    let (x, y) = test.tensors();
+    assert_eq!(Vec::<i64>::try_from(&y).unwrap(), vec![3]);
+    let px = |c: i64| x.double_value(&[0, c, 5, 7]);
+    assert_eq!((px(0), px(2)), (1.0, 0.0));
+    assert!((px(1) - 127.0 / 255.0).abs() < 1e-6);
+}
+
+fn err_text<T: std::fmt::Debug>(r: Result<T, Error>) -> String {
+    r.expect_err("should fail").to_string()
+}
+
+#[test]
+fn bad_data_gives_named_errors() {
+    let dir = tempdir();
+    let missing = dir.path().join("nope");
+    assert!(err_text(Dataset::load(&missing, Split::Train)).contains("nope"));
+
+    // Empty class folder.
+    let root = dir.path().join("imgs");
+    std::fs::create_dir_all(root.join("train/cat")).unwrap();
+    std::fs::create_dir_all(root.join("train/dog")).unwrap();
+    let jpg = cifar_jpeg().join("train/cat/0000.jpg");
+    std::fs::copy(&jpg, root.join("train/cat/0000.jpg")).unwrap();
+    let e = err_text(Dataset::load(&root, Split::Train));
+    assert!(e.contains("dog") && e.contains("no .png/.jpg"), "{e}");
+
+    // Corrupt JPEG.
+    std::fs::write(root.join("train/dog/0000.jpg"), b"\xff\xd8\xff not really a jpeg").unwrap();
+    let e = err_text(Dataset::load(&root, Split::Train));
+    assert!(e.contains("dog/0000.jpg") && e.contains("cannot decode"), "{e}");
+
+    // Truncated binary batch.
+    let bin = dir.path().join("bin");
+    std::fs::create_dir_all(&bin).unwrap();
+    std::fs::write(bin.join("test_batch.bin"), vec![1u8; 3073 + 100]).unwrap();
+    let e = err_text(Dataset::load(&bin, Split::Test));
+    assert!(e.contains("test_batch.bin") && e.contains("truncated"), "{e}");
+}
+
+#[test]
+fn bad_checkpoints_name_the_key() {
+    let dir = tempdir();
+    let m = Model::new(&plain(), Device::Cpu, Seed(0)).unwrap();
+    let mut f = TensorFile::default();
+    f.tensors = m.named_tensors();
+    f.tensors.remove("linear.weight");
+    let p = dir.path().join("missing.safetensors");
+    f.write(&p).unwrap();
+    let e = err_text(Model::load(&p, Device::Cpu));
+    assert!(e.contains("missing tensor 'linear.weight'"), "{e}");
+
+    f.tensors = m.named_tensors();
+    f.tensors.insert(
+        "layer1.0.conv1.weight".into(),
+        Tensor::zeros([16, 16, 5, 5], (Kind::Float, Device::Cpu)),
+    );
+    let p = dir.path().join("shape.safetensors");
+    f.write(&p).unwrap();
+    let e = err_text(Model::load(&p, Device::Cpu));
+    assert!(
+        e.contains("'layer1.0.conv1.weight' has shape [16, 16, 5, 5], expected [16, 16, 3, 3]"),
+        "{e}"
+    );
+
+    let p = dir.path().join("garbage.safetensors");
+    std::fs::write(&p, b"garbage").unwrap();
+    assert!(err_text(Model::load(&p, Device::Cpu)).contains("not a safetensors file"));
+
+    let r: Route = "0,1,0".parse().unwrap();
+    let e = err_text(r.check(21, 2));
+    assert!(e.contains("3 gates") && e.contains("21"), "{e}");
+}
+
+#[test]
+fn cli_user_errors_are_one_line() {
+    let dir = tempdir();
+    let d = dir.path().to_str().unwrap();
+    assert_user_error(&["eval", "--model", &format!("{d}/none.safetensors")], "none.safetensors");
+    let official = official_rgn();
+    let official = official.to_str().unwrap();
+    assert_user_error(
+        &["eval", "--model", official, "--path", "0,1", "--test-per-class", "1"],
+        "route has 2 gates",
+    );
+    assert_user_error(&["eval", "--model", official, "--data", &format!("{d}/nodata")], "nodata");
+    assert_user_error(
+        &["train", "rgn-warmup", "--out", d, "--augment", "top99", "--epochs", "1"],
+        "top99",
+    );
+    let cfg = dir.path().join("bad.toml");
+    std::fs::write(&cfg, "[train]\nepoch = 3\n").unwrap();
+    assert_user_error(
+        &["train", "baseline", "--out", d, "--config", cfg.to_str().unwrap()],
+        "epoch",
+    );
+}
+
+/// Fails at step `fail_at` of the first epoch, to simulate an interrupted run.
+struct Interrupted<M> {
+    inner: M,
+    fail_at: usize,
+}
+
+impl<M: Method> Method for Interrupted<M> {
+    fn name(&self) -> &'static str {
+        self.inner.name()
+    }
+    fn step(&mut self, model: &Model, batch: &Batch, at: StepAt) -> eio::Result<StepStats> {
+        if at.epoch == 0 && at.step == self.fail_at {
+            return Err(Error::config("simulated interruption"));
+        }
+        self.inner.step(model, batch, at)
+    }
+    fn eval_routing(&self, model: &Model) -> eio::model::Routing {
+        self.inner.eval_routing(model)
+    }
+}
+
+fn tiny_cfg() -> (TrainConfig, SgdConfig) {
+    let t =
+        TrainConfig { epochs: 2, batch_size: 16, checkpoint_every: 2, ..TrainConfig::default() };
+    (t, SgdConfig { lr: 0.05, ..SgdConfig::default() })
+}
+
+#[test]
+fn resume_reaches_the_uninterrupted_weights() {
+    let train = Dataset::load(&cifar_jpeg(), Split::Train).unwrap().first_per_class(6);
+    let test = train.first_per_class(2);
+    let (t, o) = tiny_cfg();
+    let spec = rgn(2, Augment::All, false);
+    let dir = tempdir();
+    let run =
+        |name: &str, resume: bool| RunDir { dir: dir.path().join(name), resume, force: false };
+
+    let mut a = Model::new(&spec, Device::Cpu, Seed(t.seed)).unwrap();
+    fit(&mut a, &mut RgnWarmup, &t, &o, "cfg", &train, &test, &run("a", false)).unwrap();
+
+    let mut b = Model::new(&spec, Device::Cpu, Seed(t.seed)).unwrap();
+    let mut crash = Interrupted { inner: RgnWarmup, fail_at: 3 };
+    let e = fit(&mut b, &mut crash, &t, &o, "cfg", &train, &test, &run("b", false));
+    assert!(e.is_err());
+    // Without --resume an existing run is not overwritten.
+    let e = err_text(fit(&mut b, &mut RgnWarmup, &t, &o, "cfg", &train, &test, &run("b", false)));
+    assert!(e.contains("--resume"), "{e}");
+    // Another configuration cannot resume it.
+    let e = err_text(fit(&mut b, &mut RgnWarmup, &t, &o, "other", &train, &test, &run("b", true)));
+    assert!(e.contains("another configuration"), "{e}");
+    let mut b = Model::new(&spec, Device::Cpu, Seed(t.seed)).unwrap();
+    let hist = fit(&mut b, &mut RgnWarmup, &t, &o, "cfg", &train, &test, &run("b", true)).unwrap();
+    assert_eq!(hist.len(), 2);
+    let (va, vb) = (a.vs.variables(), b.vs.variables());
+    for (k, t) in &va {
+        assert!(t.equal(&vb[k]), "{k} differs after resume");
+    }
+    assert!(
+        dir.path().join("b/model.safetensors").exists()
+            && dir.path().join("b/metrics.csv").exists()
+    );
+}
+
+#[test]
+fn nan_loss_stops_and_keeps_the_last_good_checkpoint() {
+    let train = Dataset::load(&cifar_jpeg(), Split::Train).unwrap().first_per_class(4);
+    let (mut t, mut o) = tiny_cfg();
+    t.checkpoint_every = 1;
+    o.lr = 1e30;
+    let dir = tempdir();
+    let run = RunDir { dir: dir.path().join("nan"), resume: false, force: false };
+    let mut m = Model::new(&plain(), Device::Cpu, Seed(0)).unwrap();
+    let e = fit(&mut m, &mut Independent, &t, &o, "cfg", &train, &train, &run);
+    let msg = err_text(e);
+    assert!(msg.contains("loss is") && msg.contains("last good checkpoint"), "{msg}");
+    assert!(run.checkpoint().exists());
+    let (good, _) = Model::load(&run.checkpoint(), Device::Cpu).unwrap();
+    for (k, t) in good.vs.variables() {
+        assert!(t.isfinite().all().int64_value(&[]) == 1, "{k} not finite in the kept checkpoint");
+    }
+}
+
+#[test]
+fn one_epoch_on_2000_images_beats_chance() {
+    let train = Dataset::load(&cifar_jpeg(), Split::Train).unwrap().first_per_class(200);
+    let test = Dataset::load(&cifar_jpeg(), Split::Test).unwrap().first_per_class(50);
+    let t = TrainConfig { epochs: 1, batch_size: 32, ..TrainConfig::default() };
+    let o = SgdConfig { lr: 0.05, ..SgdConfig::default() };
+    let dir = tempdir();
+    let run = RunDir { dir: dir.path().to_path_buf(), resume: false, force: true };
+    let mut m = Model::new(&plain(), Device::Cpu, Seed(0)).unwrap();
+    let hist = fit(&mut m, &mut Independent, &t, &o, "cfg", &train, &test, &run).unwrap();
+    assert!(hist[0].test_acc > 0.25, "test accuracy {}", hist[0].test_acc);
+    assert!(Path::new(&run.model()).exists());
+}
