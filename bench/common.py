@@ -4,6 +4,7 @@ import json
 import struct
 
 import torch
+import torch.nn as nn
 import torch.nn.functional as F
 
 MEAN = torch.tensor([0.4914, 0.4822, 0.4465]).view(1, 3, 1, 1)
@@ -60,3 +61,38 @@ def probe_input(n):
     """A deterministic input batch in [0,1] that needs no data files."""
     i = torch.arange(n * 3 * 32 * 32, dtype=torch.float64)
     return ((i * 7919) % 251 / 250.0).float().view(n, 3, 32, 32)
+
+
+class Block(nn.Module):
+    def __init__(self, cin, cout, stride):
+        super().__init__()
+        self.conv1 = nn.Conv2d(cin, cout, 3, stride, 1, bias=False)
+        self.bn1 = nn.BatchNorm2d(cout)
+        self.conv2 = nn.Conv2d(cout, cout, 3, 1, 1, bias=False)
+        self.bn2 = nn.BatchNorm2d(cout)
+        self.shortcut = nn.Sequential()
+        if stride != 1 or cin != cout:
+            self.shortcut = nn.Sequential(nn.Conv2d(cin, cout, 1, stride, bias=False), nn.BatchNorm2d(cout))
+
+    def forward(self, x):
+        out = F.relu(self.bn1(self.conv1(x)))
+        return F.relu(self.bn2(self.conv2(out)) + self.shortcut(x))
+
+
+class ResNet20(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.conv1 = nn.Conv2d(3, 16, 3, 1, 1, bias=False)
+        self.bn1 = nn.BatchNorm2d(16)
+        layers, cin = [], 16
+        for width, stride in ((16, 1), (32, 2), (64, 2)):
+            layers.append(nn.Sequential(Block(cin, width, stride), Block(width, width, 1), Block(width, width, 1)))
+            cin = width
+        self.layer1, self.layer2, self.layer3 = layers
+        self.linear = nn.Linear(64, 10)
+
+    def forward(self, x):
+        x = (x - MEAN) / STD
+        x = F.relu(self.bn1(self.conv1(x)))
+        x = self.layer3(self.layer2(self.layer1(x)))
+        return self.linear(F.adaptive_avg_pool2d(x, 1).flatten(1))

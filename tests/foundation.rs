@@ -471,3 +471,62 @@ fn one_epoch_on_2000_images_beats_chance() {
     assert!(hist[0].test_acc > 0.25, "test accuracy {}", hist[0].test_acc);
     assert!(Path::new(&run.model()).exists());
 }
+
+#[test]
+fn dverge_layout_ensembles_import() {
+    // A DVERGE-code state dict of a 2-model ensemble: `model_{i}.` prefixes, `fc` and
+    // `downsample` spellings, `num_batches_tracked` buffers.
+    let m = Model::new(&ModelSpec { arch: ArchConfig::plain(), members: 2 }, Device::Cpu, Seed(8))
+        .unwrap();
+    randomise_bn_stats(&m, 2);
+    let mut f = TensorFile::default();
+    for (k, t) in m.named_tensors() {
+        let k = k
+            .replace("member", "model_")
+            .replace(".shortcut.", ".downsample.")
+            .replace("linear.", "fc.");
+        f.tensors.insert(k, t);
+    }
+    let dir = tempdir();
+    let p = dir.path().join("dverge.safetensors");
+    f.write(&p).unwrap();
+    let (l, _) = Model::load(&p, Device::Cpu).unwrap();
+    assert_eq!(l.spec.members, 2);
+    let x = probe_input(2);
+    for i in 0..2 {
+        let r = Route::default();
+        assert!(
+            l.nets[i].forward(&x, &r, false).equal(&m.nets[i].forward(&x, &r, false)),
+            "member {i}"
+        );
+    }
+}
+
+#[test]
+fn derived_model_loads_in_pytorch_with_strict_state_dict() {
+    // bench/load_derived.py builds a PyTorch ResNet-20, load_state_dict(strict=True), and prints
+    // its logits; they must match eio's. Needs the virtualenv's Python (scripts/test sets it).
+    let Some(venv) = std::env::var_os("VIRTUAL_ENV") else {
+        eprintln!("skipped: VIRTUAL_ENV not set (run through scripts/test)");
+        return;
+    };
+    let m = Model::new(&rgn(2, Augment::All, false), Device::Cpu, Seed(12)).unwrap();
+    randomise_bn_stats(&m, 3);
+    let r: Route = "0,1,1,0,1,0,0,1,1,0,1,0,1,1,0,0,1,0,1,1,0".parse().unwrap();
+    let dir = tempdir();
+    let p = dir.path().join("derived.safetensors");
+    m.derive(&r).unwrap().save(&p, TensorFile::default()).unwrap();
+    let bench = Path::new(env!("CARGO_MANIFEST_DIR")).join("bench");
+    let out = std::process::Command::new(Path::new(&venv).join("bin/python"))
+        .arg(bench.join("load_derived.py"))
+        .arg(&p)
+        .current_dir(&bench)
+        .output()
+        .expect("run python");
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let rows: Vec<Vec<f64>> = serde_json::from_slice(&out.stdout).unwrap();
+    let torch_logits = Tensor::from_slice(&rows.concat()).view([2, 10]).to_kind(Kind::Float);
+    let ours = m.nets[0].forward(&probe_input(2), &r, false);
+    let err = (ours - torch_logits).abs().max().double_value(&[]);
+    assert!(err < 1e-4, "max error {err}");
+}

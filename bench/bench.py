@@ -1,0 +1,74 @@
+"""PyTorch counterpart of `eio bench`: ms per train step (SGD, batch 128), per input-gradient
+(PGD) step and per inference batch for ResNet-20, and images/s of a PGD-50 evaluation, on the
+same torch install and thread count as eio.
+
+    scripts/python bench/bench.py [--batch-size 128] [--iters 20]
+"""
+import argparse
+import time
+
+import torch
+import torch.nn.functional as F
+
+from common import ResNet20
+
+
+def time_ms(iters, f):
+    for _ in range(3):
+        f()
+    t = time.perf_counter()
+    for _ in range(iters):
+        f()
+    return (time.perf_counter() - t) * 1e3 / iters
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--batch-size", type=int, default=128)
+    ap.add_argument("--iters", type=int, default=20)
+    a = ap.parse_args()
+    torch.manual_seed(0)
+    net = ResNet20()
+    opt = torch.optim.SGD(net.parameters(), lr=0.01, momentum=0.9, weight_decay=1e-4)
+    x = torch.rand(a.batch_size, 3, 32, 32)
+    y = torch.randint(0, 10, (a.batch_size,))
+
+    def train():
+        net.train()
+        opt.zero_grad()
+        F.cross_entropy(net(x), y).backward()
+        opt.step()
+
+    def grad():
+        net.eval()
+        xa = x.detach().requires_grad_(True)
+        g, = torch.autograd.grad(F.cross_entropy(net(xa), y), xa)
+        g.sign()
+
+    def infer():
+        net.eval()
+        with torch.no_grad():
+            net(x).argmax(-1)
+
+    eps, steps = 0.03, 50
+
+    def pgd50():
+        net.eval()
+        xa = (x + torch.empty_like(x).uniform_(-eps, eps)).clamp(0, 1)
+        for _ in range(steps):
+            xa.requires_grad_(True)
+            g, = torch.autograd.grad(F.cross_entropy(net(xa), y, reduction="sum"), xa)
+            xa = torch.min(torch.max(xa.detach() + eps / 5 * g.sign(), x - eps), x + eps).clamp(0, 1)
+        with torch.no_grad():
+            net(xa).argmax(-1)
+
+    print(f"pytorch {torch.__version__} bench: batch {a.batch_size}, {a.iters} iterations, "
+          f"{torch.get_num_threads()} threads")
+    print(f"{'model':<24} {'train ms':>12} {'input-grad ms':>16} {'infer ms':>14} {'PGD-50 img/s':>14}")
+    t, g, i = time_ms(a.iters, train), time_ms(a.iters, grad), time_ms(a.iters, infer)
+    p = a.batch_size / (time_ms(max(1, a.iters // 10), pgd50) / 1e3)
+    print(f"{'resnet20':<24} {t:>12.1f} {g:>16.1f} {i:>14.1f} {p:>14.1f}")
+
+
+if __name__ == "__main__":
+    main()
