@@ -1,5 +1,6 @@
 //! The one integration-test harness (one binary keeps libtorch link time down).
 
 mod attack;
+mod eio_train;
 mod foundation;
 mod util;

@@ -391,31 +391,31 @@ fn parse_layer_per(s: &str) -> std::result::Result<LayerPer, String> {
 #[derive(Debug, Default, Args, Serialize)]
 pub struct DistillFlags {
     /// Distillation radius eps_d (L-infinity, pixel units).
-    #[arg(long = "distill-eps", value_name = "EPS")]
+    #[arg(id = "distill_eps", long = "distill-eps", value_name = "EPS")]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub eps: Option<f64>,
     /// Distillation steps.
-    #[arg(long = "distill-steps", value_name = "N")]
+    #[arg(id = "distill_steps", long = "distill-steps", value_name = "N")]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub steps: Option<usize>,
     /// Distillation step size.
-    #[arg(long = "distill-step-size", value_name = "S")]
+    #[arg(id = "distill_step_size", long = "distill-step-size", value_name = "S")]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub step_size: Option<f64>,
     /// Random start in the eps_d ball (true: EIO code; false: DVERGE).
-    #[arg(long = "distill-random-start", value_name = "BOOL")]
+    #[arg(id = "distill_random_start", long = "distill-random-start", value_name = "BOOL")]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub random_start: Option<bool>,
     /// L1-normalised gradient momentum, mu = 1 (true: DVERGE; false: EIO code).
-    #[arg(long = "distill-momentum", value_name = "BOOL")]
+    #[arg(id = "distill_momentum", long = "distill-momentum", value_name = "BOOL")]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub momentum: Option<bool>,
     /// BatchNorm in train mode while distilling (true: DVERGE; false: EIO code).
-    #[arg(long = "distill-bn-train", value_name = "BOOL")]
+    #[arg(id = "distill_bn_train", long = "distill-bn-train", value_name = "BOOL")]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub bn_train: Option<bool>,
     /// Match features before the ReLU (true: DVERGE; false: EIO code).
-    #[arg(long = "distill-before-relu", value_name = "BOOL")]
+    #[arg(id = "distill_before_relu", long = "distill-before-relu", value_name = "BOOL")]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub before_relu: Option<bool>,
 }
@@ -437,27 +437,27 @@ impl DistillFlags {
 pub struct AdvFlags {
     /// Add CE on PGD examples made against each sampled path (Eq. 5; default PGD: eps 8/255,
     /// step 2/255, 10 steps, random start, train-mode BatchNorm). false removes a configured one.
-    #[arg(long = "adv", value_name = "BOOL")]
+    #[arg(id = "adv", long = "adv", value_name = "BOOL")]
     #[serde(skip)]
     pub on: Option<bool>,
     /// PGD radius of the adversarial term.
-    #[arg(long = "adv-eps", value_name = "EPS")]
+    #[arg(id = "adv_eps", long = "adv-eps", value_name = "EPS")]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub eps: Option<f64>,
     /// PGD step size of the adversarial term.
-    #[arg(long = "adv-step-size", value_name = "S")]
+    #[arg(id = "adv_step_size", long = "adv-step-size", value_name = "S")]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub step_size: Option<f64>,
     /// PGD steps of the adversarial term.
-    #[arg(long = "adv-steps", value_name = "N")]
+    #[arg(id = "adv_steps", long = "adv-steps", value_name = "N")]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub steps: Option<usize>,
     /// Random start of the adversarial term's PGD.
-    #[arg(long = "adv-random-start", value_name = "BOOL")]
+    #[arg(id = "adv_random_start", long = "adv-random-start", value_name = "BOOL")]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub random_start: Option<bool>,
     /// BatchNorm in train mode while crafting the adversarial examples.
-    #[arg(long = "adv-bn-train", value_name = "BOOL")]
+    #[arg(id = "adv_bn_train", long = "adv-bn-train", value_name = "BOOL")]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub bn_train: Option<bool>,
 }
@@ -567,4 +567,112 @@ fn train_eio(a: EioArgs) -> Result<()> {
         None => (Model::new(&spec, device, Seed(cfg.train.seed))?, text),
     };
     train_model(&a.run, &mut model, &mut method, &cfg.train, &cfg.optim, &text)
+}
+
+#[cfg(test)]
+mod eio_tests {
+    use super::*;
+    use clap::Parser;
+
+    #[derive(Debug, Parser)]
+    struct Wrap {
+        #[command(subcommand)]
+        cmd: TrainCommand,
+    }
+
+    fn resolved(args: &[&str]) -> EioTrainConfig {
+        let w = Wrap::try_parse_from(["eio"].iter().chain(args)).unwrap();
+        let TrainCommand::Eio(a) = w.cmd else { panic!("not eio") };
+        let o = EioOverrides {
+            warmup_epochs: a.warmup_epochs,
+            arch: &a.arch,
+            train: &a.train,
+            optim: &a.optim,
+            eio: &a.eio,
+        };
+        let (mut cfg, _) = resolve::<EioTrainConfig>(a.run.config.as_deref(), &o).unwrap();
+        if a.eio.adv.on == Some(false) {
+            cfg.eio.adv = None;
+        }
+        cfg
+    }
+
+    #[test]
+    fn every_eio_flag_reaches_the_config() {
+        let c = resolved(&[
+            "eio",
+            "--out",
+            "x",
+            "--paths",
+            "4",
+            "--layer-per",
+            "epoch",
+            "--layer",
+            "7",
+            "--distill-eps",
+            "0.05",
+            "--distill-steps",
+            "7",
+            "--distill-step-size",
+            "0.01",
+            "--distill-random-start",
+            "false",
+            "--distill-momentum",
+            "true",
+            "--distill-bn-train",
+            "true",
+            "--distill-before-relu",
+            "true",
+            "--adv-eps",
+            "0.02",
+            "--adv-step-size",
+            "0.005",
+            "--adv-steps",
+            "3",
+            "--adv-random-start",
+            "false",
+            "--adv-bn-train",
+            "false",
+            "--momentum",
+            "0.5",
+            "--epochs",
+            "9",
+            "--copies",
+            "3",
+            "--augment",
+            "top7",
+            "--warmup-epochs",
+            "2",
+        ]);
+        assert_eq!(c.warmup_epochs, 2);
+        assert_eq!((c.arch.copies, c.arch.augment), (3, Augment::Top(7)));
+        assert_eq!((c.optim.momentum, c.train.epochs), (0.5, 9));
+        let e = &c.eio;
+        assert_eq!((e.paths, e.layer_per, e.layer), (4, LayerPer::Epoch, Some(7)));
+        let d = &e.distill;
+        assert_eq!((d.eps, d.steps, d.step_size), (0.05, 7, 0.01));
+        assert!(!d.random_start && d.momentum && d.bn_train && d.before_relu);
+        let a = e.adv.as_ref().expect("--adv-* turns the term on");
+        assert_eq!((a.eps, a.step_size, a.steps), (0.02, 0.005, 3));
+        assert!(!a.random_start && !a.bn_train);
+
+        let c = resolved(&["eio", "--out", "x"]);
+        assert_eq!(c.eio, EioConfig::default());
+        let c = resolved(&["eio", "--out", "x", "--adv", "true"]);
+        assert_eq!(c.eio.adv, Some(Default::default()));
+        let c = resolved(&["eio", "--out", "x", "--adv", "false", "--adv-steps", "2"]);
+        assert_eq!(c.eio.adv, None);
+    }
+
+    #[test]
+    fn presets_parse() {
+        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("configs");
+        for name in ["eio-paper.toml", "eio-code.toml", "eio-cpu.toml"] {
+            let path = dir.join(name);
+            let path = path.to_str().unwrap();
+            let c = resolved(&["eio", "--out", "x", "--config", path]);
+            c.eio.validate().unwrap();
+            c.arch.validate().unwrap();
+        }
+    }
 }
