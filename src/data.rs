@@ -208,26 +208,35 @@ impl Dataset {
         Dataset { pixels, labels, classes: self.classes.clone() }
     }
 
-    /// The first `n` images of each class (in storage order), classes interleaved by first index.
-    pub fn first_per_class(&self, n: usize) -> Dataset {
+    /// Indices of the first `n` images of each class (in storage order).
+    pub fn first_per_class_index(&self, n: usize) -> Vec<usize> {
         let mut count = vec![0usize; self.classes.len()];
-        let idx: Vec<usize> = (0..self.len())
+        (0..self.len())
             .filter(|&i| {
                 let c = &mut count[self.labels[i] as usize];
                 *c += 1;
                 *c <= n
             })
-            .collect();
-        self.select(&idx)
+            .collect()
     }
 
-    /// `n` images drawn without replacement by a seeded generator, in increasing index order.
-    pub fn random_subset(&self, n: usize, seed: Seed) -> Dataset {
+    /// The first `n` images of each class (in storage order).
+    pub fn first_per_class(&self, n: usize) -> Dataset {
+        self.select(&self.first_per_class_index(n))
+    }
+
+    /// Indices of `n` images drawn without replacement by a seeded generator, increasing.
+    pub fn random_index(&self, n: usize, seed: Seed) -> Vec<usize> {
         let mut idx: Vec<usize> = (0..self.len()).collect();
         idx.shuffle(&mut seed.rng(Stream::Eval, 0, 0));
         idx.truncate(n.min(self.len()));
         idx.sort_unstable();
-        self.select(&idx)
+        idx
+    }
+
+    /// `n` images drawn without replacement by a seeded generator, in increasing index order.
+    pub fn random_subset(&self, n: usize, seed: Seed) -> Dataset {
+        self.select(&self.random_index(n, seed))
     }
 
     /// Images `idx` as a `[B, 3, 32, 32]` f32 tensor in [0,1] and labels `[B]` i64, augmented

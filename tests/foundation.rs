@@ -322,8 +322,7 @@ fn bad_data_gives_named_errors() {
 fn bad_checkpoints_name_the_key() {
     let dir = tempdir();
     let m = Model::new(&plain(), Device::Cpu, Seed(0)).unwrap();
-    let mut f = TensorFile::default();
-    f.tensors = m.named_tensors();
+    let mut f = TensorFile { tensors: m.named_tensors(), ..TensorFile::default() };
     f.tensors.remove("linear.weight");
     let p = dir.path().join("missing.safetensors");
     f.write(&p).unwrap();

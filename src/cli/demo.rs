@@ -125,7 +125,7 @@ pub fn run(a: DemoArgs) -> Result<()> {
         Routing::Fixed(Route::default()),
     )?;
 
-    let mut md = format!("| model | evaluation | clean accuracy |\n|---|---|---|\n");
+    let mut md = String::from("| model | evaluation | clean accuracy |\n|---|---|---|\n");
     for r in &rows {
         md += &format!("| {} | {} | {:.2}% |\n", r.model, r.evaluation, 100.0 * r.clean_accuracy);
     }

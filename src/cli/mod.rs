@@ -1,5 +1,6 @@
 //! Subcommands. Each parses its flags, resolves its configuration and calls the library.
 
+mod attack;
 mod bench;
 mod config;
 mod demo;
@@ -37,6 +38,10 @@ enum Command {
     Finetune(train::FinetuneArgs),
     /// Clean accuracy of a model, an ensemble, or an RGN along chosen or random paths.
     Eval(model::EvalArgs),
+    /// Robustness protocols: white-box PGD, transfer sets, black-box evaluation,
+    /// transferability matrices.
+    #[command(subcommand)]
+    Attack(attack::AttackCommand),
     /// Convert a released EIO RGN checkpoint or a DVERGE-layout state dict into an eio file.
     Import(model::ImportArgs),
     /// Write a plain ResNet-20 holding the weights of one RGN path (PyTorch layout).
@@ -60,6 +65,7 @@ pub fn run(cli: Cli) -> Result<()> {
         Command::Import(a) => model::import(a),
         Command::Derive(a) => model::derive(a),
         Command::Bench(a) => bench::run(a),
+        Command::Attack(c) => attack::run(c),
         Command::Demo(a) => demo::run(a),
         Command::Stability(a) => stability::run(a),
     }

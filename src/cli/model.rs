@@ -31,6 +31,21 @@ pub struct RouteArgs {
     pub seed: u64,
 }
 
+/// The routing an attack or single evaluation uses: `--path`, `--random-path`, or all zeros.
+pub fn routing(model: &Model, r: &RouteArgs, file: &std::path::Path) -> Result<Routing> {
+    if r.paths.is_some() {
+        bail!("--paths is not supported here: pick one --path or --random-path");
+    }
+    if model.gates() == 0 && (r.random_path || r.path.as_ref().is_some_and(|p| !p.is_empty())) {
+        bail!("{} is a plain model: --path and --random-path need an RGN", file.display());
+    }
+    Ok(if r.random_path {
+        Routing::Random
+    } else {
+        Routing::Fixed(r.path.clone().unwrap_or_else(|| Route::zeros(model.gates())))
+    })
+}
+
 #[derive(Debug, Args)]
 pub struct EvalArgs {
     /// Model file: eio model or checkpoint, released EIO RGN checkpoint, DVERGE-layout state dict.

@@ -218,6 +218,25 @@ impl Model {
         Ok(plain)
     }
 
+    /// Member `i` of an ensemble as a model of its own.
+    pub fn member(&self, i: usize) -> Result<Model> {
+        if i >= self.nets.len() {
+            return Err(Error::config(format!("member {i} of a {}-member model", self.nets.len())));
+        }
+        let one = Model::new(
+            &ModelSpec { arch: self.spec.arch.clone(), members: 1 },
+            self.device(),
+            Seed(0),
+        )?;
+        let all = self.vs.variables();
+        let _guard = tch::no_grad_guard();
+        for (name, mut v) in one.vs.variables() {
+            let key = if self.nets.len() == 1 { name.clone() } else { format!("member{i}.{name}") };
+            v.copy_(&all[&key]);
+        }
+        Ok(one)
+    }
+
     /// Several derived routes stacked into one ensemble of plain networks (average of softmax).
     pub fn derive_ensemble(&self, routes: &[Route]) -> Result<Model> {
         if self.spec.members != 1 {

@@ -1,0 +1,421 @@
+//! `eio attack ...`: the robustness protocols (white-box, transfer-set generation, black-box
+//! evaluation, transferability matrices). Settings: docs/attacks.md.
+
+use std::path::{Path, PathBuf};
+
+use anyhow::{bail, Context, Result};
+use clap::{Args, Subcommand};
+use serde::Serialize;
+
+use super::config::resolve;
+use super::model::{routing, RouteArgs};
+use super::{check_new_output, DataArgs, DeviceArg};
+use eio::attack::AttackLoss;
+use eio::data::{Dataset, Split};
+use eio::eval::report::Report;
+use eio::eval::transfer::{transfer_eval, transfer_files, transfer_gen, Named, TransferGenConfig};
+use eio::eval::transferability::{transferability, TransferabilityConfig};
+use eio::eval::whitebox::{whitebox, WhiteboxConfig};
+use eio::model::{Model, Route, Routing, Target};
+use eio::seed::{Seed, Stream};
+
+#[derive(Debug, Subcommand)]
+pub enum AttackCommand {
+    /// White-box PGD with restarts over a list of eps; an image is robust only if correct under
+    /// every restart (defaults: eps 0.01..0.07, 50 steps of eps/5, 5 restarts, CE).
+    Whitebox(WhiteboxArgs),
+    /// Craft adversarial examples on surrogate models and store them (paper suite: momentum PGD
+    /// x3 restarts, M-DI2-FGSM, SGM; CE and CW; 100 steps of eps/5; eps 0.01..0.07).
+    TransferGen(TransferGenArgs),
+    /// Black-box accuracy of a model on a stored transfer set: correct on all versions, per eps
+    /// and per attack.
+    TransferEval(TransferEvalArgs),
+    /// Attack success rate of PGD examples made on member i against member j, for the members
+    /// of an ensemble or K random paths of an RGN (default eps 0.03, PGD-50, 5 restarts).
+    Transferability(TransferabilityArgs),
+}
+
+pub fn run(cmd: AttackCommand) -> Result<()> {
+    match cmd {
+        AttackCommand::Whitebox(a) => run_whitebox(a),
+        AttackCommand::TransferGen(a) => run_transfer_gen(a),
+        AttackCommand::TransferEval(a) => run_transfer_eval(a),
+        AttackCommand::Transferability(a) => run_transferability(a),
+    }
+}
+
+/// Which test images to use.
+#[derive(Debug, Args)]
+pub struct ImagesArgs {
+    /// Number of test images drawn at random with --seed.
+    #[arg(long, default_value_t = 1000, value_name = "N")]
+    images: usize,
+    /// Use the first N test images of each class instead of a random draw.
+    #[arg(long, value_name = "N")]
+    first_per_class: Option<usize>,
+    #[command(flatten)]
+    data: DataArgs,
+}
+
+impl ImagesArgs {
+    /// The test split and the indices of the chosen images.
+    fn select(&self, seed: Seed) -> Result<(Dataset, Vec<usize>)> {
+        let test = self.data.load(Split::Test, None)?;
+        let idx = match self.first_per_class {
+            Some(n) => test.first_per_class_index(n),
+            None => test.random_index(self.images, seed),
+        };
+        if idx.is_empty() {
+            bail!("no test images selected");
+        }
+        Ok((test, idx))
+    }
+}
+
+/// Where reports go.
+#[derive(Debug, Args)]
+pub struct OutputArgs {
+    /// Write the report as JSON.
+    #[arg(long, value_name = "FILE")]
+    json: Option<PathBuf>,
+    /// Write the result table as CSV.
+    #[arg(long, value_name = "FILE")]
+    csv: Option<PathBuf>,
+    /// Overwrite existing output files.
+    #[arg(long)]
+    force: bool,
+}
+
+impl OutputArgs {
+    fn check(&self) -> Result<()> {
+        for p in [&self.json, &self.csv].into_iter().flatten() {
+            check_new_output(p, self.force)?;
+        }
+        Ok(())
+    }
+
+    fn write(&self, report: &impl Report) -> Result<()> {
+        if let Some(p) = &self.json {
+            report.write_json(p)?;
+            eprintln!("wrote {}", p.display());
+        }
+        if let Some(p) = &self.csv {
+            report.write_csv(p)?;
+            eprintln!("wrote {}", p.display());
+        }
+        Ok(())
+    }
+}
+
+fn parse_loss(s: &str) -> std::result::Result<AttackLoss, String> {
+    s.parse().map_err(|e: eio::Error| e.to_string())
+}
+
+#[derive(Debug, Default, Args, Serialize)]
+pub struct WhiteboxFlags {
+    /// Radii in [0,1] units, comma-separated (e.g. 0.01,0.02,0.03 or 8/255 as 0.0314).
+    #[arg(long, value_delimiter = ',')]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    eps: Option<Vec<f64>>,
+    /// PGD iterations.
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    steps: Option<usize>,
+    /// Step size as a fraction of eps.
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    step_ratio: Option<f64>,
+    /// Independent random restarts.
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    restarts: Option<usize>,
+    /// Uniform random start (true/false).
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    random_start: Option<bool>,
+    /// Loss: ce, cw, cw:<kappa>, dlr.
+    #[arg(long, value_parser = parse_loss)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    loss: Option<AttackLoss>,
+    /// Gradient samples per step against a random-path RGN (EOT).
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    eot: Option<usize>,
+    /// Images per batch.
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    batch: Option<usize>,
+}
+
+/// Common flags of commands that attack one model.
+#[derive(Debug, Args)]
+pub struct TargetArgs {
+    /// The model: eio file, released EIO RGN, DVERGE-layout state dict; ensembles are attacked
+    /// through the log of their averaged softmax.
+    #[arg(long, value_name = "FILE")]
+    model: PathBuf,
+    #[command(flatten)]
+    route: RouteArgs,
+    /// Where to compute.
+    #[arg(long, value_enum, default_value_t = DeviceArg::Auto)]
+    device: DeviceArg,
+}
+
+#[derive(Debug, Args)]
+pub struct WhiteboxArgs {
+    #[command(flatten)]
+    target: TargetArgs,
+    #[command(flatten)]
+    images: ImagesArgs,
+    /// TOML file with the protocol's settings (WhiteboxConfig fields); flags override it.
+    #[arg(long, value_name = "FILE")]
+    config: Option<PathBuf>,
+    #[command(flatten)]
+    flags: WhiteboxFlags,
+    #[command(flatten)]
+    out: OutputArgs,
+}
+
+fn run_whitebox(a: WhiteboxArgs) -> Result<()> {
+    a.out.check()?;
+    let (cfg, _) = resolve::<WhiteboxConfig>(a.config.as_deref(), &a.flags)?;
+    let device = a.target.device.device()?;
+    let (model, _) = Model::load(&a.target.model, device)?;
+    let seed = Seed(a.target.route.seed);
+    let routing = routing(&model, &a.target.route, &a.target.model)?;
+    let describe = describe_routing(&routing);
+    let target = Target::new(&model, routing, seed)?;
+    let (test, idx) = a.images.select(seed)?;
+    let data = test.select(&idx);
+    let report = whitebox(&target, &data, &cfg, device, seed)?;
+    println!(
+        "white-box {} ({describe}): {} images, PGD-{} step {}*eps, {} restart(s), loss {}",
+        a.target.model.display(),
+        report.images,
+        cfg.steps,
+        cfg.step_ratio,
+        cfg.restarts,
+        cfg.loss
+    );
+    println!("{:>8} {:>10}", "eps", "accuracy");
+    println!("{:>8} {:>9.2}%", "clean", 100.0 * report.clean_accuracy);
+    for r in &report.rows {
+        println!("{:>8} {:>9.2}%", r.eps, 100.0 * r.robust_accuracy);
+    }
+    a.out.write(&report)
+}
+
+fn describe_routing(r: &Routing) -> String {
+    match r {
+        Routing::Fixed(route) if route.is_empty() => "plain".into(),
+        Routing::Fixed(route) => format!("path {route}"),
+        Routing::Random => "random path per forward".into(),
+    }
+}
+
+#[derive(Debug, Default, Args, Serialize)]
+pub struct TransferGenFlags {
+    /// Radii, comma-separated.
+    #[arg(long, value_delimiter = ',')]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    eps: Option<Vec<f64>>,
+    /// Losses, comma-separated (ce, cw, cw:<kappa>).
+    #[arg(long, value_delimiter = ',', value_parser = parse_loss)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    losses: Option<Vec<AttackLoss>>,
+    /// Iterations per attack.
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    steps: Option<usize>,
+    /// Step size as a fraction of eps.
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    step_ratio: Option<f64>,
+    /// Images per batch.
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    batch: Option<usize>,
+}
+
+#[derive(Debug, Args)]
+pub struct TransferGenArgs {
+    /// Surrogate as NAME=FILE (repeat for several, e.g. base3=b3.safetensors); each file is a
+    /// model or ensemble, attacked through its averaged softmax.
+    #[arg(long = "surrogate", value_name = "NAME=FILE", required = true)]
+    surrogates: Vec<String>,
+    /// Output folder of the transfer set (one file per surrogate and eps; reruns resume).
+    #[arg(long, value_name = "DIR")]
+    out: PathBuf,
+    #[command(flatten)]
+    images: ImagesArgs,
+    /// Seed of the image draw and the attacks.
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
+    /// TOML file with TransferGenConfig fields (attacks, losses, eps, ...); flags override it.
+    #[arg(long, value_name = "FILE")]
+    config: Option<PathBuf>,
+    #[command(flatten)]
+    flags: TransferGenFlags,
+    /// Where to compute.
+    #[arg(long, value_enum, default_value_t = DeviceArg::Auto)]
+    device: DeviceArg,
+}
+
+fn run_transfer_gen(a: TransferGenArgs) -> Result<()> {
+    let (cfg, _) = resolve::<TransferGenConfig>(a.config.as_deref(), &a.flags)?;
+    let device = a.device.device()?;
+    let seed = Seed(a.seed);
+    let mut models = Vec::new();
+    for s in &a.surrogates {
+        let (name, file) =
+            s.split_once('=').with_context(|| format!("--surrogate '{s}': expected NAME=FILE"))?;
+        let (model, _) = Model::load(Path::new(file), device)?;
+        models.push((name.to_string(), model));
+    }
+    let targets: Vec<Target> = models.iter().map(|(_, m)| Target::fixed_zero(m)).collect();
+    let named: Vec<Named> =
+        models.iter().zip(&targets).map(|((n, _), t)| Named::new(n.clone(), t)).collect();
+    let (test, idx) = a.images.select(seed)?;
+    let report = transfer_gen(&named, &test, &idx, &cfg, &a.out, device, seed)?;
+    println!(
+        "transfer set in {}: {} images, {} files, {:.0}s",
+        a.out.display(),
+        report.images,
+        report.files.len(),
+        report.seconds
+    );
+    Ok(())
+}
+
+#[derive(Debug, Args)]
+pub struct TransferEvalArgs {
+    #[command(flatten)]
+    target: TargetArgs,
+    /// Folder of a transfer set made by `eio attack transfer-gen`.
+    #[arg(long, value_name = "DIR")]
+    set: PathBuf,
+    /// Images per batch.
+    #[arg(long, default_value_t = 500)]
+    batch: usize,
+    #[command(flatten)]
+    out: OutputArgs,
+}
+
+fn run_transfer_eval(a: TransferEvalArgs) -> Result<()> {
+    a.out.check()?;
+    let device = a.target.device.device()?;
+    let (model, _) = Model::load(&a.target.model, device)?;
+    let routing = routing(&model, &a.target.route, &a.target.model)?;
+    let target = Target::new(&model, routing, Seed(a.target.route.seed))?;
+    let files = transfer_files(&a.set)?;
+    let report = transfer_eval(&target, &files, a.batch, device)?;
+    println!(
+        "black-box {} on {}: {} images",
+        a.target.model.display(),
+        a.set.display(),
+        report.images
+    );
+    println!("{:>8} {:>14} {:>9} {:>10}", "eps", "attack", "versions", "accuracy");
+    println!("{:>8} {:>14} {:>9} {:>9.2}%", "clean", "-", 1, 100.0 * report.clean_accuracy);
+    for r in report.rows.iter().filter(|r| r.surrogate.is_none() && r.loss.is_none()) {
+        let attack = r.attack.clone().unwrap_or_else(|| "all".into());
+        println!(
+            "{:>8} {:>14} {:>9} {:>9.2}%",
+            r.eps,
+            attack,
+            r.versions,
+            100.0 * r.robust_accuracy
+        );
+    }
+    a.out.write(&report)
+}
+
+#[derive(Debug, Default, Args, Serialize)]
+pub struct TransferabilityFlags {
+    /// Radius.
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    eps: Option<f64>,
+    /// PGD iterations.
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    steps: Option<usize>,
+    /// Random restarts.
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    restarts: Option<usize>,
+    /// Loss: ce, cw, cw:<kappa>.
+    #[arg(long, value_parser = parse_loss)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    loss: Option<AttackLoss>,
+    /// Images that every member classifies correctly.
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    images: Option<usize>,
+}
+
+#[derive(Debug, Args)]
+pub struct TransferabilityArgs {
+    /// An ensemble (its members), or an RGN (K random paths, see --paths).
+    #[arg(long, value_name = "FILE")]
+    model: PathBuf,
+    /// For an RGN: number of random paths to compare.
+    #[arg(long, default_value_t = 3, value_name = "K")]
+    paths: usize,
+    /// Seed of the paths, the image draw and the attacks.
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
+    #[command(flatten)]
+    data: DataArgs,
+    /// TOML file with TransferabilityConfig fields; flags override it.
+    #[arg(long, value_name = "FILE")]
+    config: Option<PathBuf>,
+    #[command(flatten)]
+    flags: TransferabilityFlags,
+    #[command(flatten)]
+    out: OutputArgs,
+    /// Where to compute.
+    #[arg(long, value_enum, default_value_t = DeviceArg::Auto)]
+    device: DeviceArg,
+}
+
+fn run_transferability(a: TransferabilityArgs) -> Result<()> {
+    a.out.check()?;
+    let (cfg, _) = resolve::<TransferabilityConfig>(a.config.as_deref(), &a.flags)?;
+    let device = a.device.device()?;
+    let seed = Seed(a.seed);
+    let (model, _) = Model::load(&a.model, device)?;
+    // Members: the networks of an ensemble, or K random paths of an RGN, each its own model.
+    let members: Vec<(String, Model)> = if model.gates() > 0 {
+        let mut rng = seed.rng(Stream::Route, 0, 0);
+        (0..a.paths)
+            .map(|_| {
+                let r = Route::random(model.gates(), model.spec.arch.copies, &mut rng);
+                Ok((format!("path {r}"), model.derive(&r)?))
+            })
+            .collect::<Result<_>>()?
+    } else if model.nets.len() > 1 {
+        (0..model.nets.len())
+            .map(|i| Ok((format!("member {i}"), model.member(i)?)))
+            .collect::<Result<_>>()?
+    } else {
+        bail!("{}: transferability needs an ensemble or an RGN", a.model.display());
+    };
+    let targets: Vec<Target> = members.iter().map(|(_, m)| Target::fixed_zero(m)).collect();
+    let named: Vec<Named> =
+        members.iter().zip(&targets).map(|((n, _), t)| Named::new(n.clone(), t)).collect();
+    let whole = Target::fixed_zero(&model);
+    let ensemble: Option<&dyn eio::model::Classifier> =
+        (model.gates() == 0).then_some(&whole as &dyn eio::model::Classifier);
+    let test = a.data.load(Split::Test, None)?;
+    let report = transferability(&named, ensemble, &test, &cfg, device, seed)?;
+    println!(
+        "transferability (attack success rate, row = source, column = judge), eps {}, {} images",
+        cfg.eps, report.images
+    );
+    for (i, row) in report.success.iter().enumerate() {
+        let cells: Vec<String> = row.iter().map(|v| format!("{:6.1}%", 100.0 * v)).collect();
+        println!("{:<4} {}", i, cells.join(" "));
+    }
+    a.out.write(&report)
+}
