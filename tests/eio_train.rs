@@ -257,9 +257,17 @@ fn interrupted_diversification_resumes_exactly() {
     let mut m = Eio::new(cfg).unwrap();
     let hist = fit(&mut b, &mut m, &t, &o, "cfg", &train, &test, &run("b", true)).unwrap();
     assert_eq!(hist.len(), 2);
+    // Bit-identical when this test runs alone; other tests running at the same time in this
+    // process can change how libtorch splits its CPU reductions across threads, hence the
+    // float-rounding tolerance. A wrong resume (other layer, routes, data or random starts)
+    // differs by orders of magnitude more.
     let vb = b.vs.variables();
     for (k, v) in a.vs.variables() {
-        assert!(v.equal(&vb[&k]), "{k} differs after resume");
+        let d = (&v - &vb[&k]).abs().max().double_value(&[]);
+        assert!(
+            d <= 1e-5 * v.abs().max().double_value(&[]).max(1.0),
+            "{k} differs by {d} after resume"
+        );
     }
 }
 

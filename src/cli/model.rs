@@ -9,10 +9,11 @@ use serde::Serialize;
 use super::{check_new_output, write_json, DataArgs, DeviceArg};
 use eio::data::Split;
 use eio::eval::accuracy;
+use eio::eval::whitebox::WhiteboxConfig;
 use eio::model::io::TensorFile;
 use eio::model::{Model, Route, Routing, Target};
 use eio::seed::{Seed, Stream};
-use eio::train::eio::{distinct_routes, screen_routes, AdvConfig, RouteScore};
+use eio::train::eio::{distinct_routes, screen_routes, RouteScore};
 
 /// How to route an RGN.
 #[derive(Debug, Args)]
@@ -268,8 +269,13 @@ pub fn derive(a: DeriveArgs) -> Result<()> {
         }
         let cands = distinct_routes(gates, copies, k, &mut rng);
         let val = a.data.load(Split::Train, None)?.random_subset(a.val_images, Seed(a.seed));
-        let (x, y) = val.tensors();
-        let cfg = AdvConfig::eval(a.val_eps, a.val_eps / 4.0, a.val_steps);
+        let cfg = WhiteboxConfig {
+            eps: vec![a.val_eps],
+            steps: a.val_steps,
+            step_ratio: 0.25,
+            restarts: 1,
+            ..WhiteboxConfig::default()
+        };
         cfg.validate()?;
         eprintln!(
             "screening {} paths on {} training images: clean and PGD-{} accuracy at eps {}",
@@ -278,7 +284,7 @@ pub fn derive(a: DeriveArgs) -> Result<()> {
             a.val_steps,
             a.val_eps
         );
-        candidates = screen_routes(&model, &cands, &x, &y, &cfg, 1, device, Seed(a.seed))?;
+        candidates = screen_routes(&model, &cands, &val, &cfg, device, Seed(a.seed))?;
         for s in &candidates {
             println!(
                 "path {}  clean {:6.2}%  pgd {:6.2}%",

@@ -18,10 +18,11 @@ use super::config::resolve;
 use super::train::{FinetuneConfig, TrainFlags};
 use super::{write_json, DataArgs, DeviceArg};
 use eio::data::{Dataset, Split};
+use eio::eval::whitebox::{whitebox, WhiteboxConfig};
 use eio::model::io::{write_atomic, TensorFile};
 use eio::model::{Model, Target};
 use eio::seed::{Seed, Stream};
-use eio::train::eio::{distinct_routes, robust_accuracy, AdvConfig};
+use eio::train::eio::distinct_routes;
 use eio::train::methods::Independent;
 use eio::train::{fit, RunDir};
 
@@ -71,7 +72,7 @@ pub struct StabilityArgs {
     test_per_class: usize,
     /// Images per attack batch.
     #[arg(long, default_value_t = 500)]
-    batch_size: i64,
+    batch_size: usize,
     /// Output folder (derived models, fine-tuning runs, evaluations, report.json, report.md).
     #[arg(long, value_name = "DIR")]
     out: PathBuf,
@@ -160,56 +161,57 @@ pub fn run(a: StabilityArgs) -> Result<()> {
     if rgn.gates() == 0 || rgn.spec.members != 1 {
         bail!("{} is not a single RGN: nothing to derive", a.model.display());
     }
-    let attack = |eps: f64| AdvConfig::eval(eps, eps * a.step_ratio, a.steps);
-    for &e in &a.eps {
-        attack(e).validate()?;
-    }
+    let wb = WhiteboxConfig {
+        eps: a.eps.clone(),
+        steps: a.steps,
+        step_ratio: a.step_ratio,
+        restarts: a.restarts,
+        batch: a.batch_size,
+        ..WhiteboxConfig::default()
+    };
+    wb.validate()?;
     let settings = format!(
         "test_per_class={} eps={:?} steps={} step_ratio={} restarts={} seed={}",
         a.test_per_class, a.eps, a.steps, a.step_ratio, a.restarts, a.seed
     );
     std::fs::create_dir_all(&a.out).with_context(|| format!("creating {}", a.out.display()))?;
     let test = a.data.load(Split::Test, Some(a.test_per_class))?;
-    let (x, y) = test.tensors();
-    let evaluate = |name: String,
-                    file: &Path,
-                    route: Option<String>,
-                    cache: &Path|
-     -> Result<Row> {
-        if let Ok(text) = std::fs::read_to_string(cache) {
-            if let Ok(row) = serde_json::from_str::<Row>(&text) {
-                if row.settings == settings && row.file == file.display().to_string() {
-                    eprintln!("{name}: reusing {}", cache.display());
-                    return Ok(row);
+    let evaluate =
+        |name: String, file: &Path, route: Option<String>, cache: &Path| -> Result<Row> {
+            if let Ok(text) = std::fs::read_to_string(cache) {
+                if let Ok(row) = serde_json::from_str::<Row>(&text) {
+                    if row.settings == settings && row.file == file.display().to_string() {
+                        eprintln!("{name}: reusing {}", cache.display());
+                        return Ok(row);
+                    }
                 }
             }
-        }
-        let t = Instant::now();
-        let (model, _) = Model::load(file, device)?;
-        let target = Target::fixed_zero(&model);
-        let mut clean = 0.0;
-        let mut robust = Vec::new();
-        for (k, &eps) in a.eps.iter().enumerate() {
+            let t = Instant::now();
+            let (model, _) = Model::load(file, device)?;
+            let target = Target::fixed_zero(&model);
             // The same random starts for every model.
-            Seed(a.seed).seed_torch(Stream::Eval, 1, k as u64);
-            let (c, r) =
-                robust_accuracy(&target, &x, &y, &attack(eps), a.restarts, a.batch_size, device);
-            clean = c;
-            eprintln!("{name}: eps {eps}: clean {:.2}% robust {:.2}%", 100.0 * c, 100.0 * r);
-            robust.push(r);
-        }
-        let row = Row {
-            name,
-            file: file.display().to_string(),
-            route,
-            clean,
-            robust,
-            settings: settings.clone(),
-            eval_secs: t.elapsed().as_secs_f64(),
+            let rep = whitebox(&target, &test, &wb, device, Seed(a.seed))?;
+            let clean = rep.clean_accuracy;
+            let robust: Vec<f64> = rep.rows.iter().map(|r| r.robust_accuracy).collect();
+            let accs: Vec<String> = robust.iter().map(|r| format!("{:.2}%", 100.0 * r)).collect();
+            eprintln!(
+                "{name}: clean {:.2}%, robust {} at eps {:?}",
+                100.0 * clean,
+                accs.join(" "),
+                a.eps
+            );
+            let row = Row {
+                name,
+                file: file.display().to_string(),
+                route,
+                clean,
+                robust,
+                settings: settings.clone(),
+                eval_secs: t.elapsed().as_secs_f64(),
+            };
+            write_atomic(cache, serde_json::to_string_pretty(&row)?.as_bytes())?;
+            Ok(row)
         };
-        write_atomic(cache, serde_json::to_string_pretty(&row)?.as_bytes())?;
-        Ok(row)
-    };
 
     let mut rng = Seed(a.seed).rng(Stream::Route, 0, 0);
     let routes = distinct_routes(rgn.gates(), rgn.spec.arch.copies, a.paths, &mut rng);

@@ -34,12 +34,15 @@ is trained on its own distilled batch, `CE(f_P(x'_P), y_s)`, so that the batch s
 
 use rand::Rng as _;
 use serde::{Deserialize, Serialize};
-use tch::{Kind, Tensor};
+use tch::Tensor;
 
 use super::methods::ce_and_correct;
 use super::{Batch, Method, StepAt, StepStats};
+use crate::attack::{Attack, PgdConfig};
+use crate::data::Dataset;
 use crate::distill::{check_layer, distill, DistillConfig};
 use crate::error::{Error, Result};
+use crate::eval::whitebox::{whitebox, WhiteboxConfig};
 use crate::model::route::sample_distinct;
 use crate::model::{Augment, Classifier, Model, Net, Route, Routing, Target, FEATURE_LAYERS};
 use crate::seed::{Rng, Seed, Stream};
@@ -96,11 +99,6 @@ impl Default for AdvConfig {
 }
 
 impl AdvConfig {
-    /// An evaluation-style PGD: eval-mode BatchNorm, random start, `steps` steps of `step_size`.
-    pub fn eval(eps: f64, step_size: f64, steps: usize) -> Self {
-        AdvConfig { eps, step_size, steps, random_start: true, bn_train: false }
-    }
-
     /// Checks the values are usable.
     pub fn validate(&self) -> Result<()> {
         if !(self.eps.is_finite() && self.eps > 0.0 && self.eps <= 1.0) {
@@ -113,51 +111,53 @@ impl AdvConfig {
     }
 }
 
-/// Untargeted L-infinity PGD on the cross-entropy of `net` along `route`: `x <- Proj(x + step *
-/// sign(grad))`, from a uniform random start when asked; returns the last iterate, detached.
-/// Gradients are taken with respect to the input only. Randomness from libtorch's CPU generator.
-///
-/// A minimal PGD private to the EIO method and its CLI, to be unified with `crate::attack`
-/// (`PgdConfig`) once that module is part of the library.
+impl AdvConfig {
+    /// The same attack as a [`PgdConfig`] (one run, cross-entropy).
+    pub fn pgd_config(&self) -> PgdConfig {
+        PgdConfig {
+            eps: self.eps,
+            step_size: self.step_size,
+            steps: self.steps,
+            random_start: self.random_start,
+            restarts: 1,
+            ..PgdConfig::whitebox(self.eps)
+        }
+    }
+}
+
+/// One route of an RGN as a [`Classifier`], with BatchNorm in train or eval mode.
+struct RouteClassifier<'a> {
+    net: &'a Net,
+    route: &'a Route,
+    train: bool,
+}
+
+impl Classifier for RouteClassifier<'_> {
+    fn logits(&self, x: &Tensor, sgm: Option<f64>) -> Tensor {
+        match sgm {
+            Some(g) if !self.train => self.net.forward_sgm(x, self.route, g),
+            _ => self.net.forward(x, self.route, self.train),
+        }
+    }
+}
+
+/// The adversarial examples of Eq. 5: untargeted L-infinity PGD ([`crate::attack::PgdConfig`],
+/// cross-entropy, one run, the last iterate) against `net` along `route`, with BatchNorm in the
+/// mode `cfg.bn_train` asks for. Gradients are taken with respect to the input only; the random
+/// start comes from `rng`.
 ///
 /// # Shapes
 /// `x`: `[B, 3, 32, 32]` in [0,1]; `y`: `[B]` i64 -> `[B, 3, 32, 32]`.
-pub fn pgd(net: &Net, route: &Route, x: &Tensor, y: &Tensor, cfg: &AdvConfig) -> Tensor {
-    pgd_on(&|x: &Tensor| net.forward(x, route, cfg.bn_train), x, y, cfg)
-}
-
-/// [`pgd`] against any differentiable `logits` function (`cfg.bn_train` is then up to
-/// `logits`).
-pub fn pgd_on(
-    logits: &dyn Fn(&Tensor) -> Tensor,
+pub fn pgd(
+    net: &Net,
+    route: &Route,
     x: &Tensor,
     y: &Tensor,
     cfg: &AdvConfig,
+    rng: &mut Rng,
 ) -> Tensor {
-    let x = x.detach();
-    let (lo, hi) = {
-        let _guard = tch::no_grad_guard();
-        ((&x - cfg.eps).clamp_min(0.0), (&x + cfg.eps).clamp_max(1.0))
-    };
-    let mut xa = {
-        let _guard = tch::no_grad_guard();
-        if cfg.random_start {
-            let u = Tensor::rand(x.size(), (x.kind(), tch::Device::Cpu)).to_device(x.device());
-            (&x + (u * 2.0 - 1.0) * cfg.eps).clamp_tensor(Some(&lo), Some(&hi))
-        } else {
-            x.copy()
-        }
-    };
-    for _ in 0..cfg.steps {
-        let grad = tch::with_grad(|| {
-            let xr = xa.detach().set_requires_grad(true);
-            let loss = logits(&xr).cross_entropy_for_logits(y);
-            Tensor::run_backward(&[&loss], &[&xr], false, false).pop().expect("one gradient")
-        });
-        let _guard = tch::no_grad_guard();
-        xa = (xa + grad.sign() * cfg.step_size).clamp_tensor(Some(&lo), Some(&hi));
-    }
-    xa.detach()
+    let target = RouteClassifier { net, route, train: cfg.bn_train };
+    cfg.pgd_config().perturb(&target, x, y, rng).detach()
 }
 
 /// Settings of vulnerability diversification. `Default` = the paper / EIO code.
@@ -281,16 +281,24 @@ impl Eio {
     }
 
     /// PGD examples against each route of `plan` (Eq. 5), or `None` when adversarial training
-    /// is off.
+    /// is off. The random starts of route `j` come from a generator derived from `at` and `j`.
     pub fn adversarial_all(
         &self,
         net: &Net,
         plan: &Plan,
         x: &Tensor,
         y: &Tensor,
+        at: StepAt,
     ) -> Option<Vec<Tensor>> {
         let a = self.cfg.adv.as_ref()?;
-        Some(plan.routes.iter().map(|r| pgd(net, r, x, y, a)).collect())
+        let step_seed = Seed(at.seed.derive(Stream::Torch, at.epoch as u64, at.step as u64));
+        Some(
+            plan.routes
+                .iter()
+                .enumerate()
+                .map(|(j, r)| pgd(net, r, x, y, a, &mut step_seed.rng(Stream::Eval, 0, j as u64)))
+                .collect(),
+        )
     }
 }
 
@@ -349,7 +357,7 @@ impl Method for Eio {
         let net = &model.nets[0];
         let plan = self.plan(model, at);
         let distilled = self.distill_all(net, &plan, &batch.x, x_t);
-        let adv = self.adversarial_all(net, &plan, &batch.x, &batch.y);
+        let adv = self.adversarial_all(net, &plan, &batch.x, &batch.y, at);
         let mut st = StepStats::default();
         for j in 0..plan.routes.len() {
             let (l, c, s) =
@@ -372,52 +380,6 @@ impl Method for Eio {
     fn needs_target(&self) -> bool {
         true
     }
-}
-
-/// Clean accuracy of `target` on `x`, `y`, and its white-box robust accuracy: the fraction
-/// classified correctly clean and under every one of `restarts` PGD runs of `cfg` ([`pgd_on`],
-/// cross-entropy; each restart only attacks the images still robust). Computed on `device` in
-/// batches of `batch`; the target decides the BatchNorm mode ([`crate::model::Target`] uses eval
-/// mode) and must be deterministic (a fixed route). Libtorch's generator should be seeded by the
-/// caller.
-///
-/// # Shapes
-/// `x`: `[N, 3, 32, 32]` in [0,1]; `y`: `[N]` i64 (any device).
-pub fn robust_accuracy(
-    target: &dyn Classifier,
-    x: &Tensor,
-    y: &Tensor,
-    cfg: &AdvConfig,
-    restarts: usize,
-    batch: i64,
-    device: tch::Device,
-) -> (f64, f64) {
-    let n = x.size()[0];
-    let logits = |x: &Tensor| target.logits(x, None);
-    let correct =
-        |x: &Tensor, y: &Tensor| tch::no_grad(|| logits(x).argmax(-1, false).eq_tensor(y));
-    let (mut clean, mut robust) = (0i64, 0i64);
-    let mut i = 0;
-    while i < n {
-        let len = batch.min(n - i);
-        let xb = x.narrow(0, i, len).to_device(device);
-        let yb = y.narrow(0, i, len).to_device(device);
-        let ok = correct(&xb, &yb);
-        clean += ok.sum(Kind::Int64).int64_value(&[]);
-        let mut alive = ok;
-        for _ in 0..restarts.max(1) {
-            let idx = alive.nonzero().squeeze_dim(1);
-            if idx.numel() == 0 {
-                break;
-            }
-            let (xs, ys) = (xb.index_select(0, &idx), yb.index_select(0, &idx));
-            let xa = pgd_on(&logits, &xs, &ys, cfg);
-            alive = alive.index_put(&[Some(idx)], &correct(&xa, &ys), false);
-        }
-        robust += alive.sum(Kind::Int64).int64_value(&[]);
-        i += len;
-    }
-    (clean as f64 / n.max(1) as f64, robust as f64 / n.max(1) as f64)
 }
 
 /// `k` distinct uniformly random routes, drawn in order from `rng` (all of them when the RGN
@@ -446,27 +408,25 @@ pub struct RouteScore {
     pub robust: f64,
 }
 
-/// Scores each of `routes` of the RGN `model` by clean and PGD accuracy on `x`, `y`
-/// ([`robust_accuracy`] in eval mode; libtorch seeded from `seed` before each route so every
-/// route faces the same random starts) and returns the scores best first: higher robust
-/// accuracy, then higher clean accuracy, then candidate order.
-#[allow(clippy::too_many_arguments)]
+/// Scores each of `routes` of the RGN `model` by clean and white-box accuracy on `data`
+/// ([`crate::eval::whitebox::whitebox`] with `cfg`, in eval mode, the same `seed` for every
+/// route, so every route faces the same random starts) and returns the scores best first:
+/// higher robust accuracy (at the first eps of `cfg`), then higher clean accuracy, then
+/// candidate order.
 pub fn screen_routes(
     model: &Model,
     routes: &[Route],
-    x: &Tensor,
-    y: &Tensor,
-    cfg: &AdvConfig,
-    restarts: usize,
+    data: &Dataset,
+    cfg: &WhiteboxConfig,
     device: tch::Device,
     seed: Seed,
 ) -> Result<Vec<RouteScore>> {
     let mut scores = Vec::with_capacity(routes.len());
     for (i, r) in routes.iter().enumerate() {
         let target = Target::new(model, Routing::Fixed(r.clone()), seed)?;
-        seed.seed_torch(Stream::Eval, 0, 0);
-        let (clean, robust) = robust_accuracy(&target, x, y, cfg, restarts, 500, device);
-        scores.push((i, RouteScore { route: r.to_string(), clean, robust }));
+        let rep = whitebox(&target, data, cfg, device, seed)?;
+        let robust = rep.rows.first().map_or(rep.clean_accuracy, |row| row.robust_accuracy);
+        scores.push((i, RouteScore { route: r.to_string(), clean: rep.clean_accuracy, robust }));
     }
     scores.sort_by(|(i, a), (j, b)| {
         b.robust.total_cmp(&a.robust).then(b.clean.total_cmp(&a.clean)).then(i.cmp(j))
