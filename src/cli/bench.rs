@@ -8,7 +8,8 @@ use clap::Args;
 use tch::{Kind, Tensor};
 
 use super::DeviceArg;
-use eio::model::{ArchConfig, Model, ModelSpec, Route};
+use eio::attack::{Attack, PgdConfig};
+use eio::model::{ArchConfig, Model, ModelSpec, Route, Target};
 use eio::optim::{Sgd, SgdConfig};
 use eio::seed::{Seed, Stream};
 
@@ -51,7 +52,10 @@ pub fn run(a: BenchArgs) -> Result<()> {
         device,
         tch::get_num_threads()
     );
-    println!("{:<24} {:>12} {:>16} {:>14}", "model", "train ms", "input-grad ms", "infer ms");
+    println!(
+        "{:<24} {:>12} {:>16} {:>14} {:>14}",
+        "model", "train ms", "input-grad ms", "infer ms", "PGD-50 img/s"
+    );
     for (name, arch) in
         [("resnet20", ArchConfig::plain()), ("rgn n=2 (21 blocks)", ArchConfig::rgn(2))]
     {
@@ -81,7 +85,17 @@ pub fn run(a: BenchArgs) -> Result<()> {
             let _guard = tch::no_grad_guard();
             let _ = net.forward(&x, &r, false).argmax(-1, false);
         });
-        println!("{name:<24} {train:>12.1} {grad:>16.1} {infer:>14.1}");
+        // A PGD-50 evaluation (eps 0.03, step eps/5, one random start) through the attack code.
+        let target = Target::fixed_zero(&model);
+        let pgd = PgdConfig { restarts: 1, ..PgdConfig::whitebox(0.03) };
+        let mut arng = Seed(0).rng(Stream::Eval, 0, 0);
+        let pgd_ms = time_ms((a.iters / 10).max(1), device, || {
+            let xa = pgd.perturb(&target, &x, &y, &mut arng);
+            let _guard = tch::no_grad_guard();
+            let _ = net.forward(&xa, &r, false).argmax(-1, false);
+        });
+        let pgd_rate = a.batch_size as f64 / (pgd_ms / 1e3);
+        println!("{name:<24} {train:>12.1} {grad:>16.1} {infer:>14.1} {pgd_rate:>14.1}");
     }
     Ok(())
 }
