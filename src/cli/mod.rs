@@ -147,3 +147,14 @@ pub fn write_json(path: &Path, value: &impl Serialize) -> Result<()> {
     eprintln!("wrote {}", path.display());
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use clap::CommandFactory;
+
+    #[test]
+    fn cli_definition_is_consistent() {
+        // Catches clashing flag names and ids, which release builds of clap do not check.
+        super::Cli::command().debug_assert();
+    }
+}

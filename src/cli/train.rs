@@ -86,8 +86,8 @@ pub struct TrainFlags {
     #[arg(long, value_name = "N")]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub checkpoint_every: Option<usize>,
-    /// Random crop + flip augmentation (true/false).
-    #[arg(long)]
+    /// Random crop + flip of training images (true/false).
+    #[arg(long = "data-augment", id = "data_augment", value_name = "BOOL")]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub augment: Option<bool>,
 }
