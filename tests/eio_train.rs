@@ -14,34 +14,7 @@ use eio::seed::Seed;
 use eio::train::eio::{cross_train_route, AdvConfig, Eio, EioConfig};
 use eio::train::{fit, Batch, Method, RunDir, StepAt, StepStats, TrainConfig};
 
-fn cifar_jpeg() -> std::path::PathBuf {
-    std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../shared/data/cifar10-jpeg")
-}
-
-fn tempdir() -> tempfile::TempDir {
-    tempfile::tempdir().expect("temp dir")
-}
-
-/// Runs the `eio` binary; returns (exit success, stdout, stderr).
-fn eio(args: &[&str]) -> (bool, String, String) {
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_eio"))
-        .args(args)
-        .current_dir(env!("CARGO_MANIFEST_DIR"))
-        .output()
-        .expect("run eio");
-    let text = |b: &[u8]| String::from_utf8_lossy(b).into_owned();
-    (out.status.success(), text(&out.stdout), text(&out.stderr))
-}
-
-/// Asserts that `eio args` fails with one `error: ...` line containing `needle`, no panic.
-fn assert_user_error(args: &[&str], needle: &str) {
-    let (ok, _, err) = eio(args);
-    assert!(!ok, "{args:?} should fail");
-    assert!(!err.contains("panicked"), "{args:?} panicked: {err}");
-    let errors: Vec<&str> = err.lines().filter(|l| l.starts_with("error: ")).collect();
-    assert_eq!(errors.len(), 1, "{args:?}: expected one 'error: ' line: {err}");
-    assert!(errors[0].contains(needle), "{args:?}: '{}' lacks '{needle}'", errors[0]);
-}
+use crate::util::{assert_user_error, cifar_jpeg, eio, tempdir};
 
 fn rgn(copies: usize) -> Model {
     Model::new(&ModelSpec { arch: ArchConfig::rgn(copies), members: 1 }, Device::Cpu, Seed(4))

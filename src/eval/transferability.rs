@@ -70,18 +70,14 @@ impl Default for TransferabilityConfig {
 impl TransferabilityConfig {
     /// The attack of one restart.
     pub fn attack(&self) -> PgdConfig {
-        PgdConfig {
-            eps: self.eps,
-            step_size: self.eps * self.step_ratio,
-            steps: self.steps,
-            random_start: self.random_start,
-            restarts: 1,
-            loss: self.loss,
-            momentum: None,
-            diversity: None,
-            sgm: None,
-            eot: self.eot,
-        }
+        super::whitebox::single_run(
+            self.eps,
+            self.step_ratio,
+            self.steps,
+            self.random_start,
+            self.loss,
+            self.eot,
+        )
     }
 
     /// Checks the parameters.

@@ -29,6 +29,30 @@ pub fn paper_eps() -> Vec<f64> {
     (1..=7).map(|i| i as f64 / 100.0).collect()
 }
 
+/// One plain PGD run (no restarts, momentum, diversity or SGM) with step `eps * step_ratio`:
+/// the attack the white-box and transferability protocols repeat once per restart.
+pub(crate) fn single_run(
+    eps: f64,
+    step_ratio: f64,
+    steps: usize,
+    random_start: bool,
+    loss: AttackLoss,
+    eot: usize,
+) -> PgdConfig {
+    PgdConfig {
+        eps,
+        step_size: eps * step_ratio,
+        steps,
+        random_start,
+        restarts: 1,
+        loss,
+        momentum: None,
+        diversity: None,
+        sgm: None,
+        eot,
+    }
+}
+
 /// White-box protocol settings.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -69,18 +93,7 @@ impl Default for WhiteboxConfig {
 impl WhiteboxConfig {
     /// The attack of one restart at `eps`.
     pub fn attack(&self, eps: f64) -> PgdConfig {
-        PgdConfig {
-            eps,
-            step_size: eps * self.step_ratio,
-            steps: self.steps,
-            random_start: self.random_start,
-            restarts: 1,
-            loss: self.loss,
-            momentum: None,
-            diversity: None,
-            sgm: None,
-            eot: self.eot,
-        }
+        single_run(eps, self.step_ratio, self.steps, self.random_start, self.loss, self.eot)
     }
 
     /// Checks the parameters.
