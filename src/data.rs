@@ -85,8 +85,10 @@ impl Dataset {
     }
 
     /// Loads `split` from `dir`, which holds either the official CIFAR-10 binary batches
-    /// (directly or in `cifar-10-batches-bin/`) or an image folder `split/<class>/*`.
-    pub fn load(dir: &Path, split: Split) -> Result<Self> {
+    /// (directly or in `cifar-10-batches-bin/`) or an image folder `split/<class>/*`. The labels
+    /// of an image folder follow `classes` when given, else the class folders of `train/` (or of
+    /// the split when there is no `train/`) sorted by name, so both splits share one label order.
+    pub fn load(dir: &Path, split: Split, classes: Option<&[String]>) -> Result<Self> {
         if !dir.is_dir() {
             return Err(Error::data(dir, "data folder not found"));
         }
@@ -98,17 +100,30 @@ impl Dataset {
             }
         }
         let split_dir = dir.join(split.name());
-        if split_dir.is_dir() {
-            return Self::load_image_folder(&split_dir, None);
+        if !split_dir.is_dir() {
+            return Err(Error::data(
+                dir,
+                format!(
+                    "neither CIFAR-10 binary files (data_batch_1.bin, test_batch.bin) nor an image \
+                     folder '{}/<class>/' found",
+                    split.name()
+                ),
+            ));
         }
-        Err(Error::data(
-            dir,
-            format!(
-                "neither CIFAR-10 binary files (data_batch_1.bin, test_batch.bin) nor an image \
-                 folder '{}/<class>/' found",
-                split.name()
-            ),
-        ))
+        let classes = match classes {
+            Some(c) => c.to_vec(),
+            None => {
+                let train = dir.join(Split::Train.name());
+                class_folders(if train.is_dir() { &train } else { &split_dir })?
+            }
+        };
+        if let Some(extra) = class_folders(&split_dir)?.into_iter().find(|c| !classes.contains(c)) {
+            return Err(Error::data(
+                split_dir.join(&extra),
+                format!("not one of the classes {}", classes.join(",")),
+            ));
+        }
+        Self::load_image_folder(&split_dir, Some(&classes))
     }
 
     /// Reads the official binary batches: records of 1 label byte + 3072 pixel bytes (R, G, B planes).
@@ -150,18 +165,16 @@ impl Dataset {
     pub fn load_image_folder(dir: &Path, class_order: Option<&[String]>) -> Result<Self> {
         let classes: Vec<String> = match class_order {
             Some(c) => c.to_vec(),
-            None => {
-                let mut c: Vec<String> = read_dir_sorted(dir)?
-                    .into_iter()
-                    .filter(|p| p.is_dir())
-                    .filter_map(|p| p.file_name().map(|n| n.to_string_lossy().into_owned()))
-                    .collect();
-                c.sort();
-                c
-            }
+            None => class_folders(dir)?,
         };
         if classes.is_empty() {
             return Err(Error::data(dir, "no class sub-folders found"));
+        }
+        if classes.len() > 256 {
+            return Err(Error::data(
+                dir,
+                format!("{} classes; at most 256 are supported", classes.len()),
+            ));
         }
         let mut files = Vec::new();
         for (label, class) in classes.iter().enumerate() {
@@ -300,6 +313,15 @@ fn crop_flip(src: &[u8], dst: &mut [u8], dy: isize, dx: isize, flip: bool) {
             }
         }
     }
+}
+
+/// The names of the sub-folders of `dir`, sorted.
+fn class_folders(dir: &Path) -> Result<Vec<String>> {
+    Ok(read_dir_sorted(dir)?
+        .into_iter()
+        .filter(|p| p.is_dir())
+        .filter_map(|p| p.file_name().map(|n| n.to_string_lossy().into_owned()))
+        .collect())
 }
 
 fn read_dir_sorted(dir: &Path) -> Result<Vec<PathBuf>> {

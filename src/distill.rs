@@ -37,8 +37,10 @@ copies are touched. In eval mode nothing in the network changes.
 use serde::{Deserialize, Serialize};
 use tch::{Kind, Reduction, Tensor};
 
+use crate::attack::uniform_like;
 use crate::error::{Error, Result};
 use crate::model::{Net, Route, Tap, FEATURE_LAYERS};
+use crate::seed::Rng;
 
 /// Momentum decay of DVERGE's distillation (`mu = 1`).
 pub const DVERGE_MU: f64 = 1.0;
@@ -136,8 +138,8 @@ pub fn check_layer(layer: usize) -> Result<()> {
 
 /// Distilled images: `x'` near `x_s` whose layer-`layer` features along `route` imitate those of
 /// `x_t` (Eq. 2). The result is detached, within `cfg.eps` of `x_s` in L-infinity and in [0,1].
-/// Randomness (the random start) comes from libtorch's CPU generator, so a seeded generator
-/// gives the same result on every device.
+/// The random start comes from `rng` (drawn on the host), so a seeded generator gives the same
+/// result on every device and whatever else runs in the process.
 ///
 /// # Shapes
 /// `x_s`, `x_t`: `[B, 3, 32, 32]` in [0,1], on the network's device -> `[B, 3, 32, 32]`.
@@ -148,6 +150,7 @@ pub fn distill(
     x_s: &Tensor,
     x_t: &Tensor,
     cfg: &DistillConfig,
+    rng: &mut Rng,
 ) -> Tensor {
     let tap = cfg.tap(layer);
     let train = cfg.bn_train;
@@ -159,9 +162,7 @@ pub fn distill(
     let mut x = {
         let _guard = tch::no_grad_guard();
         if cfg.random_start {
-            let u =
-                Tensor::rand(x_s.size(), (x_s.kind(), tch::Device::Cpu)).to_device(x_s.device());
-            (&x_s + (u * 2.0 - 1.0) * cfg.eps).clamp(0.0, 1.0)
+            (&x_s + (uniform_like(&x_s, rng) * 2.0 - 1.0) * cfg.eps).clamp(0.0, 1.0)
         } else {
             x_s.copy()
         }
@@ -220,7 +221,7 @@ pub fn feature_mse(
 mod tests {
     use super::*;
     use crate::model::{ArchConfig, Model, ModelSpec};
-    use crate::seed::Seed;
+    use crate::seed::{Seed, Stream};
     use tch::Device;
 
     fn tiny_rgn() -> Model {
@@ -243,7 +244,15 @@ mod tests {
             (5, DistillConfig::dverge()),
         ] {
             let before = feature_mse(net, &route, layer, &x_s, &x_t, &cfg);
-            let x = distill(net, &route, layer, &x_s, &x_t, &cfg);
+            let x = distill(
+                net,
+                &route,
+                layer,
+                &x_s,
+                &x_t,
+                &cfg,
+                &mut Seed(2).rng(Stream::Start, 0, 0),
+            );
             assert!(!x.requires_grad());
             let dist = (&x - &x_s).abs().max().double_value(&[]);
             assert!(dist <= cfg.eps + 1e-6, "layer {layer}: ||x'-x_s|| = {dist}");
@@ -262,7 +271,16 @@ mod tests {
         tch::manual_seed(1);
         let x_s = Tensor::rand([2, 3, 32, 32], (Kind::Float, Device::Cpu));
         let x_t = Tensor::rand([2, 3, 32, 32], (Kind::Float, Device::Cpu));
-        let _ = distill(net, &Route::zeros(model.gates()), 9, &x_s, &x_t, &DistillConfig::eio());
+        let mut rng = Seed(1).rng(Stream::Start, 0, 0);
+        let _ = distill(
+            net,
+            &Route::zeros(model.gates()),
+            9,
+            &x_s,
+            &x_t,
+            &DistillConfig::eio(),
+            &mut rng,
+        );
         let now = model.vs.variables();
         for (k, v) in before {
             assert!(now[&k].equal(&v), "{k} changed");

@@ -26,8 +26,8 @@ pub enum Stream {
     Route,
     /// Distillation layer choice.
     Layer,
-    /// libtorch's generator: random starts of attacks and distillation.
-    Torch,
+    /// Random starts of distillation and of adversarial-training attacks.
+    Start,
     /// Evaluation subsets and attacks.
     Eval,
 }
@@ -56,12 +56,6 @@ impl Seed {
     /// A generator for `stream` at (`epoch`, `step`).
     pub fn rng(self, stream: Stream, epoch: u64, step: u64) -> Rng {
         Rng::seed_from_u64(self.derive(stream, epoch, step))
-    }
-
-    /// Seeds libtorch's global generator for (`stream`, `epoch`, `step`).
-    pub fn seed_torch(self, stream: Stream, epoch: u64, step: u64) {
-        // manual_seed takes an i64; keep it non-negative.
-        tch::manual_seed((self.derive(stream, epoch, step) >> 1) as i64);
     }
 }
 

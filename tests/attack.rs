@@ -12,12 +12,14 @@ use eio::eval::transfer::{
     TransferGenConfig, PLAN_KEY, TRANSFER_KEY,
 };
 use eio::eval::transferability::{transferability, TransferabilityConfig};
-use eio::eval::whitebox::{whitebox, WhiteboxConfig};
+use eio::eval::whitebox::{whitebox, WhiteboxAttack, WhiteboxConfig};
 use eio::model::io::TensorFile;
 use eio::model::{ArchConfig, Classifier, Model, ModelSpec, Routing, Target};
 use eio::seed::{Rng, Seed, Stream};
 use rand::Rng as _;
 use tch::{Device, Kind, Tensor};
+
+use crate::util::{assert_user_error, cifar_jpeg, eio, tempdir};
 
 /// Logits `W x + b` of the flattened input.
 struct Linear {
@@ -89,7 +91,7 @@ fn ce_of(t: &dyn Classifier, x: &Tensor, y: &Tensor) -> f64 {
 
 fn all_attacks(eps: f64) -> Vec<AttackConfig> {
     let short = |c: PgdConfig| PgdConfig { steps: 3, ..c };
-    vec![
+    let mut v = vec![
         AttackConfig::Fgsm(FgsmConfig { eot: 2, ..FgsmConfig::new(eps) }),
         AttackConfig::Pgd(PgdConfig { restarts: 2, eot: 2, ..short(PgdConfig::whitebox(eps)) }),
         AttackConfig::Pgd(short(PgdConfig::whitebox(eps)).with_loss(AttackLoss::cw())),
@@ -103,7 +105,13 @@ fn all_attacks(eps: f64) -> Vec<AttackConfig> {
             ..ApgdConfig::new(eps, AttackLoss::CrossEntropy)
         }),
         AttackConfig::Apgd(ApgdConfig { steps: 4, ..ApgdConfig::new(eps, AttackLoss::Dlr) }),
-    ]
+    ];
+    // What the white-box protocol runs per restart, for each of its attacks.
+    for attack in WhiteboxAttack::ALL {
+        let cfg = WhiteboxConfig { attack, steps: 3, momentum: 0.5, ..Default::default() };
+        v.push(cfg.attack(eps));
+    }
+    v
 }
 
 #[test]
@@ -286,6 +294,11 @@ fn eot_averages_gradients_of_a_random_target() {
 
 /// A data set of `n` random images labelled with `t`'s own predictions (all clean-correct).
 fn self_labelled(t: &dyn Classifier, n: usize, seed: u64) -> Dataset {
+    labelled(t, n, seed, 0)
+}
+
+/// As [`self_labelled`], but the first `wrong` images get another label than `t` predicts.
+fn labelled(t: &dyn Classifier, n: usize, seed: u64, wrong: usize) -> Dataset {
     let x = rand_images(n as i64, seed);
     let bytes = (&x * 255.0).round().to_kind(Kind::Uint8);
     let mut pixels = vec![0u8; n * IMAGE_BYTES];
@@ -293,7 +306,9 @@ fn self_labelled(t: &dyn Classifier, n: usize, seed: u64) -> Dataset {
     let xq = bytes.to_kind(Kind::Float) / 255.0;
     let pred: Vec<i64> = Vec::try_from(t.logits(&xq, None).argmax(-1, false)).unwrap();
     let classes = (0..10).map(|c| c.to_string()).collect();
-    Dataset::from_raw(pixels, pred.iter().map(|&p| p as u8).collect(), classes).unwrap()
+    let labels =
+        pred.iter().enumerate().map(|(i, &p)| ((p + (i < wrong) as i64) % 10) as u8).collect();
+    Dataset::from_raw(pixels, labels, classes).unwrap()
 }
 
 #[test]
@@ -337,6 +352,146 @@ fn whitebox_report_is_consistent() {
     // Invalid settings are errors, not panics.
     let bad = WhiteboxConfig { eps: vec![], ..Default::default() };
     assert!(whitebox(&t, &data, &bad, Device::Cpu, Seed(1)).is_err());
+}
+
+#[test]
+fn whitebox_runs_every_attack_below_clean_accuracy() {
+    // A linear model, 8 images of which 2 are misclassified clean.
+    let m = Linear::new(10, 3072, Kind::Float, 21);
+    let data = labelled(&m, 8, 31, 2);
+    let (x, y) = data.tensors();
+    for (attack, loss) in [
+        (WhiteboxAttack::Apgd, AttackLoss::CrossEntropy),
+        (WhiteboxAttack::Apgd, AttackLoss::Dlr),
+        (WhiteboxAttack::Fgsm, AttackLoss::CrossEntropy),
+        (WhiteboxAttack::Mpgd, AttackLoss::CrossEntropy),
+        (WhiteboxAttack::Pgd, AttackLoss::cw()),
+    ] {
+        let cfg = WhiteboxConfig {
+            eps: vec![0.002, 0.1],
+            attack,
+            steps: 5,
+            restarts: 2,
+            loss,
+            batch: 3,
+            ..Default::default()
+        };
+        let name = format!("{attack} {loss}");
+        let r = whitebox(&m, &data, &cfg, Device::Cpu, Seed(3)).unwrap();
+        assert_eq!(r.clean_accuracy, 0.75, "{name}");
+        for row in &r.rows {
+            assert!(row.robust_accuracy <= r.clean_accuracy, "{name}: {row:?}");
+        }
+        // The large radius fools the linear model on some clean-correct image.
+        assert!(r.rows[1].robust_accuracy < r.clean_accuracy, "{name}: {:?}", r.rows);
+        // FGSM has no random start: it runs once, and the report says so.
+        let runs = if attack == WhiteboxAttack::Fgsm { 1 } else { 2 };
+        assert_eq!((r.config.restarts, r.rows[0].accuracy_after_restart.len()), (runs, runs));
+        assert_eq!(r.config.attack, attack);
+        let csv = r.to_csv();
+        assert!(csv.starts_with("eps,images,clean_accuracy,robust_accuracy,attack,"), "{csv}");
+        assert!(csv.lines().skip(1).all(|l| l.contains(&format!(",{attack},"))), "{csv}");
+        // The attack of one restart stays in the ball and the unit box.
+        for &eps in &cfg.eps {
+            let xa = cfg.attack(eps).perturb(&m, &x, &y, &mut rng(5));
+            check_output(&x, &xa, eps).unwrap_or_else(|e| panic!("{name} eps {eps}: {e}"));
+        }
+    }
+    // What each choice builds.
+    let cfg = |attack| WhiteboxConfig {
+        attack,
+        momentum: 0.7,
+        loss: AttackLoss::Dlr,
+        ..Default::default()
+    };
+    match cfg(WhiteboxAttack::Apgd).attack(0.03) {
+        AttackConfig::Apgd(a) => {
+            assert_eq!((a.eps, a.steps, a.restarts, a.loss), (0.03, 50, 1, AttackLoss::Dlr))
+        }
+        other => panic!("{other:?}"),
+    }
+    match cfg(WhiteboxAttack::Mpgd).attack(0.03) {
+        AttackConfig::Pgd(p) => assert_eq!((p.momentum, p.restarts), (Some(0.7), 1)),
+        other => panic!("{other:?}"),
+    }
+    match cfg(WhiteboxAttack::Pgd).attack(0.03) {
+        AttackConfig::Pgd(p) => assert_eq!((p.momentum, p.steps, p.restarts), (None, 50, 1)),
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(
+        cfg(WhiteboxAttack::Fgsm).attack(0.03),
+        AttackConfig::Fgsm(FgsmConfig { eps: 0.03, loss: AttackLoss::Dlr, eot: 1 })
+    );
+    // Configs written before `attack` existed still parse, as PGD; names round-trip.
+    let old: WhiteboxConfig = toml::from_str("eps = [0.03]\nsteps = 10\nloss = \"cw\"").unwrap();
+    assert_eq!((old.attack, old.momentum, old.steps), (WhiteboxAttack::Pgd, 1.0, 10));
+    let new: WhiteboxConfig = toml::from_str("attack = \"apgd\"\nloss = \"dlr\"").unwrap();
+    assert_eq!((new.attack, new.loss), (WhiteboxAttack::Apgd, AttackLoss::Dlr));
+    assert!(toml::from_str::<WhiteboxConfig>("attack = \"cw\"").is_err());
+    for a in WhiteboxAttack::ALL {
+        assert_eq!(a.to_string().parse::<WhiteboxAttack>().unwrap(), a);
+    }
+    let bad = WhiteboxConfig { attack: WhiteboxAttack::Mpgd, momentum: -1.0, ..Default::default() };
+    assert!(bad.validate().is_err());
+}
+
+#[test]
+fn whitebox_cli_runs_apgd_fgsm_and_mpgd() {
+    let dir = tempdir();
+    let d = |p: &str| dir.path().join(p).display().to_string();
+    let model = d("plain.safetensors");
+    plain_model().save(std::path::Path::new(&model), TensorFile::default()).unwrap();
+    let data = cifar_jpeg().display().to_string();
+    let base = [
+        "attack",
+        "whitebox",
+        "--model",
+        &model,
+        "--device",
+        "cpu",
+        "--data",
+        &data,
+        "--first-per-class",
+        "1",
+        "--eps",
+        "0.01,0.05",
+        "--steps",
+        "2",
+        "--restarts",
+        "2",
+    ];
+    for (attack, extra, says) in [
+        ("apgd", &["--loss", "dlr"][..], "APGD-2, 2 restart(s), loss dlr"),
+        ("fgsm", &[][..], "FGSM, 1 restart(s), loss ce"),
+        ("mpgd", &["--momentum", "0.5"][..], "mu 0.5"),
+    ] {
+        let (json, csv) = (d(&format!("{attack}.json")), d(&format!("{attack}.csv")));
+        let mut args: Vec<&str> = base.to_vec();
+        args.extend(["--attack", attack, "--json", &json, "--csv", &csv]);
+        args.extend(extra);
+        let (ok, out, err) = eio(&args);
+        assert!(ok, "eio {args:?} failed:\n{err}");
+        assert!(out.contains(says), "{out}");
+        let report: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
+        assert_eq!(report["config"]["attack"], attack, "{report}");
+        assert_eq!(report["images"], 10);
+        let runs = if attack == "fgsm" { 1 } else { 2 };
+        assert_eq!(report["config"]["restarts"], runs);
+        let clean = report["clean_accuracy"].as_f64().unwrap();
+        for row in report["rows"].as_array().unwrap() {
+            assert!(row["robust_accuracy"].as_f64().unwrap() <= clean, "{report}");
+        }
+        let table = std::fs::read_to_string(&csv).unwrap();
+        assert_eq!(table.lines().count(), 3, "{table}");
+        assert!(table.lines().skip(1).all(|l| l.contains(&format!(",{attack},"))), "{table}");
+    }
+    let mut args: Vec<&str> = base.to_vec();
+    args.extend(["--attack", "cw"]);
+    assert_user_error(&args, "invalid value 'cw'");
+    let mut args: Vec<&str> = base.to_vec();
+    args.extend(["--momentum", "0.5"]);
+    assert_user_error(&args, "--momentum applies only to --attack mpgd");
 }
 
 #[test]

@@ -9,10 +9,10 @@ use eio::model::{ArchConfig, Augment, Model, ModelSpec, Route, Tap};
 use eio::optim::SgdConfig;
 use eio::seed::{Seed, Stream};
 use eio::train::methods::{Independent, RgnWarmup};
-use eio::train::{fit, Batch, Method, RunDir, StepAt, StepStats, TrainConfig};
+use eio::train::{fit, RunDir, TrainConfig};
 use tch::{Device, Kind, Tensor};
 
-use crate::util::{assert_user_error, cifar_jpeg, official_rgn, probe_input, tempdir};
+use crate::util::{assert_user_error, cifar_jpeg, official_rgn, probe_input, tempdir, Interrupted};
 
 fn plain() -> ModelSpec {
     ModelSpec { arch: ArchConfig::plain(), members: 1 }
@@ -248,7 +248,7 @@ fn official_import_matches_pytorch() {
 #[test]
 fn image_folder_and_binary_loaders() {
     // Real JPEGs: the first 2 test images of each class, labels in CIFAR-10 order.
-    let d = Dataset::load(&cifar_jpeg(), Split::Test).unwrap().first_per_class(2);
+    let d = Dataset::load(&cifar_jpeg(), Split::Test, None).unwrap().first_per_class(2);
     assert_eq!(d.len(), 20);
     assert_eq!(d.labels(), &[0, 0, 1, 1, 2, 2, 3, 3, 4, 4, 5, 5, 6, 6, 7, 7, 8, 8, 9, 9]);
     assert_eq!(d.classes[0], "airplane");
@@ -276,9 +276,9 @@ fn image_folder_and_binary_loaders() {
         std::fs::write(dir.path().join(format!("data_batch_{i}.bin")), bytes).unwrap();
     }
     std::fs::write(dir.path().join("test_batch.bin"), rec(3, 255)).unwrap();
-    let train = Dataset::load(dir.path(), Split::Train).unwrap();
+    let train = Dataset::load(dir.path(), Split::Train, None).unwrap();
     assert_eq!(train.labels(), &[1, 9, 2, 9, 3, 9, 4, 9, 5, 9]);
-    let test = Dataset::load(dir.path(), Split::Test).unwrap();
+    let test = Dataset::load(dir.path(), Split::Test, None).unwrap();
     let (x, y) = test.tensors();
     assert_eq!(Vec::<i64>::try_from(&y).unwrap(), vec![3]);
     let px = |c: i64| x.double_value(&[0, c, 5, 7]);
@@ -294,7 +294,7 @@ fn err_text<T: std::fmt::Debug>(r: Result<T, Error>) -> String {
 fn bad_data_gives_named_errors() {
     let dir = tempdir();
     let missing = dir.path().join("nope");
-    assert!(err_text(Dataset::load(&missing, Split::Train)).contains("nope"));
+    assert!(err_text(Dataset::load(&missing, Split::Train, None)).contains("nope"));
 
     // Empty class folder.
     let root = dir.path().join("imgs");
@@ -302,19 +302,42 @@ fn bad_data_gives_named_errors() {
     std::fs::create_dir_all(root.join("train/dog")).unwrap();
     let jpg = cifar_jpeg().join("train/cat/0000.jpg");
     std::fs::copy(&jpg, root.join("train/cat/0000.jpg")).unwrap();
-    let e = err_text(Dataset::load(&root, Split::Train));
+    let e = err_text(Dataset::load(&root, Split::Train, None));
     assert!(e.contains("dog") && e.contains("no .png/.jpg"), "{e}");
 
     // Corrupt JPEG.
     std::fs::write(root.join("train/dog/0000.jpg"), b"\xff\xd8\xff not really a jpeg").unwrap();
-    let e = err_text(Dataset::load(&root, Split::Train));
+    let e = err_text(Dataset::load(&root, Split::Train, None));
     assert!(e.contains("dog/0000.jpg") && e.contains("cannot decode"), "{e}");
+
+    // Both splits share the label order of train/: a test class that train/ lacks is refused,
+    // and a given class order sets the labels.
+    std::fs::copy(&jpg, root.join("train/dog/0000.jpg")).unwrap();
+    std::fs::create_dir_all(root.join("test/cat")).unwrap();
+    std::fs::create_dir_all(root.join("test/emu")).unwrap();
+    std::fs::copy(&jpg, root.join("test/cat/0000.jpg")).unwrap();
+    std::fs::copy(&jpg, root.join("test/emu/0000.jpg")).unwrap();
+    let e = err_text(Dataset::load(&root, Split::Test, None));
+    assert!(e.contains("emu") && e.contains("not one of the classes cat,dog"), "{e}");
+    std::fs::remove_dir_all(root.join("test/emu")).unwrap();
+    let e = err_text(Dataset::load(&root, Split::Test, None));
+    assert!(e.contains("test/dog"), "a class of train/ missing from test/: {e}");
+    std::fs::create_dir_all(root.join("test/dog")).unwrap();
+    std::fs::copy(&jpg, root.join("test/dog/0000.jpg")).unwrap();
+    let test = Dataset::load(&root, Split::Test, None).unwrap();
+    assert_eq!(
+        (test.classes.clone(), test.labels().to_vec()),
+        (vec!["cat".into(), "dog".into()], vec![0, 1])
+    );
+    let order = ["dog".to_string(), "cat".to_string()];
+    let train = Dataset::load(&root, Split::Train, Some(&order)).unwrap();
+    assert_eq!((train.classes.as_slice(), train.labels()), (&order[..], &[0, 1][..]));
 
     // Truncated binary batch.
     let bin = dir.path().join("bin");
     std::fs::create_dir_all(&bin).unwrap();
     std::fs::write(bin.join("test_batch.bin"), vec![1u8; 3073 + 100]).unwrap();
-    let e = err_text(Dataset::load(&bin, Split::Test));
+    let e = err_text(Dataset::load(&bin, Split::Test, None));
     assert!(e.contains("test_batch.bin") && e.contains("truncated"), "{e}");
 }
 
@@ -367,33 +390,22 @@ fn cli_user_errors_are_one_line() {
         &["train", "rgn-warmup", "--out", d, "--augment", "top99", "--epochs", "1"],
         "top99",
     );
+    // Sizes and counts of zero are refused at the flag (a zero batch would never advance).
+    for args in [
+        &["eval", "--model", official, "--batch-size", "0"][..],
+        &["eval", "--model", official, "--test-per-class", "0"],
+        &["eval", "--model", official, "--paths", "0"],
+        &["bench", "--batch-size", "0"],
+        &["train", "baseline", "--out", d, "--epochs", "0"],
+    ] {
+        assert_user_error(args, "expected a whole number of at least 1");
+    }
     let cfg = dir.path().join("bad.toml");
     std::fs::write(&cfg, "[train]\nepoch = 3\n").unwrap();
     assert_user_error(
         &["train", "baseline", "--out", d, "--config", cfg.to_str().unwrap()],
         "epoch",
     );
-}
-
-/// Fails at step `fail_at` of the first epoch, to simulate an interrupted run.
-struct Interrupted<M> {
-    inner: M,
-    fail_at: usize,
-}
-
-impl<M: Method> Method for Interrupted<M> {
-    fn name(&self) -> &'static str {
-        self.inner.name()
-    }
-    fn step(&mut self, model: &Model, batch: &Batch, at: StepAt) -> eio::Result<StepStats> {
-        if at.epoch == 0 && at.step == self.fail_at {
-            return Err(Error::config("simulated interruption"));
-        }
-        self.inner.step(model, batch, at)
-    }
-    fn eval_routing(&self, model: &Model) -> eio::model::Routing {
-        self.inner.eval_routing(model)
-    }
 }
 
 fn tiny_cfg() -> (TrainConfig, SgdConfig) {
@@ -404,7 +416,7 @@ fn tiny_cfg() -> (TrainConfig, SgdConfig) {
 
 #[test]
 fn resume_reaches_the_uninterrupted_weights() {
-    let train = Dataset::load(&cifar_jpeg(), Split::Train).unwrap().first_per_class(6);
+    let train = Dataset::load(&cifar_jpeg(), Split::Train, None).unwrap().first_per_class(6);
     let test = train.first_per_class(2);
     let (t, o) = tiny_cfg();
     let spec = rgn(2, Augment::All, false);
@@ -440,7 +452,7 @@ fn resume_reaches_the_uninterrupted_weights() {
 
 #[test]
 fn nan_loss_stops_and_keeps_the_last_good_checkpoint() {
-    let train = Dataset::load(&cifar_jpeg(), Split::Train).unwrap().first_per_class(4);
+    let train = Dataset::load(&cifar_jpeg(), Split::Train, None).unwrap().first_per_class(4);
     let (mut t, mut o) = tiny_cfg();
     t.checkpoint_every = 1;
     o.lr = 1e30;
@@ -459,8 +471,8 @@ fn nan_loss_stops_and_keeps_the_last_good_checkpoint() {
 
 #[test]
 fn one_epoch_on_2000_images_beats_chance() {
-    let train = Dataset::load(&cifar_jpeg(), Split::Train).unwrap().first_per_class(200);
-    let test = Dataset::load(&cifar_jpeg(), Split::Test).unwrap().first_per_class(50);
+    let train = Dataset::load(&cifar_jpeg(), Split::Train, None).unwrap().first_per_class(200);
+    let test = Dataset::load(&cifar_jpeg(), Split::Test, None).unwrap().first_per_class(50);
     // One epoch of 2,000 images reaches 20-28% test accuracy depending on the seed (measured
     // with one libtorch thread, as scripts/test runs: batch 16, lr 0.01, no augmentation gave
     // 25.6 / 20.8 / 28.4% for seeds 0 / 1 / 2; batch 32 or lr 0.05-0.1 gave 17-26%). The

@@ -4,6 +4,9 @@ use std::path::PathBuf;
 
 use tch::Tensor;
 
+use eio::model::{Model, Routing};
+use eio::train::{Batch, Method, StepAt, StepStats};
+
 /// The shared CIFAR-10 JPEG folder.
 pub fn cifar_jpeg() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../shared/data/cifar10-jpeg")
@@ -48,4 +51,29 @@ pub fn assert_user_error(args: &[&str], needle: &str) {
     let errors: Vec<&str> = err.lines().filter(|l| l.starts_with("error: ")).collect();
     assert_eq!(errors.len(), 1, "{args:?}: expected one 'error: ' line: {err}");
     assert!(errors[0].contains(needle), "{args:?}: '{}' lacks '{needle}'", errors[0]);
+}
+
+/// Wraps a training method and fails at step `fail_at` of the first epoch, to simulate an
+/// interrupted run.
+pub struct Interrupted<M> {
+    pub inner: M,
+    pub fail_at: usize,
+}
+
+impl<M: Method> Method for Interrupted<M> {
+    fn name(&self) -> &'static str {
+        self.inner.name()
+    }
+    fn step(&mut self, model: &Model, batch: &Batch, at: StepAt) -> eio::Result<StepStats> {
+        if at.epoch == 0 && at.step == self.fail_at {
+            return Err(eio::Error::config("simulated interruption"));
+        }
+        self.inner.step(model, batch, at)
+    }
+    fn eval_routing(&self, model: &Model) -> Routing {
+        self.inner.eval_routing(model)
+    }
+    fn needs_target(&self) -> bool {
+        self.inner.needs_target()
+    }
 }

@@ -4,6 +4,7 @@
 use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context, Result};
+use clap::builder::{PossibleValuesParser, TypedValueParser};
 use clap::{Args, Subcommand};
 use serde::Serialize;
 
@@ -15,14 +16,15 @@ use eio::data::{Dataset, Split};
 use eio::eval::report::Report;
 use eio::eval::transfer::{transfer_eval, transfer_files, transfer_gen, Named, TransferGenConfig};
 use eio::eval::transferability::{transferability, TransferabilityConfig};
-use eio::eval::whitebox::{whitebox, WhiteboxConfig};
+use eio::eval::whitebox::{whitebox, WhiteboxAttack, WhiteboxConfig};
 use eio::model::{Model, Route, Routing, Target};
 use eio::seed::{Seed, Stream};
 
 #[derive(Debug, Subcommand)]
 pub enum AttackCommand {
-    /// White-box PGD with restarts over a list of eps; an image is robust only if correct under
-    /// every restart (defaults: eps 0.01..0.07, 50 steps of eps/5, 5 restarts, CE).
+    /// White-box attack with restarts over a list of eps; an image is robust only if correct
+    /// under every restart (defaults: PGD, eps 0.01..0.07, 50 steps of eps/5, 5 restarts, CE;
+    /// --attack fgsm|apgd|mpgd for FGSM, APGD or momentum PGD).
     Whitebox(WhiteboxArgs),
     /// Craft adversarial examples on surrogate models and store them (paper suite: momentum PGD
     /// x3 restarts, M-DI2-FGSM, SGM; CE and CW; 100 steps of eps/5; eps 0.01..0.07).
@@ -48,10 +50,10 @@ pub fn run(cmd: AttackCommand) -> Result<()> {
 #[derive(Debug, Args)]
 pub struct ImagesArgs {
     /// Number of test images drawn at random with --seed.
-    #[arg(long, default_value_t = 1000, value_name = "N")]
+    #[arg(long, default_value_t = 1000, value_name = "N", value_parser = super::positive)]
     images: usize,
     /// Use the first N test images of each class instead of a random draw.
-    #[arg(long, value_name = "N")]
+    #[arg(long, value_name = "N", value_parser = super::positive)]
     first_per_class: Option<usize>,
     #[command(flatten)]
     data: DataArgs,
@@ -111,38 +113,56 @@ fn parse_loss(s: &str) -> std::result::Result<AttackLoss, String> {
     s.parse().map_err(|e: eio::Error| e.to_string())
 }
 
+/// `--attack`: one of the white-box attack names, listed in the help and the error message.
+fn attack_parser() -> impl TypedValueParser<Value = WhiteboxAttack> {
+    PossibleValuesParser::new(WhiteboxAttack::ALL.map(WhiteboxAttack::name))
+        .map(|s| s.parse::<WhiteboxAttack>().expect("a listed attack name"))
+}
+
 #[derive(Debug, Default, Args, Serialize)]
 pub struct WhiteboxFlags {
-    /// Radii in [0,1] units, comma-separated (e.g. 0.01,0.02,0.03 or 8/255 as 0.0314).
+    /// Radii in [0,1] units, comma-separated (e.g. 0.01,0.02,0.03 or 8/255 as 0.0314)
+    /// [default: 0.01,0.02,...,0.07].
     #[arg(long, value_delimiter = ',')]
     #[serde(skip_serializing_if = "Option::is_none")]
     eps: Option<Vec<f64>>,
-    /// PGD iterations.
-    #[arg(long)]
+    /// Attack of each restart [default: pgd]: pgd (PGD, sign steps of --step-ratio*eps), fgsm
+    /// (one sign step of eps; no random start, so it runs once whatever --restarts says), apgd
+    /// (APGD with AutoAttack's step-size schedule; --loss ce for APGD-CE, dlr for APGD-DLR),
+    /// mpgd (momentum PGD / MI-FGSM, decay --momentum).
+    #[arg(long, value_name = "ATTACK", value_parser = attack_parser())]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    attack: Option<WhiteboxAttack>,
+    /// Momentum decay mu of --attack mpgd [default: 1.0]; only valid with mpgd.
+    #[arg(long, value_name = "MU")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    momentum: Option<f64>,
+    /// Iterations of pgd, mpgd and apgd [default: 50].
+    #[arg(long, value_parser = super::positive)]
     #[serde(skip_serializing_if = "Option::is_none")]
     steps: Option<usize>,
-    /// Step size as a fraction of eps.
+    /// Step size of pgd and mpgd as a fraction of eps [default: 0.2].
     #[arg(long)]
     #[serde(skip_serializing_if = "Option::is_none")]
     step_ratio: Option<f64>,
-    /// Independent random restarts.
-    #[arg(long)]
+    /// Independent random restarts; robust = correct under all [default: 5].
+    #[arg(long, value_parser = super::positive)]
     #[serde(skip_serializing_if = "Option::is_none")]
     restarts: Option<usize>,
-    /// Uniform random start (true/false).
+    /// Uniform random start of pgd and mpgd (true/false) [default: true].
     #[arg(long)]
     #[serde(skip_serializing_if = "Option::is_none")]
     random_start: Option<bool>,
-    /// Loss: ce, cw, cw:<kappa>, dlr.
+    /// Loss: ce, cw, cw:<kappa>, dlr [default: ce].
     #[arg(long, value_parser = parse_loss)]
     #[serde(skip_serializing_if = "Option::is_none")]
     loss: Option<AttackLoss>,
-    /// Gradient samples per step against a random-path RGN (EOT).
-    #[arg(long)]
+    /// Gradient samples per step against a random-path RGN (EOT) [default: 1].
+    #[arg(long, value_parser = super::positive)]
     #[serde(skip_serializing_if = "Option::is_none")]
     eot: Option<usize>,
-    /// Images per batch.
-    #[arg(long)]
+    /// Images per batch [default: 500].
+    #[arg(long, value_parser = super::positive)]
     #[serde(skip_serializing_if = "Option::is_none")]
     batch: Option<usize>,
 }
@@ -179,6 +199,10 @@ pub struct WhiteboxArgs {
 fn run_whitebox(a: WhiteboxArgs) -> Result<()> {
     a.out.check()?;
     let (cfg, _) = resolve::<WhiteboxConfig>(a.config.as_deref(), &a.flags)?;
+    if a.flags.momentum.is_some() && cfg.attack != WhiteboxAttack::Mpgd {
+        bail!("--momentum applies only to --attack mpgd, not {}", cfg.attack);
+    }
+    cfg.validate()?;
     let device = a.target.device.device()?;
     let (model, _) = Model::load(&a.target.model, device)?;
     let seed = Seed(a.target.route.seed);
@@ -189,13 +213,10 @@ fn run_whitebox(a: WhiteboxArgs) -> Result<()> {
     let data = test.select(&idx);
     let report = whitebox(&target, &data, &cfg, device, seed)?;
     println!(
-        "white-box {} ({describe}): {} images, PGD-{} step {}*eps, {} restart(s), loss {}",
+        "white-box {} ({describe}): {} images, {}",
         a.target.model.display(),
         report.images,
-        cfg.steps,
-        cfg.step_ratio,
-        cfg.restarts,
-        cfg.loss
+        cfg.describe()
     );
     println!("{:>8} {:>10}", "eps", "accuracy");
     println!("{:>8} {:>9.2}%", "clean", 100.0 * report.clean_accuracy);
@@ -224,7 +245,7 @@ pub struct TransferGenFlags {
     #[serde(skip_serializing_if = "Option::is_none")]
     losses: Option<Vec<AttackLoss>>,
     /// Iterations per attack.
-    #[arg(long)]
+    #[arg(long, value_parser = super::positive)]
     #[serde(skip_serializing_if = "Option::is_none")]
     steps: Option<usize>,
     /// Step size as a fraction of eps.
@@ -232,7 +253,7 @@ pub struct TransferGenFlags {
     #[serde(skip_serializing_if = "Option::is_none")]
     step_ratio: Option<f64>,
     /// Images per batch.
-    #[arg(long)]
+    #[arg(long, value_parser = super::positive)]
     #[serde(skip_serializing_if = "Option::is_none")]
     batch: Option<usize>,
 }
@@ -295,7 +316,7 @@ pub struct TransferEvalArgs {
     #[arg(long, value_name = "DIR")]
     set: PathBuf,
     /// Images per batch.
-    #[arg(long, default_value_t = 500)]
+    #[arg(long, default_value_t = 500, value_parser = super::positive)]
     batch: usize,
     #[command(flatten)]
     out: OutputArgs,
@@ -337,11 +358,11 @@ pub struct TransferabilityFlags {
     #[serde(skip_serializing_if = "Option::is_none")]
     eps: Option<f64>,
     /// PGD iterations.
-    #[arg(long)]
+    #[arg(long, value_parser = super::positive)]
     #[serde(skip_serializing_if = "Option::is_none")]
     steps: Option<usize>,
     /// Random restarts.
-    #[arg(long)]
+    #[arg(long, value_parser = super::positive)]
     #[serde(skip_serializing_if = "Option::is_none")]
     restarts: Option<usize>,
     /// Loss: ce, cw, cw:<kappa>.
@@ -349,7 +370,7 @@ pub struct TransferabilityFlags {
     #[serde(skip_serializing_if = "Option::is_none")]
     loss: Option<AttackLoss>,
     /// Images that every member classifies correctly.
-    #[arg(long)]
+    #[arg(long, value_parser = super::positive)]
     #[serde(skip_serializing_if = "Option::is_none")]
     images: Option<usize>,
 }
@@ -360,7 +381,7 @@ pub struct TransferabilityArgs {
     #[arg(long, value_name = "FILE")]
     model: PathBuf,
     /// For an RGN: number of random paths to compare.
-    #[arg(long, default_value_t = 3, value_name = "K")]
+    #[arg(long, default_value_t = 3, value_name = "K", value_parser = super::positive)]
     paths: usize,
     /// Seed of the paths, the image draw and the attacks.
     #[arg(long, default_value_t = 0)]

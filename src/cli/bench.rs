@@ -16,10 +16,10 @@ use eio::seed::{Seed, Stream};
 #[derive(Debug, Args)]
 pub struct BenchArgs {
     /// Batch size.
-    #[arg(long, default_value_t = 128)]
-    batch_size: i64,
+    #[arg(long, default_value_t = 128, value_parser = super::positive)]
+    batch_size: usize,
     /// Timed repetitions of each measurement (after 3 warm-up runs).
-    #[arg(long, default_value_t = 20)]
+    #[arg(long, default_value_t = 20, value_parser = super::positive)]
     iters: usize,
     /// Where to compute.
     #[arg(long, value_enum, default_value_t = DeviceArg::Auto)]
@@ -63,8 +63,8 @@ pub fn run(a: BenchArgs) -> Result<()> {
         let net = &model.nets[0];
         let mut rng = Seed(0).rng(Stream::Route, 0, 0);
         tch::manual_seed(0);
-        let x = Tensor::rand([a.batch_size, 3, 32, 32], (Kind::Float, device));
-        let y = Tensor::randint(10, [a.batch_size], (Kind::Int64, device));
+        let x = Tensor::rand([a.batch_size as i64, 3, 32, 32], (Kind::Float, device));
+        let y = Tensor::randint(10, [a.batch_size as i64], (Kind::Int64, device));
         let mut opt = Sgd::new(&model, SgdConfig::default());
         let copies = model.spec.arch.copies;
         let gates = model.gates();

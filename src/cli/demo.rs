@@ -23,19 +23,19 @@ pub struct DemoArgs {
     #[arg(long, default_value = "runs/demo", value_name = "DIR")]
     out: PathBuf,
     /// Training images per class.
-    #[arg(long, default_value_t = 1000, value_name = "N")]
+    #[arg(long, default_value_t = 1000, value_name = "N", value_parser = super::positive)]
     train_per_class: usize,
     /// Test images per class.
-    #[arg(long, default_value_t = 100, value_name = "N")]
+    #[arg(long, default_value_t = 100, value_name = "N", value_parser = super::positive)]
     test_per_class: usize,
     /// Epochs of each training run.
-    #[arg(long, default_value_t = 5)]
+    #[arg(long, default_value_t = 5, value_parser = super::positive)]
     epochs: usize,
     /// Master seed.
     #[arg(long, default_value_t = 0)]
     seed: u64,
     /// Random paths evaluated one by one.
-    #[arg(long, default_value_t = 4, value_name = "K")]
+    #[arg(long, default_value_t = 4, value_name = "K", value_parser = super::positive)]
     paths: usize,
     #[command(flatten)]
     data: DataArgs,

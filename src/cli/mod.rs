@@ -78,6 +78,10 @@ pub struct DataArgs {
     /// Default: $EIO_DATA, else ../shared/data/cifar10-jpeg.
     #[arg(long, value_name = "DIR")]
     pub data: Option<PathBuf>,
+    /// Label order of an image folder, e.g. airplane,automobile,... (default: the class
+    /// folders of train/ sorted by name, which is the CIFAR-10 order for CIFAR-10).
+    #[arg(long, value_name = "NAMES", value_delimiter = ',')]
+    pub classes: Option<Vec<String>>,
 }
 
 impl DataArgs {
@@ -88,7 +92,7 @@ impl DataArgs {
             None => default_data_dir()?,
         };
         let t = std::time::Instant::now();
-        let d = Dataset::load(&dir, split)?;
+        let d = Dataset::load(&dir, split, self.classes.as_deref())?;
         let d = match per_class {
             Some(n) => d.first_per_class(n),
             None => d,
@@ -129,6 +133,15 @@ impl DeviceArg {
                 tch::Device::Cuda(0)
             }
         })
+    }
+}
+
+/// Parses a whole number of at least 1 (sizes, counts, steps): a zero batch size would never
+/// advance and an empty subset has no accuracy, so both are refused at the flag.
+pub fn positive(s: &str) -> std::result::Result<usize, String> {
+    match s.parse::<usize>() {
+        Ok(n) if n >= 1 => Ok(n),
+        _ => Err(format!("expected a whole number of at least 1, got '{s}'")),
     }
 }
 

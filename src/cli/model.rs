@@ -11,9 +11,10 @@ use eio::data::Split;
 use eio::eval::accuracy;
 use eio::eval::whitebox::WhiteboxConfig;
 use eio::model::io::TensorFile;
+use eio::model::route::sample_distinct;
 use eio::model::{Model, Route, Routing, Target};
 use eio::seed::{Seed, Stream};
-use eio::train::eio::{distinct_routes, screen_routes, RouteScore};
+use eio::train::eio::{screen_routes, RouteScore};
 
 /// How to route an RGN.
 #[derive(Debug, Args)]
@@ -25,7 +26,7 @@ pub struct RouteArgs {
     #[arg(long, conflicts_with = "paths")]
     pub random_path: bool,
     /// Evaluate each of K random paths separately (seeded by --seed).
-    #[arg(long, value_name = "K")]
+    #[arg(long, value_name = "K", value_parser = super::positive)]
     pub paths: Option<usize>,
     /// Seed of random paths.
     #[arg(long, default_value_t = 0)]
@@ -57,11 +58,11 @@ pub struct EvalArgs {
     #[command(flatten)]
     route: RouteArgs,
     /// Evaluate on the first N test images of each class only.
-    #[arg(long, value_name = "N")]
+    #[arg(long, value_name = "N", value_parser = super::positive)]
     test_per_class: Option<usize>,
     /// Images per forward pass.
-    #[arg(long, default_value_t = 500)]
-    batch_size: i64,
+    #[arg(long, default_value_t = 500, value_parser = super::positive)]
+    batch_size: usize,
     /// Also write the numbers to this JSON file.
     #[arg(long, value_name = "FILE")]
     json: Option<PathBuf>,
@@ -109,16 +110,17 @@ pub fn eval(a: EvalArgs) -> Result<()> {
             bail!("--paths needs an RGN; {} is a plain model", a.model.display());
         }
         let mut rng = seed.rng(Stream::Route, 0, 0);
-        for _ in 0..k {
-            let r = Route::random(model.gates(), model.spec.arch.copies, &mut rng);
+        let (gates, copies) = (model.gates(), model.spec.arch.copies);
+        for r in sample_distinct(gates, copies, gates, k, &mut rng) {
             run(format!("path {r}"), Routing::Fixed(r))?;
         }
         let accs: Vec<f64> = rows.iter().map(|r| r.accuracy).collect();
-        let mean = accs.iter().sum::<f64>() / accs.len().max(1) as f64;
+        let mean = accs.iter().sum::<f64>() / accs.len() as f64;
         let min = accs.iter().cloned().fold(f64::INFINITY, f64::min);
         let max = accs.iter().cloned().fold(f64::NEG_INFINITY, f64::max);
         println!(
-            "{k} paths: mean {:.2}%  min {:.2}%  max {:.2}%",
+            "{} paths: mean {:.2}%  min {:.2}%  max {:.2}%",
+            accs.len(),
             100.0 * mean,
             100.0 * min,
             100.0 * max
@@ -196,22 +198,22 @@ pub struct DeriveArgs {
     random_path: bool,
     /// Derive k paths as one ensemble of plain ResNet-20s (average of softmax): k distinct
     /// random paths drawn with --seed, or the k best of --best-of candidates.
-    #[arg(long, value_name = "K")]
+    #[arg(long, value_name = "K", value_parser = super::positive)]
     paths: Option<usize>,
     /// Draw K distinct random candidate paths (--seed) and keep the best (or the --paths best)
     /// by PGD accuracy on --val-images training images (ties: clean accuracy).
-    #[arg(long, value_name = "K")]
+    #[arg(long, value_name = "K", value_parser = super::positive)]
     best_of: Option<usize>,
     /// Screening set for --best-of: this many training images drawn with --seed (a seeded
     /// random subset of the 50,000 training images, which the RGN was trained on: it ranks
     /// paths, it is not a held-out estimate; test images are never used).
-    #[arg(long, value_name = "N", default_value_t = 1000)]
+    #[arg(long, value_name = "N", default_value_t = 1000, value_parser = super::positive)]
     val_images: usize,
     /// Screening PGD radius (L-infinity, pixel units).
     #[arg(long, value_name = "EPS", default_value_t = 0.01)]
     val_eps: f64,
     /// Screening PGD steps (of eps/4, uniform random start, eval-mode BatchNorm, one run).
-    #[arg(long, value_name = "N", default_value_t = 10)]
+    #[arg(long, value_name = "N", default_value_t = 10, value_parser = super::positive)]
     val_steps: usize,
     /// Seed of random paths and of the screening set.
     #[arg(long, default_value_t = 0)]
@@ -267,7 +269,7 @@ pub fn derive(a: DeriveArgs) -> Result<()> {
         if keep > k {
             bail!("--paths {keep} cannot exceed --best-of {k}");
         }
-        let cands = distinct_routes(gates, copies, k, &mut rng);
+        let cands = sample_distinct(gates, copies, gates, k, &mut rng);
         let val = a.data.load(Split::Train, None)?.random_subset(a.val_images, Seed(a.seed));
         let cfg = WhiteboxConfig {
             eps: vec![a.val_eps],
@@ -299,7 +301,7 @@ pub fn derive(a: DeriveArgs) -> Result<()> {
             .map(|s| s.route.parse::<Route>())
             .collect::<eio::Result<Vec<Route>>>()?
     } else if let Some(k) = a.paths {
-        distinct_routes(gates, copies, k, &mut rng)
+        sample_distinct(gates, copies, gates, k, &mut rng)
     } else if a.random_path {
         vec![Route::random(gates, copies, &mut rng)]
     } else {

@@ -20,9 +20,9 @@ use super::{write_json, DataArgs, DeviceArg};
 use eio::data::{Dataset, Split};
 use eio::eval::whitebox::{whitebox, WhiteboxConfig};
 use eio::model::io::{write_atomic, TensorFile};
+use eio::model::route::sample_distinct;
 use eio::model::{Model, Target};
 use eio::seed::{Seed, Stream};
-use eio::train::eio::distinct_routes;
 use eio::train::methods::Independent;
 use eio::train::{fit, RunDir};
 
@@ -32,7 +32,7 @@ pub struct StabilityArgs {
     #[arg(long, value_name = "FILE")]
     model: PathBuf,
     /// Number of random paths to derive (distinct, drawn with --seed like `eio derive --paths`).
-    #[arg(short = 'k', long = "paths", value_name = "K", default_value_t = 8)]
+    #[arg(short = 'k', long = "paths", value_name = "K", default_value_t = 8, value_parser = super::positive)]
     paths: usize,
     /// Seed of the paths, of the fine-tuning runs and of the attacks' random starts.
     #[arg(long, default_value_t = 0)]
@@ -46,10 +46,10 @@ pub struct StabilityArgs {
     #[arg(long, value_name = "FILE")]
     finetune_config: Option<PathBuf>,
     /// Fine-tune on the first N training images of each class only.
-    #[arg(long, value_name = "N")]
+    #[arg(long, value_name = "N", value_parser = super::positive)]
     train_per_class: Option<usize>,
     /// Also checkpoint fine-tuning runs every N steps.
-    #[arg(long, value_name = "N")]
+    #[arg(long, value_name = "N", value_parser = super::positive)]
     checkpoint_every: Option<usize>,
     /// Also evaluate these models (plain, ensembles, or RGNs on the all-zero path) on the same
     /// images with the same attack, e.g. the baseline.
@@ -59,19 +59,19 @@ pub struct StabilityArgs {
     #[arg(long, value_delimiter = ',', default_value = "0.01,0.02,0.03")]
     eps: Vec<f64>,
     /// PGD steps (paper: 50).
-    #[arg(long, default_value_t = 50)]
+    #[arg(long, default_value_t = 50, value_parser = super::positive)]
     steps: usize,
     /// PGD step size as a fraction of eps (paper: 0.2 = eps/5).
     #[arg(long, default_value_t = 0.2)]
     step_ratio: f64,
     /// PGD restarts from uniform random starts; robust = correct under all (paper: 5).
-    #[arg(long, default_value_t = 5)]
+    #[arg(long, default_value_t = 5, value_parser = super::positive)]
     restarts: usize,
     /// Evaluate on the first N test images of each class (100 = the 1,000-image protocol).
-    #[arg(long, value_name = "N", default_value_t = 100)]
+    #[arg(long, value_name = "N", default_value_t = 100, value_parser = super::positive)]
     test_per_class: usize,
     /// Images per attack batch.
-    #[arg(long, default_value_t = 500)]
+    #[arg(long, default_value_t = 500, value_parser = super::positive)]
     batch_size: usize,
     /// Output folder (derived models, fine-tuning runs, evaluations, report.json, report.md).
     #[arg(long, value_name = "DIR")]
@@ -214,7 +214,7 @@ pub fn run(a: StabilityArgs) -> Result<()> {
         };
 
     let mut rng = Seed(a.seed).rng(Stream::Route, 0, 0);
-    let routes = distinct_routes(rgn.gates(), rgn.spec.arch.copies, a.paths, &mut rng);
+    let routes = sample_distinct(rgn.gates(), rgn.spec.arch.copies, rgn.gates(), a.paths, &mut rng);
     let mut train_set: Option<Dataset> = None;
     let mut rows = Vec::new();
     for (i, route) in routes.iter().enumerate() {

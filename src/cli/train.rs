@@ -67,23 +67,23 @@ pub struct TrainFlags {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub seed: Option<u64>,
     /// Number of epochs.
-    #[arg(long)]
+    #[arg(long, value_parser = super::positive)]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub epochs: Option<usize>,
     /// Batch size.
-    #[arg(long)]
+    #[arg(long, value_parser = super::positive)]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub batch_size: Option<usize>,
     /// Use only the first N training images of each class.
-    #[arg(long, value_name = "N")]
+    #[arg(long, value_name = "N", value_parser = super::positive)]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub train_per_class: Option<usize>,
     /// Evaluate on the first N test images of each class after each epoch.
-    #[arg(long, value_name = "N")]
+    #[arg(long, value_name = "N", value_parser = super::positive)]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub test_per_class: Option<usize>,
     /// Also checkpoint every N steps within an epoch.
-    #[arg(long, value_name = "N")]
+    #[arg(long, value_name = "N", value_parser = super::positive)]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub checkpoint_every: Option<usize>,
     /// Random crop + flip of training images (true/false).
@@ -125,7 +125,7 @@ pub struct OptimFlags {
 #[derive(Debug, Default, Args, Serialize)]
 pub struct ArchFlags {
     /// Copies per Random Gated Block (augmentation factor n).
-    #[arg(long)]
+    #[arg(long, value_parser = super::positive)]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub copies: Option<usize>,
     /// Gated layers: all (21), conv3x3 (19), top<k> (first k of 21), none.
@@ -165,7 +165,7 @@ pub struct BaselineArgs {
     #[command(flatten)]
     run: RunArgs,
     /// Number of independently trained ResNet-20s.
-    #[arg(long)]
+    #[arg(long, value_parser = super::positive)]
     members: Option<usize>,
     #[command(flatten)]
     train: TrainFlags,
@@ -364,7 +364,7 @@ impl Default for EioTrainConfig {
 #[derive(Debug, Default, Args, Serialize)]
 pub struct EioFlags {
     /// Paths sampled per batch (p).
-    #[arg(long, value_name = "P")]
+    #[arg(long, value_name = "P", value_parser = super::positive)]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub paths: Option<usize>,
     /// Redraw the distillation layer every batch (EIO code) or every epoch (DVERGE).
@@ -395,7 +395,7 @@ pub struct DistillFlags {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub eps: Option<f64>,
     /// Distillation steps.
-    #[arg(id = "distill_steps", long = "distill-steps", value_name = "N")]
+    #[arg(id = "distill_steps", long = "distill-steps", value_name = "N", value_parser = super::positive)]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub steps: Option<usize>,
     /// Distillation step size.
@@ -449,7 +449,7 @@ pub struct AdvFlags {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub step_size: Option<f64>,
     /// PGD steps of the adversarial term.
-    #[arg(id = "adv_steps", long = "adv-steps", value_name = "N")]
+    #[arg(id = "adv_steps", long = "adv-steps", value_name = "N", value_parser = super::positive)]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub steps: Option<usize>,
     /// Random start of the adversarial term's PGD.

@@ -85,7 +85,7 @@ pub(crate) fn clean_correct(
     batch: usize,
     device: Device,
 ) -> Result<Vec<bool>> {
-    let pred = super::predict(target, x, batch.max(1) as i64, device);
+    let pred = super::predict(target, x, batch, device);
     Ok(Vec::<bool>::try_from(pred.eq_tensor(y))?)
 }
 

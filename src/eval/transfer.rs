@@ -638,7 +638,21 @@ pub fn transfer_eval(
             tf.tensors.get(k).ok_or_else(|| Error::data(path, format!("missing tensor '{k}'")))
         };
         let (images, labels, index) = (get("images")?, get("labels")?, get("index")?);
-        let n = labels.size()[0];
+        let n = match labels.size()[..] {
+            [n] if index.size() == [n] && images.size() == [n, 3, 32, 32] => n,
+            _ => {
+                return Err(Error::data(
+                    path,
+                    format!(
+                        "expected images [N,3,32,32], labels [N] and index [N], got {:?}, {:?} \
+                         and {:?}",
+                        images.size(),
+                        labels.size(),
+                        index.size()
+                    ),
+                ))
+            }
+        };
         let x = images.to_kind(Kind::Float) / 255.0;
         let clean = match &reference {
             None => {

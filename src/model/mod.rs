@@ -145,7 +145,12 @@ impl Model {
         if spec.members == 0 {
             return Err(Error::config("an ensemble needs at least one member"));
         }
-        seed.seed_torch(Stream::Init, 0, 0);
+        // libtorch draws initial weights from its one global generator: hold a lock while
+        // seeding it and drawing, so that models built at the same time in other threads
+        // (tests, tools) cannot take each other's numbers.
+        static INIT: std::sync::Mutex<()> = std::sync::Mutex::new(());
+        let _init = INIT.lock().unwrap_or_else(|e| e.into_inner());
+        tch::manual_seed((seed.derive(Stream::Init, 0, 0) >> 1) as i64);
         let vs = nn::VarStore::new(device);
         let nets = if spec.members == 1 {
             vec![Net::new(&vs.root(), &spec.arch)]

@@ -7,7 +7,7 @@
 //! An augmented (gated) conv+BN slot holds its `n` copies under `<name>.<i>`: `layer1.0.conv1.1`
 //! is copy 1 of that conv. With shared convolutions only the BatchNorms are copied.
 
-use tch::nn::{self, ModuleT};
+use tch::nn;
 use tch::Tensor;
 
 use super::{ArchConfig, Augment};
@@ -265,7 +265,11 @@ impl Net {
 
     fn run(&self, x: &Tensor, pass: Pass) -> Tensor {
         let Pass { route, train, tap, sgm } = pass;
-        debug_assert_eq!(route.len(), self.gates, "route length");
+        assert_eq!(
+            route.len(),
+            self.gates,
+            "route length (user routes are checked by Route::check)"
+        );
         let stop = |layer: usize, pre: &Tensor| -> Option<Tensor> {
             match tap {
                 Some(t) if t.layer == layer => {
@@ -323,11 +327,5 @@ impl ArchConfig {
             };
         }
         out
-    }
-}
-
-impl ModuleT for Net {
-    fn forward_t(&self, xs: &Tensor, train: bool) -> Tensor {
-        self.forward(xs, &Route::zeros(self.gates), train)
     }
 }

@@ -272,11 +272,23 @@ impl Eio {
         Plan { layer, routes }
     }
 
-    /// Distilled batches, one per route of `plan` (Eq. 2).
-    pub fn distill_all(&self, net: &Net, plan: &Plan, x_s: &Tensor, x_t: &Tensor) -> Vec<Tensor> {
+    /// Distilled batches, one per route of `plan` (Eq. 2). The random start of route `i` comes
+    /// from a generator derived from `at` and `i`.
+    pub fn distill_all(
+        &self,
+        net: &Net,
+        plan: &Plan,
+        x_s: &Tensor,
+        x_t: &Tensor,
+        at: StepAt,
+    ) -> Vec<Tensor> {
         plan.routes
             .iter()
-            .map(|r| distill(net, r, plan.layer, x_s, x_t, &self.cfg.distill))
+            .enumerate()
+            .map(|(i, r)| {
+                let mut rng = start_seed(at).rng(Stream::Start, 0, i as u64);
+                distill(net, r, plan.layer, x_s, x_t, &self.cfg.distill, &mut rng)
+            })
             .collect()
     }
 
@@ -291,15 +303,21 @@ impl Eio {
         at: StepAt,
     ) -> Option<Vec<Tensor>> {
         let a = self.cfg.adv.as_ref()?;
-        let step_seed = Seed(at.seed.derive(Stream::Torch, at.epoch as u64, at.step as u64));
         Some(
             plan.routes
                 .iter()
                 .enumerate()
-                .map(|(j, r)| pgd(net, r, x, y, a, &mut step_seed.rng(Stream::Eval, 0, j as u64)))
+                .map(|(j, r)| {
+                    pgd(net, r, x, y, a, &mut start_seed(at).rng(Stream::Eval, 0, j as u64))
+                })
                 .collect(),
         )
     }
+}
+
+/// The seed of the random starts (distillation, adversarial examples) of the batch at `at`.
+fn start_seed(at: StepAt) -> Seed {
+    Seed(at.seed.derive(Stream::Start, at.epoch as u64, at.step as u64))
 }
 
 /// Accumulates into the weights' `.grad` the cross-training gradient of route `j`:
@@ -356,7 +374,7 @@ impl Method for Eio {
             .ok_or_else(|| Error::config("Ensemble-in-One needs a target batch"))?;
         let net = &model.nets[0];
         let plan = self.plan(model, at);
-        let distilled = self.distill_all(net, &plan, &batch.x, x_t);
+        let distilled = self.distill_all(net, &plan, &batch.x, x_t, at);
         let adv = self.adversarial_all(net, &plan, &batch.x, &batch.y, at);
         let mut st = StepStats::default();
         for j in 0..plan.routes.len() {
@@ -380,21 +398,6 @@ impl Method for Eio {
     fn needs_target(&self) -> bool {
         true
     }
-}
-
-/// `k` distinct uniformly random routes, drawn in order from `rng` (all of them when the RGN
-/// has at most `k` routes). The first equals `Route::random(gates, copies, rng)`.
-pub fn distinct_routes(gates: usize, copies: usize, k: usize, rng: &mut Rng) -> Vec<Route> {
-    let total = (copies.max(1) as f64).powi(gates as i32);
-    let k = if total < k as f64 { total as usize } else { k };
-    let mut out: Vec<Route> = Vec::with_capacity(k);
-    while out.len() < k {
-        let r = Route::random(gates, copies, rng);
-        if !out.contains(&r) {
-            out.push(r);
-        }
-    }
-    out
 }
 
 /// How a candidate route fared on a validation set.

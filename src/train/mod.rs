@@ -10,7 +10,7 @@ use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use serde::{Deserialize, Serialize};
-use tch::{Device, Tensor};
+use tch::Tensor;
 
 use crate::data::{epoch_order, Dataset};
 use crate::error::{Error, Result};
@@ -327,7 +327,6 @@ pub fn fit(
             let (x, y) = make(idx);
             let target =
                 target_order.as_ref().map(|o| make(&o[step * bs..((step + 1) * bs).min(n)]));
-            seed.seed_torch(Stream::Torch, epoch as u64, step as u64);
             opt.zero_grad();
             let at = StepAt { epoch, step, seed };
             let st = method.step(model, &Batch { x, y, target }, at)?;
@@ -415,13 +414,4 @@ pub fn fit(
 /// The configuration text without its `epochs` line, so a run can be extended.
 fn strip_epochs(cfg: &str) -> String {
     cfg.lines().filter(|l| !l.trim_start().starts_with("epochs")).collect::<Vec<_>>().join("\n")
-}
-
-/// Runs on `device` when given, else on CUDA when available, else on the CPU.
-pub fn pick_device(cuda: Option<bool>) -> Device {
-    match cuda {
-        Some(true) => Device::Cuda(0),
-        Some(false) => Device::Cpu,
-        None => Device::cuda_if_available(),
-    }
 }
