@@ -197,10 +197,22 @@ fn write_metrics(dir: &Path, history: &[EpochRecord]) -> Result<()> {
     for r in history {
         s += &format!(
             "{},{},{:.5},{:.5},{:.5},{:.2},{:.1}\n",
-            r.epoch, r.lr, r.train_loss, r.train_acc, r.test_acc, r.train_secs, r.images_per_sec
+            r.epoch,
+            short(r.lr),
+            r.train_loss,
+            r.train_acc,
+            r.test_acc,
+            r.train_secs,
+            r.images_per_sec
         );
     }
     write_atomic(&dir.join("metrics.csv"), s.as_bytes())
+}
+
+/// `x` to 10 significant digits, shortest form: a decayed rate prints as 0.001, not as
+/// 0.0010000000000000002.
+fn short(x: f64) -> String {
+    format!("{:.9e}", x).parse::<f64>().map_or_else(|_| x.to_string(), |v| v.to_string())
 }
 
 /// The git revision this binary was built from.
@@ -394,7 +406,7 @@ pub fn fit(
             &run.dir,
             &format!(
                 "epoch {}/{} lr {} loss {:.4} train acc {:.2}% test acc {:.2}% ({:.1}s, {:.0} img/s){}",
-                rec.epoch, cfg.epochs, lr, rec.train_loss, 100.0 * rec.train_acc, 100.0 * rec.test_acc,
+                rec.epoch, cfg.epochs, short(lr), rec.train_loss, 100.0 * rec.train_acc, 100.0 * rec.test_acc,
                 rec.train_secs, rec.images_per_sec,
                 if note.is_empty() { String::new() } else { format!(" {note}") }
             ),
@@ -414,4 +426,14 @@ pub fn fit(
 /// The configuration text without its `epochs` line, so a run can be extended.
 fn strip_epochs(cfg: &str) -> String {
     cfg.lines().filter(|l| !l.trim_start().starts_with("epochs")).collect::<Vec<_>>().join("\n")
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn rates_print_short() {
+        assert_eq!(super::short(0.1 * 0.1 * 0.1), "0.001");
+        assert_eq!(super::short(0.1), "0.1");
+        assert_eq!(super::short(2.5e-7), "0.00000025");
+    }
 }
