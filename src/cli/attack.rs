@@ -4,7 +4,6 @@
 use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context, Result};
-use clap::builder::{PossibleValuesParser, TypedValueParser};
 use clap::{Args, Subcommand};
 use serde::Serialize;
 
@@ -109,14 +108,10 @@ impl OutputArgs {
     }
 }
 
-fn parse_loss(s: &str) -> std::result::Result<AttackLoss, String> {
+/// Parses a flag through the library's `FromStr` (losses, attack names), whose error lists
+/// what is accepted.
+fn parsed<T: std::str::FromStr<Err = eio::Error>>(s: &str) -> std::result::Result<T, String> {
     s.parse().map_err(|e: eio::Error| e.to_string())
-}
-
-/// `--attack`: one of the white-box attack names, listed in the help and the error message.
-fn attack_parser() -> impl TypedValueParser<Value = WhiteboxAttack> {
-    PossibleValuesParser::new(WhiteboxAttack::ALL.map(WhiteboxAttack::name))
-        .map(|s| s.parse::<WhiteboxAttack>().expect("a listed attack name"))
 }
 
 #[derive(Debug, Default, Args, Serialize)]
@@ -130,7 +125,7 @@ pub struct WhiteboxFlags {
     /// (one sign step of eps; no random start, so it runs once whatever --restarts says), apgd
     /// (APGD with AutoAttack's step-size schedule; --loss ce for APGD-CE, dlr for APGD-DLR),
     /// mpgd (momentum PGD / MI-FGSM, decay --momentum).
-    #[arg(long, value_name = "ATTACK", value_parser = attack_parser())]
+    #[arg(long, value_name = "ATTACK", value_parser = parsed::<WhiteboxAttack>)]
     #[serde(skip_serializing_if = "Option::is_none")]
     attack: Option<WhiteboxAttack>,
     /// Momentum decay mu of --attack mpgd [default: 1.0]; only valid with mpgd.
@@ -154,7 +149,7 @@ pub struct WhiteboxFlags {
     #[serde(skip_serializing_if = "Option::is_none")]
     random_start: Option<bool>,
     /// Loss: ce, cw, cw:<kappa>, dlr [default: ce].
-    #[arg(long, value_parser = parse_loss)]
+    #[arg(long, value_parser = parsed::<AttackLoss>)]
     #[serde(skip_serializing_if = "Option::is_none")]
     loss: Option<AttackLoss>,
     /// Gradient samples per step against a random-path RGN (EOT) [default: 1].
@@ -241,7 +236,7 @@ pub struct TransferGenFlags {
     #[serde(skip_serializing_if = "Option::is_none")]
     eps: Option<Vec<f64>>,
     /// Losses, comma-separated (ce, cw, cw:<kappa>).
-    #[arg(long, value_delimiter = ',', value_parser = parse_loss)]
+    #[arg(long, value_delimiter = ',', value_parser = parsed::<AttackLoss>)]
     #[serde(skip_serializing_if = "Option::is_none")]
     losses: Option<Vec<AttackLoss>>,
     /// Iterations per attack.
@@ -366,7 +361,7 @@ pub struct TransferabilityFlags {
     #[serde(skip_serializing_if = "Option::is_none")]
     restarts: Option<usize>,
     /// Loss: ce, cw, cw:<kappa>.
-    #[arg(long, value_parser = parse_loss)]
+    #[arg(long, value_parser = parsed::<AttackLoss>)]
     #[serde(skip_serializing_if = "Option::is_none")]
     loss: Option<AttackLoss>,
     /// Images that every member classifies correctly.
