@@ -1,24 +1,66 @@
-//! SGD with momentum (PyTorch semantics) and step learning-rate schedules. The optimiser keeps its
-//! momentum buffers as named tensors so that checkpoints restore them exactly.
+//! Optimisers with PyTorch semantics (SGD with momentum, Adam with L2 weight decay) and step
+//! learning-rate schedules. The optimiser keeps its state (momentum buffers; Adam's moments and
+//! step counts) as named tensors so that checkpoints restore it exactly.
+//!
+//! One optimiser over a whole model is the same computation as one optimiser per ensemble member
+//! (what the DVERGE code builds): both update rules are per tensor, every member follows the same
+//! schedule, and a tensor's state never depends on another tensor. So members are not grouped.
 
 use serde::{Deserialize, Serialize};
-use tch::Tensor;
+use tch::{Kind, Tensor};
 
 use crate::error::{Error, Result};
 use crate::model::io::{TensorFile, STATE_PREFIX};
 use crate::model::Model;
 
-/// Stochastic gradient descent settings.
+/// The update rule.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Algorithm {
+    /// SGD with (optionally Nesterov) momentum, `torch.optim.SGD`.
+    #[default]
+    Sgd,
+    /// Adam with L2 weight decay added to the gradient, `torch.optim.Adam` (ADP, GAL, TRS).
+    Adam,
+}
+
+impl std::str::FromStr for Algorithm {
+    type Err = Error;
+    fn from_str(s: &str) -> Result<Self> {
+        match s {
+            "sgd" => Ok(Algorithm::Sgd),
+            "adam" => Ok(Algorithm::Adam),
+            _ => Err(Error::config(format!("optimiser must be 'sgd' or 'adam', got '{s}'"))),
+        }
+    }
+}
+
+fn is_sgd(a: &Algorithm) -> bool {
+    *a == Algorithm::Sgd
+}
+
+fn default_betas() -> [f64; 2] {
+    [0.9, 0.999]
+}
+
+fn default_adam_eps() -> f64 {
+    1e-8
+}
+
+/// Optimiser settings (the `[optim]` table).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct SgdConfig {
+pub struct OptimConfig {
+    /// Update rule (default `sgd`).
+    #[serde(default, skip_serializing_if = "is_sgd")]
+    pub algorithm: Algorithm,
     /// Initial learning rate.
     pub lr: f64,
-    /// Momentum factor.
+    /// SGD momentum factor (unused by Adam).
     pub momentum: f64,
-    /// L2 weight decay, applied to every trainable tensor (PyTorch default).
+    /// L2 weight decay, added to the gradient of every trainable tensor (PyTorch default).
     pub weight_decay: f64,
-    /// Nesterov momentum (the EIO code's choice).
+    /// Nesterov momentum (the EIO code's choice; SGD only).
     pub nesterov: bool,
     /// Epochs at which the learning rate is multiplied by `gamma`; empty = at 50% and 75% of
     /// the run (100 and 150 of 200).
@@ -26,22 +68,36 @@ pub struct SgdConfig {
     pub milestones: Vec<usize>,
     /// Learning-rate decay factor at each milestone.
     pub gamma: f64,
+    /// Adam's moment decay rates (beta1, beta2).
+    #[serde(default = "default_betas")]
+    pub betas: [f64; 2],
+    /// Adam's denominator offset.
+    #[serde(default = "default_adam_eps")]
+    pub eps: f64,
 }
 
-impl Default for SgdConfig {
+impl Default for OptimConfig {
     fn default() -> Self {
-        SgdConfig {
+        OptimConfig {
+            algorithm: Algorithm::Sgd,
             lr: 0.1,
             momentum: 0.9,
             weight_decay: 1e-4,
             nesterov: false,
             milestones: Vec::new(),
             gamma: 0.1,
+            betas: default_betas(),
+            eps: default_adam_eps(),
         }
     }
 }
 
-impl SgdConfig {
+impl OptimConfig {
+    /// Adam as the ADP, GAL and TRS codes use it: lr 1e-3, weight decay 1e-4, eps 1e-7.
+    pub fn adam() -> Self {
+        OptimConfig { algorithm: Algorithm::Adam, lr: 1e-3, eps: 1e-7, ..OptimConfig::default() }
+    }
+
     /// Learning rate during `epoch` (0-based) of a run of `epochs`.
     pub fn lr_at(&self, epoch: usize, epochs: usize) -> f64 {
         let default = [epochs.div_ceil(2), (3 * epochs).div_ceil(4)];
@@ -58,29 +114,61 @@ impl SgdConfig {
         if !(0.0..1.0).contains(&self.momentum) {
             return Err(Error::config(format!("momentum must be in [0,1), got {}", self.momentum)));
         }
-        if self.weight_decay < 0.0 {
+        if !(self.weight_decay >= 0.0 && self.weight_decay.is_finite()) {
             return Err(Error::config("weight_decay must be >= 0"));
+        }
+        if !(self.gamma > 0.0 && self.gamma.is_finite()) {
+            return Err(Error::config(format!(
+                "gamma (learning-rate decay factor) must be positive, got {}",
+                self.gamma
+            )));
+        }
+        if self.betas.iter().any(|b| !(0.0..1.0).contains(b)) {
+            return Err(Error::config(format!(
+                "Adam betas must be in [0,1), got {:?}",
+                self.betas
+            )));
+        }
+        if !(self.eps > 0.0 && self.eps.is_finite()) {
+            return Err(Error::config(format!("Adam eps must be positive, got {}", self.eps)));
         }
         Ok(())
     }
 }
 
-/// SGD over every trainable variable of a model.
+/// An optimiser over every trainable variable of a model.
 #[derive(Debug)]
-pub struct Sgd {
-    cfg: SgdConfig,
+pub struct Optimizer {
+    cfg: OptimConfig,
     params: Vec<(String, Tensor)>,
+    /// SGD: the momentum buffer; Adam: the first moment.
     bufs: Vec<Tensor>,
+    /// Adam: the second moment (empty for SGD).
+    sq: Vec<Tensor>,
+    /// Adam: updates taken per tensor (empty for SGD).
+    steps: Vec<i64>,
 }
 
-impl Sgd {
-    /// An optimiser for `model`'s trainable variables, with zero momentum.
-    pub fn new(model: &Model, cfg: SgdConfig) -> Self {
-        let mut params: Vec<(String, Tensor)> =
-            model.vs.variables().into_iter().filter(|(_, t)| t.requires_grad()).collect();
+impl Optimizer {
+    /// An optimiser for `model`'s trainable variables, with zero state.
+    pub fn new(model: &Model, cfg: OptimConfig) -> Self {
+        let params = model.vs.variables().into_iter().filter(|(_, t)| t.requires_grad()).collect();
+        Optimizer::over(params, cfg)
+    }
+
+    /// An optimiser for the named tensors `params` (trainable leaves), with zero state.
+    pub fn over(mut params: Vec<(String, Tensor)>, cfg: OptimConfig) -> Self {
         params.sort_by(|a, b| a.0.cmp(&b.0));
         let bufs = params.iter().map(|(_, t)| t.zeros_like()).collect();
-        Sgd { cfg, params, bufs }
+        let adam = cfg.algorithm == Algorithm::Adam;
+        let sq = if adam { params.iter().map(|(_, t)| t.zeros_like()).collect() } else { vec![] };
+        let steps = if adam { vec![0; params.len()] } else { vec![] };
+        Optimizer { cfg, params, bufs, sq, steps }
+    }
+
+    /// The settings.
+    pub fn config(&self) -> &OptimConfig {
+        &self.cfg
     }
 
     /// Clears every gradient.
@@ -90,46 +178,79 @@ impl Sgd {
         }
     }
 
-    /// One update with learning rate `lr`: d = g + wd*w; buf = m*buf + d;
-    /// w -= lr * (nesterov ? d + m*buf : buf).
+    /// One update with learning rate `lr`.
     ///
     /// Tensors that received no gradient this step (absent, or exactly zero after
-    /// [`Sgd::zero_grad`]) are left untouched, weight decay and momentum included: that is
-    /// PyTorch's `zero_grad(set_to_none=True)` behaviour, so RGN copies off the sampled routes do
-    /// not move, and a resumed run (where such gradients are absent) matches an uninterrupted one.
+    /// [`Optimizer::zero_grad`]) are left untouched, weight decay and state included: that is
+    /// PyTorch's `zero_grad(set_to_none=True)` behaviour, so RGN copies off the sampled routes
+    /// do not move, and a resumed run (where such gradients are absent) matches an
+    /// uninterrupted one.
     pub fn step(&mut self, lr: f64) {
         let _guard = tch::no_grad_guard();
-        let m = self.cfg.momentum;
-        for ((_, p), buf) in self.params.iter_mut().zip(&mut self.bufs) {
+        let c = &self.cfg;
+        for (i, ((_, p), buf)) in self.params.iter_mut().zip(&mut self.bufs).enumerate() {
             let g = p.grad();
             if !g.defined() || g.abs().max().double_value(&[]) == 0.0 {
                 continue;
             }
-            let d = if self.cfg.weight_decay != 0.0 { &g + &*p * self.cfg.weight_decay } else { g };
-            let _ = buf.g_mul_scalar_(m).g_add_(&d);
-            let upd = if self.cfg.nesterov { d + &*buf * m } else { buf.shallow_clone() };
-            let _ = p.g_sub_(&(upd * lr));
+            let d = if c.weight_decay != 0.0 { &g + &*p * c.weight_decay } else { g };
+            match c.algorithm {
+                // d = g + wd*w; buf = m*buf + d; w -= lr * (nesterov ? d + m*buf : buf).
+                Algorithm::Sgd => {
+                    let m = c.momentum;
+                    let _ = buf.g_mul_scalar_(m).g_add_(&d);
+                    let upd = if c.nesterov { d + &*buf * m } else { buf.shallow_clone() };
+                    let _ = p.g_sub_(&(upd * lr));
+                }
+                // torch.optim.Adam (single-tensor path): m = b1*m + (1-b1)*d;
+                // v = b2*v + (1-b2)*d^2; w -= lr/(1-b1^t) * m / (sqrt(v)/sqrt(1-b2^t) + eps).
+                Algorithm::Adam => {
+                    let [b1, b2] = c.betas;
+                    self.steps[i] += 1;
+                    let t = self.steps[i] as i32;
+                    let sq = &mut self.sq[i];
+                    let _ = buf.lerp_(&d, 1.0 - b1);
+                    let _ = sq.g_mul_scalar_(b2).g_add_(&(&d * &d * (1.0 - b2)));
+                    let bc1 = 1.0 - b1.powi(t);
+                    let bc2 = 1.0 - b2.powi(t);
+                    let denom = sq.sqrt() / bc2.sqrt() + c.eps;
+                    let _ = p.g_sub_(&(&*buf / denom * (lr / bc1)));
+                }
+            }
         }
     }
 
-    /// The momentum buffers as `optim.<name>` tensors.
+    /// The state as `optim.<name>` tensors (`optim.<name>.sq` and a `[step]` count
+    /// `optim.<name>.step` for Adam).
     pub fn state(&self) -> Vec<(String, Tensor)> {
-        self.params
-            .iter()
-            .zip(&self.bufs)
-            .map(|((n, _), b)| (format!("{STATE_PREFIX}{n}"), b.shallow_clone()))
-            .collect()
+        let mut out = Vec::with_capacity(self.params.len() * 3);
+        for (i, ((n, _), b)) in self.params.iter().zip(&self.bufs).enumerate() {
+            out.push((format!("{STATE_PREFIX}{n}"), b.shallow_clone()));
+            if self.cfg.algorithm == Algorithm::Adam {
+                out.push((format!("{STATE_PREFIX}{n}.sq"), self.sq[i].shallow_clone()));
+                out.push((
+                    format!("{STATE_PREFIX}{n}.step"),
+                    Tensor::from_slice(&[self.steps[i]]).to_kind(Kind::Int64),
+                ));
+            }
+        }
+        out
     }
 
-    /// Restores the momentum buffers from a checkpoint's tensors.
+    /// Restores the state from a checkpoint's tensors.
     pub fn load_state(&mut self, file: &TensorFile) -> Result<()> {
         let _guard = tch::no_grad_guard();
-        for ((n, _), b) in self.params.iter().zip(&mut self.bufs) {
-            let key = format!("{STATE_PREFIX}{n}");
-            let t = file.tensors.get(&key).ok_or_else(|| {
-                Error::config(format!("checkpoint lacks optimiser state '{key}'"))
-            })?;
-            b.copy_(t);
+        let get = |key: String| {
+            file.tensors
+                .get(&key)
+                .ok_or_else(|| Error::config(format!("checkpoint lacks optimiser state '{key}'")))
+        };
+        for (i, ((n, _), b)) in self.params.iter().zip(&mut self.bufs).enumerate() {
+            b.copy_(get(format!("{STATE_PREFIX}{n}"))?);
+            if self.cfg.algorithm == Algorithm::Adam {
+                self.sq[i].copy_(get(format!("{STATE_PREFIX}{n}.sq"))?);
+                self.steps[i] = get(format!("{STATE_PREFIX}{n}.step"))?.int64_value(&[0]);
+            }
         }
         Ok(())
     }
@@ -141,11 +262,22 @@ mod tests {
 
     #[test]
     fn milestones_default_to_half_and_three_quarters() {
-        let c = SgdConfig::default();
+        let c = OptimConfig::default();
         assert_eq!(c.lr_at(0, 200), 0.1);
         assert!((c.lr_at(100, 200) - 0.01).abs() < 1e-12);
         assert!((c.lr_at(150, 200) - 0.001).abs() < 1e-12);
-        let c = SgdConfig { milestones: vec![20, 30], lr: 1e-3, ..c };
+        let c = OptimConfig { milestones: vec![20, 30], lr: 1e-3, ..c };
         assert!((c.lr_at(25, 40) - 1e-4).abs() < 1e-15);
+    }
+
+    #[test]
+    fn config_round_trips_and_old_tables_parse() {
+        let old = "lr = 0.1\nmomentum = 0.9\nweight_decay = 0.0001\nnesterov = false\n\
+                   milestones = []\ngamma = 0.1\n";
+        assert_eq!(toml::from_str::<OptimConfig>(old).unwrap(), OptimConfig::default());
+        let a = OptimConfig::adam();
+        assert_eq!(toml::from_str::<OptimConfig>(&toml::to_string(&a).unwrap()).unwrap(), a);
+        assert!(OptimConfig { gamma: -0.1, ..a.clone() }.validate().is_err());
+        assert!(OptimConfig { gamma: 0.0, ..a }.validate().is_err());
     }
 }

@@ -30,6 +30,8 @@ pub enum Stream {
     Start,
     /// Evaluation subsets and attacks.
     Eval,
+    /// Noise augmentation of a training method (GAL's Gaussian noise).
+    Noise,
 }
 
 /// A master seed from which every stream is derived.

@@ -6,12 +6,15 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use tch::{Device, Kind, Tensor};
 
+use eio::attack::{AttackConfig, PgdConfig};
 use eio::data::{Dataset, Split};
 use eio::distill::DistillConfig;
 use eio::model::{ArchConfig, Model, ModelSpec, Route};
-use eio::optim::{Sgd, SgdConfig};
+use eio::optim::{OptimConfig, Optimizer};
 use eio::seed::Seed;
-use eio::train::eio::{cross_train_route, AdvConfig, Eio, EioConfig};
+use eio::train::adv::AdvTerm;
+use eio::train::diversify::{cross_train, distill_all};
+use eio::train::eio::{Eio, EioConfig};
 use eio::train::{fit, Batch, Method, RunDir, StepAt, TrainConfig};
 
 use crate::util::{assert_user_error, cifar_jpeg, eio, tempdir, Interrupted};
@@ -54,7 +57,10 @@ fn one_step_changes_only_the_copies_on_the_sampled_paths() {
     let configs = [
         EioConfig {
             paths: 2,
-            adv: Some(AdvConfig { steps: 2, ..Default::default() }),
+            adv: Some(AdvTerm {
+                attack: AttackConfig::Pgd(PgdConfig { steps: 2, ..AdvTerm::pgd(8.0 / 255.0) }),
+                ..Default::default()
+            }),
             ..Default::default()
         },
         EioConfig { paths: 2, distill: DistillConfig::dverge(), ..Default::default() },
@@ -65,15 +71,16 @@ fn one_step_changes_only_the_copies_on_the_sampled_paths() {
         let mut eio = Eio::new(cfg.clone()).unwrap();
         let at = StepAt { epoch: 0, step: 5, seed: Seed(2) };
         let plan = eio.plan(&model, at);
-        assert_eq!(plan.routes.len(), 2);
+        assert_eq!(plan.branches.len(), 2);
         let batch = random_batch(4);
-        let mut opt = Sgd::new(&model, SgdConfig::default());
+        let mut opt = Optimizer::new(&model, OptimConfig::default());
         opt.zero_grad();
         let st = eio.step(&model, &batch, at).unwrap();
         assert!(st.loss.is_finite() && st.seen == 2 * 4, "{st:?}");
         assert!(st.note.contains(&format!("layer {}", plan.layer)), "{}", st.note);
         opt.step(0.1);
-        let on = names_on(&model, &plan.routes);
+        let on =
+            names_on(&model, &plan.branches.iter().map(|b| b.route.clone()).collect::<Vec<_>>());
         let after = model.vs.variables();
         let mut off = 0;
         for (name, old) in &before {
@@ -128,16 +135,17 @@ fn accumulated_gradient_is_the_sum_of_per_path_gradients() {
     let eio = Eio::new(EioConfig::default()).unwrap();
     let at = StepAt { epoch: 1, step: 0, seed: Seed(3) };
     let plan = eio.plan(&model, at);
-    let p = plan.routes.len();
+    let p = plan.branches.len();
     assert!(p >= 2);
     let b = random_batch(4);
     let net = &model.nets[0];
-    let distilled = eio.distill_all(net, &plan, &b.x, &b.target.as_ref().unwrap().0, at);
+    let distilled =
+        distill_all(&model, &plan, &eio.config().distill, &b.x, &b.target.as_ref().unwrap().0, at);
 
     // All paths accumulated.
     zero_grads(&model);
     for j in 0..p {
-        cross_train_route(net, &plan.routes, j, &distilled, None, &b.y);
+        cross_train(&model, &plan.branches, j, &distilled, None, &b.y, p as f64);
     }
     let total = grads_by_name(&model);
 
@@ -146,13 +154,14 @@ fn accumulated_gradient_is_the_sum_of_per_path_gradients() {
         total.iter().map(|(k, v)| (k.clone(), v.zeros_like())).collect();
     for j in 0..p {
         zero_grads(&model);
-        cross_train_route(net, &plan.routes, j, &distilled, None, &b.y);
+        cross_train(&model, &plan.branches, j, &distilled, None, &b.y, p as f64);
         let gj = grads_by_name(&model);
         zero_grads(&model);
         let mut loss = Tensor::zeros([], (Kind::Float, Device::Cpu));
         for (i, xd) in distilled.iter().enumerate() {
             if i != j {
-                loss += net.forward(xd, &plan.routes[j], true).cross_entropy_for_logits(&b.y);
+                loss +=
+                    net.forward(xd, &plan.branches[j].route, true).cross_entropy_for_logits(&b.y);
             }
         }
         (loss / p as f64).backward();
@@ -166,12 +175,12 @@ fn accumulated_gradient_is_the_sum_of_per_path_gradients() {
     // One SGD step (fresh momentum) on the accumulated gradient: w - lr * (g + wd * w).
     zero_grads(&model);
     for j in 0..p {
-        cross_train_route(net, &plan.routes, j, &distilled, None, &b.y);
+        cross_train(&model, &plan.branches, j, &distilled, None, &b.y, p as f64);
     }
     let g = grads_by_name(&model);
     let w0 = snapshot(&model);
-    let cfg = SgdConfig::default();
-    let mut opt = Sgd::new(&model, cfg.clone());
+    let cfg = OptimConfig::default();
+    let mut opt = Optimizer::new(&model, cfg.clone());
     opt.step(0.05);
     let w1 = snapshot(&model);
     for (k, gk) in &g {
@@ -189,7 +198,7 @@ fn interrupted_diversification_resumes_exactly() {
     let test = train.first_per_class(1);
     let t =
         TrainConfig { epochs: 2, batch_size: 10, checkpoint_every: 1, ..TrainConfig::default() };
-    let o = SgdConfig { lr: 0.05, ..SgdConfig::default() };
+    let o = OptimConfig { lr: 0.05, ..OptimConfig::default() };
     let cfg = EioConfig {
         distill: DistillConfig { steps: 3, ..Default::default() },
         ..Default::default()
@@ -242,7 +251,7 @@ fn train_derive_finetune_eval_stability_through_the_cli() {
     assert!(out.contains("rgn-warmup") && out.contains(" eio on 20 training images"), "{out}");
     let cfg = std::fs::read_to_string(dir.path().join("eio/config.toml")).unwrap();
     assert!(
-        cfg.contains("[eio.distill]")
+        cfg.contains("[method.eio.distill]")
             && cfg.contains("steps = 2")
             && cfg.contains("layer_per = \"epoch\""),
         "{cfg}"
@@ -259,7 +268,7 @@ fn train_derive_finetune_eval_stability_through_the_cli() {
     args.extend(["--distill-steps", "1", "--adv", "true", "--adv-steps", "1"]);
     run(&args);
     let cfg = std::fs::read_to_string(dir.path().join("eio-init/config.toml")).unwrap();
-    assert!(cfg.starts_with("# initialised from") && cfg.contains("[eio.adv]"), "{cfg}");
+    assert!(cfg.starts_with("# initialised from") && cfg.contains("[method.eio.adv]"), "{cfg}");
 
     // Derive the best of 3 paths, fine-tune it, evaluate it.
     let model = d("eio/model.safetensors");

@@ -6,7 +6,7 @@ use eio::data::{Dataset, Split, IMAGE_BYTES};
 use eio::error::Error;
 use eio::model::io::TensorFile;
 use eio::model::{ArchConfig, Augment, Model, ModelSpec, Route, Tap};
-use eio::optim::SgdConfig;
+use eio::optim::OptimConfig;
 use eio::seed::{Seed, Stream};
 use eio::train::methods::{Independent, RgnWarmup};
 use eio::train::{fit, RunDir, TrainConfig};
@@ -19,7 +19,7 @@ fn plain() -> ModelSpec {
 }
 
 fn rgn(copies: usize, augment: Augment, share_conv: bool) -> ModelSpec {
-    ModelSpec { arch: ArchConfig { copies, augment, share_conv }, members: 1 }
+    ModelSpec { arch: ArchConfig { copies, augment, share_conv, relu_slope: 0.0 }, members: 1 }
 }
 
 /// Gives every BatchNorm non-trivial running statistics so eval-mode comparisons mean something.
@@ -206,7 +206,10 @@ fn official_import_matches_pytorch() {
     // Golden logits from `scripts/python bench/reference.py ../shared/models/eio-official-rgn.safetensors`
     // (an independent PyTorch forward over the released keys, see bench/common.py).
     let (m, _) = Model::load(&official_rgn(), Device::Cpu).unwrap();
-    assert_eq!(m.spec.arch, ArchConfig { copies: 2, augment: Augment::Conv3x3, share_conv: true });
+    assert_eq!(
+        m.spec.arch,
+        ArchConfig { copies: 2, augment: Augment::Conv3x3, share_conv: true, relu_slope: 0.0 }
+    );
     assert_eq!(m.gates(), 19);
     let x = probe_input(2);
     let cases: [(&str, [[f64; 10]; 2]); 2] = [
@@ -408,10 +411,10 @@ fn cli_user_errors_are_one_line() {
     );
 }
 
-fn tiny_cfg() -> (TrainConfig, SgdConfig) {
+fn tiny_cfg() -> (TrainConfig, OptimConfig) {
     let t =
         TrainConfig { epochs: 2, batch_size: 16, checkpoint_every: 2, ..TrainConfig::default() };
-    (t, SgdConfig { lr: 0.05, ..SgdConfig::default() })
+    (t, OptimConfig { lr: 0.05, ..OptimConfig::default() })
 }
 
 #[test]
@@ -484,7 +487,7 @@ fn one_epoch_on_2000_images_beats_chance() {
         seed: 2,
         ..TrainConfig::default()
     };
-    let o = SgdConfig { lr: 0.01, ..SgdConfig::default() };
+    let o = OptimConfig { lr: 0.01, ..OptimConfig::default() };
     let dir = tempdir();
     let run = RunDir { dir: dir.path().to_path_buf(), resume: false, force: true };
     let mut m = Model::new(&plain(), Device::Cpu, Seed(t.seed)).unwrap();

@@ -3,4 +3,5 @@
 mod attack;
 mod eio_train;
 mod foundation;
+mod golden;
 mod util;

@@ -10,7 +10,7 @@ use tch::{Kind, Tensor};
 use super::DeviceArg;
 use eio::attack::{Attack, PgdConfig};
 use eio::model::{ArchConfig, Model, ModelSpec, Route, Target};
-use eio::optim::{Sgd, SgdConfig};
+use eio::optim::{OptimConfig, Optimizer};
 use eio::seed::{Seed, Stream};
 
 #[derive(Debug, Args)]
@@ -65,7 +65,7 @@ pub fn run(a: BenchArgs) -> Result<()> {
         tch::manual_seed(0);
         let x = Tensor::rand([a.batch_size as i64, 3, 32, 32], (Kind::Float, device));
         let y = Tensor::randint(10, [a.batch_size as i64], (Kind::Int64, device));
-        let mut opt = Sgd::new(&model, SgdConfig::default());
+        let mut opt = Optimizer::new(&model, OptimConfig::default());
         let copies = model.spec.arch.copies;
         let gates = model.gates();
         let train = time_ms(a.iters, device, || {

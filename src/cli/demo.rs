@@ -12,7 +12,7 @@ use eio::data::Split;
 use eio::eval::accuracy;
 use eio::model::io::write_atomic;
 use eio::model::{ArchConfig, Model, ModelSpec, Route, Routing, Target};
-use eio::optim::SgdConfig;
+use eio::optim::OptimConfig;
 use eio::seed::{Seed, Stream};
 use eio::train::methods::{Independent, RgnWarmup};
 use eio::train::{fit, Method, RunDir, TrainConfig};
@@ -72,7 +72,7 @@ pub fn run(a: DemoArgs) -> Result<()> {
         test_per_class: Some(a.test_per_class),
         ..TrainConfig::default()
     };
-    let sgd = SgdConfig::default();
+    let sgd = OptimConfig::default();
     let train_one = |name: &str, spec: ModelSpec, method: &mut dyn Method| -> Result<Model> {
         eprintln!("== {name} ==");
         let run = RunDir { dir: a.out.join(name), resume: true, force: false };

@@ -145,6 +145,11 @@ pub fn positive(s: &str) -> std::result::Result<usize, String> {
     }
 }
 
+/// Parses a flag value with the library's `FromStr` (its error names the accepted values).
+pub fn parsed<T: std::str::FromStr<Err = eio::Error>>(s: &str) -> std::result::Result<T, String> {
+    s.parse().map_err(|e: eio::Error| e.to_string())
+}
+
 /// Refuses to replace an existing output file unless `force`.
 pub fn check_new_output(path: &Path, force: bool) -> Result<()> {
     if path.exists() && !force {

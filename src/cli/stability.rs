@@ -14,8 +14,7 @@ use anyhow::{bail, Context, Result};
 use clap::Args;
 use serde::{Deserialize, Serialize};
 
-use super::config::resolve;
-use super::train::{FinetuneConfig, TrainFlags};
+use super::train::TrainFlags;
 use super::{write_json, DataArgs, DeviceArg};
 use eio::data::{Dataset, Split};
 use eio::eval::whitebox::{whitebox, WhiteboxConfig};
@@ -236,16 +235,20 @@ pub fn run(a: StabilityArgs) -> Result<()> {
                 checkpoint_every: a.checkpoint_every,
                 ..Default::default()
             };
-            let (cfg, text) = resolve::<FinetuneConfig>(
+            let mut cfg = eio::train::config::resolve(
+                &eio::train::TrainSpec::finetune(),
                 a.finetune_config.as_deref(),
                 &FinetuneOverrides { train: &flags },
             )?;
-            let text = format!("# fine-tuning {}\n{text}", derived.display());
+            let (mut model, _) = Model::load(&derived, device)?;
+            cfg.members = model.spec.members;
+            cfg.arch = model.spec.arch.clone();
+            cfg.validate()?;
+            let text = format!("# fine-tuning {}\n{}", derived.display(), cfg.to_toml()?);
             if train_set.is_none() {
                 train_set = Some(a.data.load(Split::Train, cfg.train.train_per_class)?);
             }
             let ft = RunDir { dir: dir.join("finetune"), resume: true, force: false };
-            let (mut model, _) = Model::load(&derived, device)?;
             let ft_test = test.clone();
             let train = train_set.as_ref().expect("loaded above");
             fit(&mut model, &mut Independent, &cfg.train, &cfg.optim, &text, train, &ft_test, &ft)?;

@@ -1,34 +1,58 @@
-//! `eio train ...` and `eio finetune`.
+//! `eio train <method>` and `eio finetune`: flags -> [`TrainSpec`] -> [`fit`].
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Result};
 use clap::{Args, Subcommand};
-use serde::{Deserialize, Serialize};
+use serde::Serialize;
 
-use super::config::resolve;
 use super::{DataArgs, DeviceArg};
+use eio::attack::AttackConfig;
 use eio::data::Split;
-use eio::model::{ArchConfig, Augment, Model, ModelSpec};
-use eio::optim::SgdConfig;
+use eio::model::{Augment, Model};
 use eio::seed::Seed;
-use eio::train::eio::{Eio, EioConfig, LayerPer};
-use eio::train::methods::{Independent, RgnWarmup};
-use eio::train::{fit, Method, RunDir, TrainConfig};
+use eio::train::adp::AdpConfig;
+use eio::train::adv::AdvTerm;
+use eio::train::config::resolve;
+use eio::train::diversify::LayerPer;
+use eio::train::dverge::DvergeConfig;
+use eio::train::eio::EioConfig;
+use eio::train::gal::GalConfig;
+use eio::train::trs::TrsConfig;
+use eio::train::{fit, MethodConfig, RunDir, TrainSpec};
 
 #[derive(Debug, Subcommand)]
 pub enum TrainCommand {
     /// ResNet-20, or an ensemble of N independently trained ones (SGD 0.1, momentum 0.9,
     /// wd 1e-4, x0.1 at 50% and 75% of the epochs, crop+flip augmentation).
-    Baseline(BaselineArgs),
+    Baseline(MethodArgs<NoFlags>),
     /// Warm up a Random Gated Network: a fresh uniformly random path per batch, clean data
     /// (paper Alg. 1, lines 1-7).
-    RgnWarmup(RgnWarmupArgs),
+    RgnWarmup(MethodArgs<NoFlags>),
     /// Ensemble-in-One vulnerability diversification of an RGN (paper Alg. 1, lines 8-26):
     /// per batch a distillation layer, p paths with distinct gate prefixes, feature-distilled
     /// data per path, round-robin cross-training, one optimiser step. Starts from --init (a
     /// warm-up model or checkpoint), or warms up first for --warmup-epochs into OUT/warmup.
-    Eio(Box<EioArgs>),
+    Eio(Box<MethodArgs<EioFlags>>),
+    /// DVERGE (Yang et al. 2020): every member distils its non-robust features and trains on
+    /// the other members' distilled batches (layer drawn per epoch, DVERGE distillation, one
+    /// SGD per member). Starts from a trained baseline ensemble (--init), or trains one first
+    /// for --warmup-epochs into OUT/warmup. --adv true gives DVERGE+AdvT.
+    Dverge(Box<MethodArgs<DvergeFlags>>),
+    /// ADP (Pang et al. 2019): sum of CE - alpha * ensemble entropy - beta * log-det of the
+    /// members' non-maximal predictions; Adam lr 1e-3. --adv true gives ADP+AdvT.
+    Adp(Box<MethodArgs<AdpFlags>>),
+    /// GAL (Kariyappa & Qureshi 2019): mean CE + lambda * log-sum-exp of the pairwise cosine
+    /// similarities of the members' input gradients (double backprop); leaky ReLU 0.1, Gaussian
+    /// noise augmentation; Adam lr 1e-3. --adv true gives GAL+AdvT.
+    Gal(Box<MethodArgs<GalFlags>>),
+    /// TRS (Yang et al. 2021): sum of CE + scale * (coeff * gradient similarity + lamda *
+    /// gradient magnitude on a PGD vicinity); Adam lr 1e-3.
+    Trs(Box<MethodArgs<TrsFlags>>),
+    /// PGD adversarial training (Madry et al. 2018) of one ResNet-20 or an ensemble: every
+    /// member trains on PGD examples (8/255, step 2/255, 10 steps, random start) made against
+    /// the whole model.
+    Adv(Box<MethodArgs<AdvOnlyFlags>>),
 }
 
 /// Flags every training run takes (not part of the configuration).
@@ -43,7 +67,8 @@ pub struct RunArgs {
     /// Start over even if --out holds a run.
     #[arg(long, conflicts_with = "resume")]
     pub force: bool,
-    /// TOML configuration ([train], [optim], ... tables); flags override it.
+    /// TOML configuration (warmup_epochs, members, [arch], [train], [optim], [method.<name>]);
+    /// flags override it.
     #[arg(long, value_name = "FILE")]
     pub config: Option<PathBuf>,
     /// Where to compute.
@@ -59,7 +84,7 @@ impl RunArgs {
     }
 }
 
-/// Overrides of [`TrainConfig`].
+/// Overrides of [`eio::train::TrainConfig`].
 #[derive(Debug, Default, Args, Serialize)]
 pub struct TrainFlags {
     /// Master seed of every random choice.
@@ -92,9 +117,13 @@ pub struct TrainFlags {
     pub augment: Option<bool>,
 }
 
-/// Overrides of [`SgdConfig`].
+/// Overrides of [`eio::optim::OptimConfig`].
 #[derive(Debug, Default, Args, Serialize)]
 pub struct OptimFlags {
+    /// Update rule: sgd or adam (default: the method's).
+    #[arg(long = "optimizer", id = "optimizer", value_name = "sgd|adam", value_parser = super::parsed::<eio::optim::Algorithm>)]
+    #[serde(rename = "algorithm", skip_serializing_if = "Option::is_none")]
+    pub algorithm: Option<eio::optim::Algorithm>,
     /// Initial learning rate.
     #[arg(long)]
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -115,13 +144,25 @@ pub struct OptimFlags {
     #[arg(long, value_delimiter = ',')]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub milestones: Option<Vec<usize>>,
-    /// Learning-rate decay factor.
+    /// Learning-rate decay factor (> 0).
     #[arg(long)]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub gamma: Option<f64>,
 }
 
-/// Overrides of [`ArchConfig`].
+/// Overrides of the model: ensemble size and [`eio::model::ArchConfig`].
+#[derive(Debug, Default, Args, Serialize)]
+pub struct ModelFlags {
+    /// Number of member networks (ensembles; default: 1, or 3 for DVERGE, ADP, GAL and TRS).
+    #[arg(long, value_parser = super::positive)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub members: Option<usize>,
+    #[command(flatten)]
+    #[serde(rename = "arch")]
+    pub arch: ArchFlags,
+}
+
+/// Overrides of [`eio::model::ArchConfig`].
 #[derive(Debug, Default, Args, Serialize)]
 pub struct ArchFlags {
     /// Copies per Random Gated Block (augmentation factor n).
@@ -129,263 +170,57 @@ pub struct ArchFlags {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub copies: Option<usize>,
     /// Gated layers: all (21), conv3x3 (19), top<k> (first k of 21), none.
-    #[arg(long, value_parser = parse_augment)]
+    #[arg(long, value_parser = super::parsed::<Augment>)]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub augment: Option<Augment>,
     /// Copies share the conv weight and differ in BatchNorm only (released-code variant).
     #[arg(long)]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub share_conv: Option<bool>,
-}
-
-fn parse_augment(s: &str) -> std::result::Result<Augment, String> {
-    s.parse().map_err(|e: eio::Error| e.to_string())
-}
-
-/// `eio train baseline` configuration file.
-#[derive(Debug, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct BaselineConfig {
-    /// Number of independently trained ResNet-20s.
-    pub members: usize,
-    /// Loop settings.
-    pub train: TrainConfig,
-    /// Optimiser.
-    pub optim: SgdConfig,
-}
-
-impl Default for BaselineConfig {
-    fn default() -> Self {
-        BaselineConfig { members: 1, train: TrainConfig::default(), optim: SgdConfig::default() }
-    }
-}
-
-#[derive(Debug, Args)]
-pub struct BaselineArgs {
-    #[command(flatten)]
-    run: RunArgs,
-    /// Number of independently trained ResNet-20s.
-    #[arg(long, value_parser = super::positive)]
-    members: Option<usize>,
-    #[command(flatten)]
-    train: TrainFlags,
-    #[command(flatten)]
-    optim: OptimFlags,
-}
-
-#[derive(Serialize)]
-struct BaselineOverrides<'a> {
+    /// Negative slope of leaky-ReLU activations (0 = ReLU; GAL's default 0.1).
+    #[arg(long)]
     #[serde(skip_serializing_if = "Option::is_none")]
-    members: Option<usize>,
-    train: &'a TrainFlags,
-    optim: &'a OptimFlags,
+    pub relu_slope: Option<f64>,
 }
 
-/// `eio train rgn-warmup` configuration file.
-#[derive(Debug, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct WarmupConfig {
-    /// The RGN.
-    pub arch: ArchConfig,
-    /// Loop settings.
-    pub train: TrainConfig,
-    /// Optimiser.
-    pub optim: SgdConfig,
-}
-
-impl Default for WarmupConfig {
-    fn default() -> Self {
-        WarmupConfig {
-            arch: ArchConfig::rgn(2),
-            train: TrainConfig::default(),
-            optim: SgdConfig::default(),
-        }
+/// A method's own flags: the TOML table they override, and their adversarial-term flags.
+pub trait MethodFlags: Args + Serialize {
+    /// The method's default settings.
+    fn method() -> MethodConfig;
+    /// The adversarial-training flags, for methods that have them.
+    fn adv(&self) -> Option<&AdvFlags> {
+        None
     }
+    /// True when no flag was given (nothing to override).
+    fn is_empty(&self) -> bool;
 }
 
+/// The flags of a `eio train <method>` command.
 #[derive(Debug, Args)]
-pub struct RgnWarmupArgs {
-    #[command(flatten)]
-    run: RunArgs,
-    #[command(flatten)]
-    arch: ArchFlags,
-    #[command(flatten)]
-    train: TrainFlags,
-    #[command(flatten)]
-    optim: OptimFlags,
-}
-
-#[derive(Serialize)]
-struct WarmupOverrides<'a> {
-    arch: &'a ArchFlags,
-    train: &'a TrainFlags,
-    optim: &'a OptimFlags,
-}
-
-/// Trains `spec` from scratch (or resumes) with `method`.
-pub fn train_new(
-    run: &RunArgs,
-    spec: &ModelSpec,
-    method: &mut dyn Method,
-    train: &TrainConfig,
-    optim: &SgdConfig,
-    text: &str,
-) -> Result<()> {
-    let device = run.device.device()?;
-    let mut model = Model::new(spec, device, Seed(train.seed))?;
-    train_model(run, &mut model, method, train, optim, text)
-}
-
-/// Trains an existing `model` (or resumes its run) with `method`.
-pub fn train_model(
-    run: &RunArgs,
-    model: &mut Model,
-    method: &mut dyn Method,
-    train: &TrainConfig,
-    optim: &SgdConfig,
-    text: &str,
-) -> Result<()> {
-    train.validate()?;
-    optim.validate()?;
-    let train_set = run.data.load(Split::Train, train.train_per_class)?;
-    let test_set = run.data.load(Split::Test, train.test_per_class)?;
-    fit(model, method, train, optim, text, &train_set, &test_set, &run.run_dir())?;
-    Ok(())
-}
-
-pub fn run(cmd: TrainCommand) -> Result<()> {
-    match cmd {
-        TrainCommand::Eio(a) => train_eio(*a),
-        TrainCommand::Baseline(a) => {
-            let o = BaselineOverrides { members: a.members, train: &a.train, optim: &a.optim };
-            let (cfg, text) = resolve::<BaselineConfig>(a.run.config.as_deref(), &o)?;
-            if cfg.members == 0 {
-                bail!("--members must be at least 1");
-            }
-            let spec = ModelSpec { arch: ArchConfig::plain(), members: cfg.members };
-            train_new(&a.run, &spec, &mut Independent, &cfg.train, &cfg.optim, &text)
-        }
-        TrainCommand::RgnWarmup(a) => {
-            let o = WarmupOverrides { arch: &a.arch, train: &a.train, optim: &a.optim };
-            let (cfg, text) = resolve::<WarmupConfig>(a.run.config.as_deref(), &o)?;
-            cfg.arch.validate()?;
-            if cfg.arch.is_plain() {
-                bail!("rgn-warmup needs gated blocks: --copies >= 2 and --augment other than none");
-            }
-            let spec = ModelSpec { arch: cfg.arch.clone(), members: 1 };
-            train_new(&a.run, &spec, &mut RgnWarmup, &cfg.train, &cfg.optim, &text)
-        }
-    }
-}
-
-/// `eio finetune` configuration file.
-#[derive(Debug, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct FinetuneConfig {
-    /// Loop settings.
-    pub train: TrainConfig,
-    /// Optimiser.
-    pub optim: SgdConfig,
-}
-
-impl Default for FinetuneConfig {
-    fn default() -> Self {
-        FinetuneConfig {
-            train: TrainConfig { epochs: 40, ..TrainConfig::default() },
-            optim: SgdConfig { lr: 1e-3, ..SgdConfig::default() },
-        }
-    }
-}
-
-#[derive(Debug, Args)]
-pub struct FinetuneArgs {
-    /// The plain model (or ensemble of plain models) to fine-tune, e.g. from `eio derive`.
+pub struct MethodArgs<F: MethodFlags> {
+    /// Start from this model file or checkpoint (its architecture and ensemble size must match
+    /// the configuration): the warm-up model for eio, the baseline ensemble for dverge.
     #[arg(long, value_name = "FILE")]
-    model: PathBuf,
+    init: Option<PathBuf>,
+    /// Without --init: epochs of the warm-up run first into OUT/warmup (RGN warm-up for eio,
+    /// baseline training for dverge; 0 = none).
+    #[arg(long, value_name = "N")]
+    warmup_epochs: Option<usize>,
     #[command(flatten)]
     run: RunArgs,
+    #[command(flatten)]
+    model: ModelFlags,
     #[command(flatten)]
     train: TrainFlags,
     #[command(flatten)]
     optim: OptimFlags,
+    #[command(flatten)]
+    method: F,
 }
 
-#[derive(Serialize)]
-struct FinetuneOverrides<'a> {
-    train: &'a TrainFlags,
-    optim: &'a OptimFlags,
-}
-
-pub fn finetune(a: FinetuneArgs) -> Result<()> {
-    let o = FinetuneOverrides { train: &a.train, optim: &a.optim };
-    let (cfg, text) = resolve::<FinetuneConfig>(a.run.config.as_deref(), &o)?;
-    let text = format!("# fine-tuning {}\n{text}", a.model.display());
-    let (mut model, _) = Model::load(&a.model, a.run.device.device()?)?;
-    if !model.spec.arch.is_plain() {
-        bail!(
-            "{}: fine-tune a plain model; derive one from the RGN first (eio derive)",
-            a.model.display()
-        );
-    }
-    train_model(&a.run, &mut model, &mut Independent, &cfg.train, &cfg.optim, &text)
-}
-
-/// `eio train eio` configuration file.
-#[derive(Debug, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct EioTrainConfig {
-    /// Without --init: warm-up epochs (random path per batch, clean data) run first, into
-    /// OUT/warmup, with the same [train] (but this many epochs) and [optim] settings; 0 = start
-    /// diversification from a freshly initialised RGN.
-    pub warmup_epochs: usize,
-    /// The RGN (must match the --init model).
-    pub arch: ArchConfig,
-    /// Loop settings.
-    pub train: TrainConfig,
-    /// Optimiser.
-    pub optim: SgdConfig,
-    /// Vulnerability diversification.
-    pub eio: EioConfig,
-}
-
-impl Default for EioTrainConfig {
-    fn default() -> Self {
-        EioTrainConfig {
-            warmup_epochs: 0,
-            arch: ArchConfig::rgn(2),
-            train: TrainConfig::default(),
-            optim: SgdConfig::default(),
-            eio: EioConfig::default(),
-        }
-    }
-}
-
-/// Overrides of [`EioConfig`] and of its distillation and adversarial-training settings.
+/// No method flags.
 #[derive(Debug, Default, Args, Serialize)]
-pub struct EioFlags {
-    /// Paths sampled per batch (p).
-    #[arg(long, value_name = "P", value_parser = super::positive)]
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub paths: Option<usize>,
-    /// Redraw the distillation layer every batch (EIO code) or every epoch (DVERGE).
-    #[arg(long, value_parser = parse_layer_per, value_name = "batch|epoch")]
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub layer_per: Option<LayerPer>,
-    /// Always distil at this feature layer (1..=20) instead of drawing it.
-    #[arg(long, value_name = "L")]
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub layer: Option<usize>,
-    #[command(flatten)]
-    #[serde(skip_serializing_if = "DistillFlags::is_empty")]
-    pub distill: DistillFlags,
-    #[command(flatten)]
-    #[serde(skip_serializing_if = "AdvFlags::is_empty")]
-    pub adv: AdvFlags,
-}
-
-fn parse_layer_per(s: &str) -> std::result::Result<LayerPer, String> {
-    s.parse().map_err(|e: eio::Error| e.to_string())
-}
+pub struct NoFlags {}
 
 /// Overrides of [`eio::distill::DistillConfig`].
 #[derive(Debug, Default, Args, Serialize)]
@@ -432,145 +267,463 @@ impl DistillFlags {
     }
 }
 
-/// Overrides of the adversarial-training term (Eq. 5). Any --adv-* flag turns it on.
+/// The adversarial-training term ("+AdvT"). Any --adv-* flag turns it on; the flags change the
+/// configured term, or the default one (PGD 8/255, step 2/255, 10 steps, random start,
+/// train-mode BatchNorm).
 #[derive(Debug, Default, Args, Serialize)]
 pub struct AdvFlags {
-    /// Add CE on PGD examples made against each sampled path (Eq. 5; default PGD: eps 8/255,
-    /// step 2/255, 10 steps, random start, train-mode BatchNorm). false removes a configured one.
+    /// Add CE on PGD examples (EIO/DVERGE: against each path/member; ADP/GAL: against the
+    /// ensemble). false removes a configured one.
     #[arg(id = "adv", long = "adv", value_name = "BOOL")]
     #[serde(skip)]
     pub on: Option<bool>,
     /// PGD radius of the adversarial term.
     #[arg(id = "adv_eps", long = "adv-eps", value_name = "EPS")]
-    #[serde(skip_serializing_if = "Option::is_none")]
+    #[serde(skip)]
     pub eps: Option<f64>,
     /// PGD step size of the adversarial term.
     #[arg(id = "adv_step_size", long = "adv-step-size", value_name = "S")]
-    #[serde(skip_serializing_if = "Option::is_none")]
+    #[serde(skip)]
     pub step_size: Option<f64>,
     /// PGD steps of the adversarial term.
     #[arg(id = "adv_steps", long = "adv-steps", value_name = "N", value_parser = super::positive)]
-    #[serde(skip_serializing_if = "Option::is_none")]
+    #[serde(skip)]
     pub steps: Option<usize>,
     /// Random start of the adversarial term's PGD.
     #[arg(id = "adv_random_start", long = "adv-random-start", value_name = "BOOL")]
-    #[serde(skip_serializing_if = "Option::is_none")]
+    #[serde(skip)]
     pub random_start: Option<bool>,
     /// BatchNorm in train mode while crafting the adversarial examples.
     #[arg(id = "adv_bn_train", long = "adv-bn-train", value_name = "BOOL")]
-    #[serde(skip_serializing_if = "Option::is_none")]
+    #[serde(skip)]
     pub bn_train: Option<bool>,
 }
 
 impl AdvFlags {
-    /// True when no flag turns the term on or changes it (`--adv false` alone counts as empty:
-    /// it is applied after the merge).
+    fn changes(&self) -> bool {
+        self.eps.is_some()
+            || self.step_size.is_some()
+            || self.steps.is_some()
+            || self.random_start.is_some()
+            || self.bn_train.is_some()
+    }
+
+    /// The term after these flags: `--adv false` removes it; `--adv true` or any other flag
+    /// turns it on (starting from the configured term, else the default).
+    pub fn apply(&self, term: Option<AdvTerm>) -> Result<Option<AdvTerm>> {
+        if self.on == Some(false) {
+            if self.changes() {
+                bail!("--adv false contradicts the --adv-* flags given with it");
+            }
+            return Ok(None);
+        }
+        if self.on != Some(true) && !self.changes() {
+            return Ok(term);
+        }
+        let mut t = term.unwrap_or_default();
+        if let Some(b) = self.bn_train {
+            t.bn_train = b;
+        }
+        let AttackConfig::Pgd(p) = &mut t.attack else {
+            if self.changes() {
+                bail!("--adv-eps/--adv-step-size/--adv-steps/--adv-random-start set a PGD term; the configured term is not PGD");
+            }
+            return Ok(Some(t));
+        };
+        if let Some(e) = self.eps {
+            p.eps = e;
+            p.step_size = e / 4.0;
+        }
+        if let Some(s) = self.step_size {
+            p.step_size = s;
+        }
+        if let Some(n) = self.steps {
+            p.steps = n;
+        }
+        if let Some(r) = self.random_start {
+            p.random_start = r;
+        }
+        t.validate()?;
+        Ok(Some(t))
+    }
+}
+
+/// Shared flags of the two diversification methods.
+#[derive(Debug, Default, Args, Serialize)]
+pub struct LayerFlags {
+    /// Redraw the distillation layer every batch (EIO code) or every epoch (DVERGE).
+    #[arg(long, value_parser = super::parsed::<LayerPer>, value_name = "batch|epoch")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub layer_per: Option<LayerPer>,
+    /// Always distil at this feature layer (1..=20) instead of drawing it.
+    #[arg(long, value_name = "L")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub layer: Option<usize>,
+}
+
+/// Overrides of [`EioConfig`].
+#[derive(Debug, Default, Args, Serialize)]
+pub struct EioFlags {
+    /// Paths sampled per batch (p).
+    #[arg(long, value_name = "P", value_parser = super::positive)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub paths: Option<usize>,
+    #[command(flatten)]
+    #[serde(flatten)]
+    pub layer: LayerFlags,
+    #[command(flatten)]
+    #[serde(skip_serializing_if = "DistillFlags::is_empty")]
+    pub distill: DistillFlags,
+    #[command(flatten)]
+    #[serde(skip)]
+    pub adv: AdvFlags,
+}
+
+impl MethodFlags for EioFlags {
+    fn method() -> MethodConfig {
+        MethodConfig::Eio(EioConfig::default())
+    }
+    fn adv(&self) -> Option<&AdvFlags> {
+        Some(&self.adv)
+    }
     fn is_empty(&self) -> bool {
-        self.on != Some(true)
-            && self.eps.is_none()
-            && self.step_size.is_none()
+        self.paths.is_none()
+            && self.layer.layer_per.is_none()
+            && self.layer.layer.is_none()
+            && self.distill.is_empty()
+    }
+}
+
+/// Overrides of [`DvergeConfig`].
+#[derive(Debug, Default, Args, Serialize)]
+pub struct DvergeFlags {
+    #[command(flatten)]
+    #[serde(flatten)]
+    pub layer: LayerFlags,
+    #[command(flatten)]
+    #[serde(skip_serializing_if = "DistillFlags::is_empty")]
+    pub distill: DistillFlags,
+    #[command(flatten)]
+    #[serde(skip)]
+    pub adv: AdvFlags,
+}
+
+impl MethodFlags for DvergeFlags {
+    fn method() -> MethodConfig {
+        MethodConfig::Dverge(DvergeConfig::default())
+    }
+    fn adv(&self) -> Option<&AdvFlags> {
+        Some(&self.adv)
+    }
+    fn is_empty(&self) -> bool {
+        self.layer.layer_per.is_none() && self.layer.layer.is_none() && self.distill.is_empty()
+    }
+}
+
+/// Overrides of [`AdpConfig`].
+#[derive(Debug, Default, Args, Serialize)]
+pub struct AdpFlags {
+    /// Weight of the ensemble entropy.
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub alpha: Option<f64>,
+    /// Weight of the log-determinant of the non-maximal predictions.
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub beta: Option<f64>,
+    /// Offset added to the diagonal before the log-determinant.
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub det_offset: Option<f64>,
+    #[command(flatten)]
+    #[serde(skip)]
+    pub adv: AdvFlags,
+}
+
+impl MethodFlags for AdpFlags {
+    fn method() -> MethodConfig {
+        MethodConfig::Adp(AdpConfig::default())
+    }
+    fn adv(&self) -> Option<&AdvFlags> {
+        Some(&self.adv)
+    }
+    fn is_empty(&self) -> bool {
+        self.alpha.is_none() && self.beta.is_none() && self.det_offset.is_none()
+    }
+}
+
+/// Overrides of [`GalConfig`].
+#[derive(Debug, Default, Args, Serialize)]
+pub struct GalFlags {
+    /// Weight of the gradient-coherence term.
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub lambda: Option<f64>,
+    /// Standard deviation of the Gaussian-noise augmentation (0 = off).
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub noise_std: Option<f64>,
+    /// Probability that an image gets noise.
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub noise_prob: Option<f64>,
+    #[command(flatten)]
+    #[serde(skip)]
+    pub adv: AdvFlags,
+}
+
+impl MethodFlags for GalFlags {
+    fn method() -> MethodConfig {
+        MethodConfig::Gal(GalConfig::default())
+    }
+    fn adv(&self) -> Option<&AdvFlags> {
+        Some(&self.adv)
+    }
+    fn is_empty(&self) -> bool {
+        self.lambda.is_none() && self.noise_std.is_none() && self.noise_prob.is_none()
+    }
+}
+
+/// Overrides of [`TrsConfig`].
+#[derive(Debug, Default, Args, Serialize)]
+pub struct TrsFlags {
+    /// Weight of the gradient-similarity term.
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub coeff: Option<f64>,
+    /// Weight of the smoothness term.
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub lamda: Option<f64>,
+    /// Overall weight of both regularisers.
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub scale: Option<f64>,
+    /// Smoothness on the PGD vicinity batch (true, the published setting) or on clean inputs.
+    #[arg(long, value_name = "BOOL")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub vicinity: Option<bool>,
+    /// Vicinity radius at the first epoch.
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub init_eps: Option<f64>,
+    /// Vicinity radius reached at the last epoch.
+    #[arg(long = "vicinity-eps", id = "vicinity_eps")]
+    #[serde(rename = "adv_eps", skip_serializing_if = "Option::is_none")]
+    pub adv_eps: Option<f64>,
+    /// Steps of the vicinity PGD.
+    #[arg(long = "vicinity-steps", id = "vicinity_steps", value_parser = super::positive)]
+    #[serde(rename = "steps", skip_serializing_if = "Option::is_none")]
+    pub steps: Option<usize>,
+}
+
+impl MethodFlags for TrsFlags {
+    fn method() -> MethodConfig {
+        MethodConfig::Trs(TrsConfig::default())
+    }
+    fn is_empty(&self) -> bool {
+        self.coeff.is_none()
+            && self.lamda.is_none()
+            && self.scale.is_none()
+            && self.vicinity.is_none()
+            && self.init_eps.is_none()
+            && self.adv_eps.is_none()
             && self.steps.is_none()
-            && self.random_start.is_none()
-            && self.bn_train.is_none()
+    }
+}
+
+/// Flags of `eio train adv`: the attack it trains on.
+#[derive(Debug, Default, Args, Serialize)]
+pub struct AdvOnlyFlags {
+    #[command(flatten)]
+    #[serde(skip)]
+    pub adv: AdvFlags,
+}
+
+impl MethodFlags for AdvOnlyFlags {
+    fn method() -> MethodConfig {
+        MethodConfig::Adv(AdvTerm::default())
+    }
+    fn adv(&self) -> Option<&AdvFlags> {
+        Some(&self.adv)
+    }
+    fn is_empty(&self) -> bool {
+        true
+    }
+}
+
+impl MethodFlags for NoFlags {
+    fn method() -> MethodConfig {
+        MethodConfig::Baseline
+    }
+    fn is_empty(&self) -> bool {
+        true
+    }
+}
+
+#[derive(Serialize)]
+struct Overrides<'a> {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    warmup_epochs: Option<usize>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    members: Option<usize>,
+    arch: &'a ArchFlags,
+    train: &'a TrainFlags,
+    optim: &'a OptimFlags,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    method: Option<toml::Table>,
+}
+
+/// The configuration a command's flags ask for, on top of `base` and the --config file.
+fn spec_of<F: MethodFlags>(a: &MethodArgs<F>, base: MethodConfig) -> Result<TrainSpec> {
+    let name = base.name();
+    let method = (!a.method.is_empty())
+        .then(|| -> Result<toml::Table> {
+            let mut t = toml::Table::new();
+            t.insert(name.into(), toml::Value::try_from(&a.method)?);
+            Ok(t)
+        })
+        .transpose()?;
+    let o = Overrides {
+        warmup_epochs: a.warmup_epochs,
+        members: a.model.members,
+        arch: &a.model.arch,
+        train: &a.train,
+        optim: &a.optim,
+        method,
+    };
+    let mut spec = resolve(&TrainSpec::defaults(base), a.run.config.as_deref(), &o)?;
+    if spec.method.name() != name {
+        bail!(
+            "{}: configures method '{}', but this is `eio train {name}`",
+            a.run.config.as_deref().map_or("--config".into(), |p| p.display().to_string()),
+            spec.method.name()
+        );
+    }
+    if let Some(flags) = a.method.adv() {
+        match &mut spec.method {
+            MethodConfig::Adv(t) => match flags.apply(Some(t.clone()))? {
+                Some(n) => *t = n,
+                None => bail!("--adv false: `eio train adv` is adversarial training"),
+            },
+            m => {
+                let slot = m.adv_mut().expect("methods with --adv flags have a term");
+                *slot = flags.apply(slot.take())?;
+            }
+        }
+    }
+    spec.validate()?;
+    Ok(spec)
+}
+
+/// Trains the model of `spec` (from `init`, after its warm-up, or fresh) into `run`.
+fn train(run: &RunArgs, init: Option<&Path>, spec: &TrainSpec) -> Result<()> {
+    let device = run.device.device()?;
+    let mut text = spec.to_toml()?;
+    let mut model = match (init, spec.warmup()) {
+        (Some(_), Some(_)) => {
+            bail!("--init starts from a trained model: drop --warmup-epochs / warmup_epochs")
+        }
+        (Some(init), None) => {
+            let (model, _) = Model::load(init, device)?;
+            if model.spec != spec.model_spec() {
+                bail!(
+                    "{} holds {} but the configuration asks for {}: pass matching --members / \
+                     --copies / --augment / --share-conv / --relu-slope (or a config that matches)",
+                    init.display(),
+                    eio::model::io::describe(&model.spec),
+                    eio::model::io::describe(&spec.model_spec())
+                );
+            }
+            text = format!("# initialised from {}\n{text}", init.display());
+            model
+        }
+        (None, Some(warm)) => {
+            let wrun = RunDir { dir: run.out.join("warmup"), resume: run.resume, force: run.force };
+            fit_spec(
+                run,
+                &warm,
+                &mut Model::new(&warm.model_spec(), device, Seed(warm.train.seed))?,
+                &wrun,
+                &warm.to_toml()?,
+            )?;
+            Model::load(&wrun.model(), device)?.0
+        }
+        (None, None) => Model::new(&spec.model_spec(), device, Seed(spec.train.seed))?,
+    };
+    fit_spec(run, spec, &mut model, &run.run_dir(), &text)
+}
+
+fn fit_spec(
+    run: &RunArgs,
+    spec: &TrainSpec,
+    model: &mut Model,
+    dir: &RunDir,
+    text: &str,
+) -> Result<()> {
+    let train_set = run.data.load(Split::Train, spec.train.train_per_class)?;
+    let test_set = run.data.load(Split::Test, spec.train.test_per_class)?;
+    let mut method = spec.build()?;
+    fit(model, method.as_mut(), &spec.train, &spec.optim, text, &train_set, &test_set, dir)?;
+    Ok(())
+}
+
+fn command<F: MethodFlags>(a: &MethodArgs<F>, base: MethodConfig) -> Result<()> {
+    let spec = spec_of(a, base)?;
+    train(&a.run, a.init.as_deref(), &spec)
+}
+
+pub fn run(cmd: TrainCommand) -> Result<()> {
+    match cmd {
+        TrainCommand::Baseline(a) => command(&a, MethodConfig::Baseline),
+        TrainCommand::RgnWarmup(a) => command(&a, MethodConfig::RgnWarmup),
+        TrainCommand::Eio(a) => command(&*a, EioFlags::method()),
+        TrainCommand::Dverge(a) => command(&*a, DvergeFlags::method()),
+        TrainCommand::Adp(a) => command(&*a, AdpFlags::method()),
+        TrainCommand::Gal(a) => command(&*a, GalFlags::method()),
+        TrainCommand::Trs(a) => command(&*a, TrsFlags::method()),
+        TrainCommand::Adv(a) => command(&*a, AdvOnlyFlags::method()),
     }
 }
 
 #[derive(Debug, Args)]
-pub struct EioArgs {
-    /// RGN to diversify: the warm-up run's model.safetensors or checkpoint.safetensors (or any
-    /// eio RGN file, e.g. an imported released checkpoint). Without it the RGN is built fresh and
-    /// warmed up for --warmup-epochs first.
+pub struct FinetuneArgs {
+    /// The plain model (or ensemble of plain models) to fine-tune, e.g. from `eio derive`.
     #[arg(long, value_name = "FILE")]
-    init: Option<PathBuf>,
-    /// Without --init: warm-up epochs run first into OUT/warmup (0 = none).
-    #[arg(long, value_name = "N")]
-    warmup_epochs: Option<usize>,
+    model: PathBuf,
     #[command(flatten)]
     run: RunArgs,
-    #[command(flatten)]
-    arch: ArchFlags,
     #[command(flatten)]
     train: TrainFlags,
     #[command(flatten)]
     optim: OptimFlags,
-    #[command(flatten)]
-    eio: EioFlags,
 }
 
 #[derive(Serialize)]
-struct EioOverrides<'a> {
-    #[serde(skip_serializing_if = "Option::is_none")]
-    warmup_epochs: Option<usize>,
-    arch: &'a ArchFlags,
+struct FinetuneOverrides<'a> {
     train: &'a TrainFlags,
     optim: &'a OptimFlags,
-    eio: &'a EioFlags,
 }
 
-fn train_eio(a: EioArgs) -> Result<()> {
-    let o = EioOverrides {
-        warmup_epochs: a.warmup_epochs,
-        arch: &a.arch,
-        train: &a.train,
-        optim: &a.optim,
-        eio: &a.eio,
-    };
-    let (mut cfg, _) = resolve::<EioTrainConfig>(a.run.config.as_deref(), &o)?;
-    if a.eio.adv.on == Some(false) {
-        cfg.eio.adv = None;
+pub fn finetune(a: FinetuneArgs) -> Result<()> {
+    let (mut model, _) = Model::load(&a.model, a.run.device.device()?)?;
+    if !model.spec.arch.is_plain() {
+        bail!(
+            "{}: fine-tune a plain model; derive one from the RGN first (eio derive)",
+            a.model.display()
+        );
     }
-    let text = toml::to_string(&cfg)?;
-    cfg.arch.validate()?;
-    cfg.eio.validate()?;
-    if cfg.arch.is_plain() {
-        bail!("eio needs an RGN: --copies >= 2 and --augment other than none");
-    }
-    let spec = ModelSpec { arch: cfg.arch.clone(), members: 1 };
-    let device = a.run.device.device()?;
-    let mut method = Eio::new(cfg.eio.clone())?;
-    let (mut model, text) = match &a.init {
-        Some(init) => {
-            if cfg.warmup_epochs > 0 {
-                bail!("--init starts from a warmed-up RGN: drop --warmup-epochs / warmup_epochs");
-            }
-            let (model, _) = Model::load(init, device)?;
-            if model.spec != spec {
-                bail!(
-                    "{} holds {:?} but the configuration asks for {:?}: pass matching \
-                     --copies/--augment/--share-conv (or a config with a matching [arch])",
-                    init.display(),
-                    model.spec,
-                    spec
-                );
-            }
-            (model, format!("# initialised from {}\n{text}", init.display()))
-        }
-        None if cfg.warmup_epochs > 0 => {
-            let warm = RunArgs {
-                out: a.run.out.join("warmup"),
-                resume: a.run.resume,
-                force: a.run.force,
-                config: None,
-                device: a.run.device,
-                data: a.run.data.clone(),
-            };
-            let wcfg = WarmupConfig {
-                arch: cfg.arch.clone(),
-                train: TrainConfig { epochs: cfg.warmup_epochs, ..cfg.train.clone() },
-                optim: cfg.optim.clone(),
-            };
-            let wtext = toml::to_string(&wcfg)?;
-            train_new(&warm, &spec, &mut RgnWarmup, &wcfg.train, &wcfg.optim, &wtext)?;
-            let (model, _) = Model::load(&warm.run_dir().model(), device)?;
-            (model, text)
-        }
-        None => (Model::new(&spec, device, Seed(cfg.train.seed))?, text),
-    };
-    train_model(&a.run, &mut model, &mut method, &cfg.train, &cfg.optim, &text)
+    let o = FinetuneOverrides { train: &a.train, optim: &a.optim };
+    let mut spec = resolve(&TrainSpec::finetune(), a.run.config.as_deref(), &o)?;
+    spec.members = model.spec.members;
+    spec.arch = model.spec.arch.clone();
+    spec.validate()?;
+    let text = format!("# fine-tuning {}\n{}", a.model.display(), spec.to_toml()?);
+    fit_spec(&a.run, &spec, &mut model, &a.run.run_dir(), &text)
 }
 
 #[cfg(test)]
-mod eio_tests {
+mod tests {
     use super::*;
     use clap::Parser;
 
@@ -580,21 +733,18 @@ mod eio_tests {
         cmd: TrainCommand,
     }
 
-    fn resolved(args: &[&str]) -> EioTrainConfig {
+    fn resolved(args: &[&str]) -> Result<TrainSpec> {
         let w = Wrap::try_parse_from(["eio"].iter().chain(args)).unwrap();
-        let TrainCommand::Eio(a) = w.cmd else { panic!("not eio") };
-        let o = EioOverrides {
-            warmup_epochs: a.warmup_epochs,
-            arch: &a.arch,
-            train: &a.train,
-            optim: &a.optim,
-            eio: &a.eio,
-        };
-        let (mut cfg, _) = resolve::<EioTrainConfig>(a.run.config.as_deref(), &o).unwrap();
-        if a.eio.adv.on == Some(false) {
-            cfg.eio.adv = None;
+        match w.cmd {
+            TrainCommand::Eio(a) => spec_of(&*a, EioFlags::method()),
+            TrainCommand::Dverge(a) => spec_of(&*a, DvergeFlags::method()),
+            TrainCommand::Adp(a) => spec_of(&*a, AdpFlags::method()),
+            TrainCommand::Gal(a) => spec_of(&*a, GalFlags::method()),
+            TrainCommand::Trs(a) => spec_of(&*a, TrsFlags::method()),
+            TrainCommand::Adv(a) => spec_of(&*a, AdvOnlyFlags::method()),
+            TrainCommand::Baseline(a) => spec_of(&a, MethodConfig::Baseline),
+            TrainCommand::RgnWarmup(a) => spec_of(&a, MethodConfig::RgnWarmup),
         }
-        cfg
     }
 
     #[test]
@@ -643,36 +793,70 @@ mod eio_tests {
             "top7",
             "--warmup-epochs",
             "2",
-        ]);
+        ])
+        .unwrap();
         assert_eq!(c.warmup_epochs, 2);
         assert_eq!((c.arch.copies, c.arch.augment), (3, Augment::Top(7)));
         assert_eq!((c.optim.momentum, c.train.epochs), (0.5, 9));
-        let e = &c.eio;
+        let MethodConfig::Eio(e) = &c.method else { panic!("not eio") };
         assert_eq!((e.paths, e.layer_per, e.layer), (4, LayerPer::Epoch, Some(7)));
         let d = &e.distill;
         assert_eq!((d.eps, d.steps, d.step_size), (0.05, 7, 0.01));
         assert!(!d.random_start && d.momentum && d.bn_train && d.before_relu);
         let a = e.adv.as_ref().expect("--adv-* turns the term on");
-        assert_eq!((a.eps, a.step_size, a.steps), (0.02, 0.005, 3));
-        assert!(!a.random_start && !a.bn_train);
+        let AttackConfig::Pgd(p) = &a.attack else { panic!("PGD term") };
+        assert_eq!((p.eps, p.step_size, p.steps), (0.02, 0.005, 3));
+        assert!(!p.random_start && !a.bn_train);
 
-        let c = resolved(&["eio", "--out", "x"]);
-        assert_eq!(c.eio, EioConfig::default());
-        let c = resolved(&["eio", "--out", "x", "--adv", "true"]);
-        assert_eq!(c.eio.adv, Some(Default::default()));
-        let c = resolved(&["eio", "--out", "x", "--adv", "false", "--adv-steps", "2"]);
-        assert_eq!(c.eio.adv, None);
+        let c = resolved(&["eio", "--out", "x"]).unwrap();
+        assert_eq!(c.method, MethodConfig::Eio(EioConfig::default()));
+        let c = resolved(&["eio", "--out", "x", "--adv", "true"]).unwrap();
+        let MethodConfig::Eio(e) = &c.method else { panic!("not eio") };
+        assert_eq!(e.adv, Some(AdvTerm::default()));
+        assert!(resolved(&["eio", "--out", "x", "--adv", "false", "--adv-steps", "2"]).is_err());
+    }
+
+    #[test]
+    fn method_flags_reach_their_configs() {
+        let c = resolved(&["adp", "--out", "x", "--alpha", "1.5", "--members", "5"]).unwrap();
+        assert_eq!(c.members, 5);
+        assert_eq!(c.optim.algorithm, eio::optim::Algorithm::Adam);
+        let MethodConfig::Adp(a) = &c.method else { panic!() };
+        assert_eq!((a.alpha, a.beta), (1.5, 0.5));
+        let c = resolved(&["gal", "--out", "x", "--lambda", "0.2", "--adv", "true"]).unwrap();
+        assert_eq!(c.arch.relu_slope, 0.1);
+        let MethodConfig::Gal(g) = &c.method else { panic!() };
+        assert!(g.lambda == 0.2 && g.adv.is_some());
+        let c = resolved(&["trs", "--out", "x", "--vicinity", "false", "--vicinity-eps", "0.3"])
+            .unwrap();
+        let MethodConfig::Trs(t) = &c.method else { panic!() };
+        assert!(!t.vicinity && t.adv_eps == 0.3);
+        let c =
+            resolved(&["dverge", "--out", "x", "--layer-per", "batch", "--adv", "true"]).unwrap();
+        let MethodConfig::Dverge(d) = &c.method else { panic!() };
+        assert!(d.layer_per == LayerPer::Batch && d.adv.is_some());
+        let c = resolved(&["adv", "--out", "x", "--adv-eps", "0.0627", "--members", "3"]).unwrap();
+        let MethodConfig::Adv(t) = &c.method else { panic!() };
+        assert_eq!(eio::attack::Attack::eps(&t.attack), 0.0627);
+        let c =
+            resolved(&["baseline", "--out", "x", "--optimizer", "adam", "--lr", "0.01"]).unwrap();
+        assert_eq!((c.optim.algorithm, c.optim.lr), (eio::optim::Algorithm::Adam, 0.01));
+        // Ensembles of one are refused by the ensemble methods.
+        assert!(resolved(&["dverge", "--out", "x", "--members", "1"]).is_err());
     }
 
     #[test]
     fn presets_parse() {
         let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("configs");
-        for name in ["eio-paper.toml", "eio-code.toml", "eio-cpu.toml"] {
-            let path = dir.join(name);
-            let path = path.to_str().unwrap();
-            let c = resolved(&["eio", "--out", "x", "--config", path]);
-            c.eio.validate().unwrap();
-            c.arch.validate().unwrap();
+        for entry in std::fs::read_dir(&dir).unwrap() {
+            let path = entry.unwrap().path();
+            let text = std::fs::read_to_string(&path).unwrap();
+            let spec: TrainSpec = toml::from_str(&text)
+                .unwrap_or_else(|e| panic!("{}: {}", path.display(), e.message()));
+            spec.validate().unwrap();
+            let cmd = spec.method.name().to_string();
+            let c = resolved(&[&cmd, "--out", "x", "--config", path.to_str().unwrap()]).unwrap();
+            assert_eq!(c, spec);
         }
     }
 }

@@ -206,7 +206,8 @@ impl Model {
     /// A plain ResNet-20 (or ensemble of them) holding the weights of `route` of each member.
     pub fn derive(&self, route: &Route) -> Result<Model> {
         route.check(self.gates(), self.spec.arch.copies.max(1))?;
-        let spec = ModelSpec { arch: ArchConfig::plain(), members: self.spec.members };
+        let arch = ArchConfig { relu_slope: self.spec.arch.relu_slope, ..ArchConfig::plain() };
+        let spec = ModelSpec { arch, members: self.spec.members };
         let plain = Model::new(&spec, self.device(), Seed(0))?;
         let src = self.vs.variables();
         let _guard = tch::no_grad_guard();
@@ -259,8 +260,11 @@ impl Model {
     }
 }
 
-fn describe(spec: &ModelSpec) -> String {
-    let net = if spec.arch.is_plain() {
+/// A model spec in words, e.g. `ensemble of 3 x plain ResNet-20`.
+pub fn describe(spec: &ModelSpec) -> String {
+    let net = if spec.arch.is_plain() && spec.arch.relu_slope != 0.0 {
+        format!("plain ResNet-20 (leaky ReLU {})", spec.arch.relu_slope)
+    } else if spec.arch.is_plain() {
         "plain ResNet-20".to_string()
     } else {
         format!(
@@ -397,7 +401,10 @@ fn convert_official_rgn(
         19 if !gated_slots.iter().any(|s| s.contains("downsample")) => Augment::Conv3x3,
         k => Augment::Top(k),
     };
-    Ok(ModelSpec { arch: ArchConfig { copies, augment, share_conv: share }, members: 1 })
+    Ok(ModelSpec {
+        arch: ArchConfig { copies, augment, share_conv: share, relu_slope: 0.0 },
+        members: 1,
+    })
 }
 
 /// Renames the EIO-code / DVERGE-code layer names (`fc`, `downsample`) to eio's (`linear`,

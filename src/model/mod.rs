@@ -76,7 +76,7 @@ impl From<Augment> for String {
 }
 
 /// Architecture of one network: ResNet-20, gated or not.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ArchConfig {
     /// Copies per gated block (the augmentation factor n); 1 = plain network.
@@ -85,17 +85,25 @@ pub struct ArchConfig {
     pub augment: Augment,
     /// Copies share the convolution weight and differ only in BatchNorm (released-code variant).
     pub share_conv: bool,
+    /// Negative slope of the activations: 0 = ReLU; GAL's members use leaky ReLU 0.1. Left out
+    /// of files when 0, so plain models keep their metadata.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub relu_slope: f64,
+}
+
+fn is_zero(x: &f64) -> bool {
+    *x == 0.0
 }
 
 impl ArchConfig {
     /// Plain ResNet-20.
     pub fn plain() -> Self {
-        ArchConfig { copies: 1, augment: Augment::None, share_conv: false }
+        ArchConfig { copies: 1, augment: Augment::None, share_conv: false, relu_slope: 0.0 }
     }
 
     /// The paper's RGN: `copies` independent copies in all 21 slots.
     pub fn rgn(copies: usize) -> Self {
-        ArchConfig { copies, augment: Augment::All, share_conv: false }
+        ArchConfig { copies, augment: Augment::All, share_conv: false, relu_slope: 0.0 }
     }
 
     /// True when the network has no gated block.
@@ -108,12 +116,18 @@ impl ArchConfig {
         if self.copies == 0 || self.copies > 255 {
             return Err(Error::config(format!("copies must be in 1..=255, got {}", self.copies)));
         }
+        if !(0.0..1.0).contains(&self.relu_slope) {
+            return Err(Error::config(format!(
+                "relu_slope (leaky ReLU negative slope) must be in [0,1), got {}",
+                self.relu_slope
+            )));
+        }
         Ok(())
     }
 }
 
 /// What a model file holds: `members` networks of one architecture (1 = a single network).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ModelSpec {
     /// Architecture of every member.
@@ -185,6 +199,15 @@ pub trait Classifier {
     }
 }
 
+/// The logits of an ensemble from its members' logits: the log of the averaged softmax,
+/// computed stably as `logsumexp_i(log_softmax_i) - log(N)`.
+pub fn ensemble_logits(members: Vec<Tensor>) -> Tensor {
+    let n = members.len() as f64;
+    let logp: Vec<Tensor> =
+        members.into_iter().map(|l| l.log_softmax(-1, tch::Kind::Float)).collect();
+    Tensor::stack(&logp, 0).logsumexp([0].as_slice(), false) - n.ln()
+}
+
 /// How a model's routes are chosen at each forward.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Routing {
@@ -242,10 +265,7 @@ impl Classifier for Target<'_> {
         if self.model.nets.len() == 1 {
             return run(&self.model.nets[0]);
         }
-        // log(mean_i softmax_i) computed stably as logsumexp_i(log_softmax_i) - log(N).
-        let logp: Vec<Tensor> =
-            self.model.nets.iter().map(|n| run(n).log_softmax(-1, tch::Kind::Float)).collect();
-        Tensor::stack(&logp, 0).logsumexp([0].as_slice(), false) - (logp.len() as f64).ln()
+        ensemble_logits(self.model.nets.iter().map(run).collect())
     }
 
     fn is_random(&self) -> bool {

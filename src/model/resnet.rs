@@ -263,6 +263,15 @@ impl Net {
         plain.to_string()
     }
 
+    /// The activation: ReLU, or leaky ReLU with the architecture's slope.
+    fn act(&self, x: &Tensor) -> Tensor {
+        if self.arch.relu_slope == 0.0 {
+            x.relu()
+        } else {
+            x.where_self(&x.gt(0.0), &(x * self.arch.relu_slope))
+        }
+    }
+
     fn run(&self, x: &Tensor, pass: Pass) -> Tensor {
         let Pass { route, train, tap, sgm } = pass;
         assert_eq!(
@@ -273,7 +282,7 @@ impl Net {
         let stop = |layer: usize, pre: &Tensor| -> Option<Tensor> {
             match tap {
                 Some(t) if t.layer == layer => {
-                    Some(if t.before_relu { pre.shallow_clone() } else { pre.relu() })
+                    Some(if t.before_relu { pre.shallow_clone() } else { self.act(pre) })
                 }
                 _ => None,
             }
@@ -283,13 +292,13 @@ impl Net {
         if let Some(f) = stop(1, &pre) {
             return f;
         }
-        let mut h = pre.relu();
+        let mut h = self.act(&pre);
         for (b, block) in self.blocks.iter().enumerate() {
             let pre1 = block.c1.forward(&h, route, train);
             if let Some(f) = stop(2 + 2 * b, &pre1) {
                 return f;
             }
-            let mut branch = block.c2.forward(&pre1.relu(), route, train);
+            let mut branch = block.c2.forward(&self.act(&pre1), route, train);
             if let Some(g) = sgm {
                 // Same value, gradient scaled by g.
                 let d = branch.detach();
@@ -303,7 +312,7 @@ impl Net {
             if let Some(f) = stop(3 + 2 * b, &pre2) {
                 return f;
             }
-            h = pre2.relu();
+            h = self.act(&pre2);
         }
         h.adaptive_avg_pool2d([1, 1]).flatten(1, -1).apply_t(&self.fc, train)
     }

@@ -32,133 +32,18 @@ gate; impossible with the augmentations eio builds, all of which gate the stem):
 is trained on its own distilled batch, `CE(f_P(x'_P), y_s)`, so that the batch still counts.
 */
 
-use rand::Rng as _;
 use serde::{Deserialize, Serialize};
-use tch::Tensor;
 
-use super::methods::ce_and_correct;
+use super::adv::AdvTerm;
+use super::diversify::{self, draw_layer, Branch, LayerPer, Plan};
 use super::{Batch, Method, StepAt, StepStats};
-use crate::attack::{Attack, PgdConfig};
 use crate::data::Dataset;
-use crate::distill::{check_layer, distill, DistillConfig};
+use crate::distill::{check_layer, DistillConfig};
 use crate::error::{Error, Result};
 use crate::eval::whitebox::{whitebox, WhiteboxConfig};
 use crate::model::route::sample_distinct;
-use crate::model::{Augment, Classifier, Model, Net, Route, Routing, Target, FEATURE_LAYERS};
-use crate::seed::{Rng, Seed, Stream};
-
-/// How often the distillation layer is redrawn.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum LayerPer {
-    /// A fresh layer for every batch (EIO code).
-    Batch,
-    /// One layer per epoch (DVERGE).
-    Epoch,
-}
-
-impl std::str::FromStr for LayerPer {
-    type Err = Error;
-    fn from_str(s: &str) -> Result<Self> {
-        match s {
-            "batch" => Ok(LayerPer::Batch),
-            "epoch" => Ok(LayerPer::Epoch),
-            _ => Err(Error::config(format!("layer-per must be 'batch' or 'epoch', got '{s}'"))),
-        }
-    }
-}
-
-/// L-infinity PGD settings of the adversarial-training term (Eq. 5). Defaults: eps 8/255, step
-/// 2/255, 10 steps, random start, BatchNorm in train mode (as the EIO and DVERGE codes, which
-/// craft the examples while the network is in `train()` mode).
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct AdvConfig {
-    /// Radius of the L-infinity ball (pixel units).
-    pub eps: f64,
-    /// Size of each sign step.
-    pub step_size: f64,
-    /// Number of steps.
-    pub steps: usize,
-    /// Start from a uniformly random point of the eps ball.
-    pub random_start: bool,
-    /// Craft with train-mode BatchNorm (batch statistics; updates running statistics).
-    pub bn_train: bool,
-}
-
-impl Default for AdvConfig {
-    fn default() -> Self {
-        AdvConfig {
-            eps: 8.0 / 255.0,
-            step_size: 2.0 / 255.0,
-            steps: 10,
-            random_start: true,
-            bn_train: true,
-        }
-    }
-}
-
-impl AdvConfig {
-    /// Checks the values are usable.
-    pub fn validate(&self) -> Result<()> {
-        if !(self.eps.is_finite() && self.eps > 0.0 && self.eps <= 1.0) {
-            return Err(Error::config(format!("PGD eps must be in (0, 1], got {}", self.eps)));
-        }
-        if !(self.step_size.is_finite() && self.step_size > 0.0) || self.steps == 0 {
-            return Err(Error::config("PGD needs a positive step size and at least one step"));
-        }
-        Ok(())
-    }
-}
-
-impl AdvConfig {
-    /// The same attack as a [`PgdConfig`] (one run, cross-entropy).
-    pub fn pgd_config(&self) -> PgdConfig {
-        PgdConfig {
-            eps: self.eps,
-            step_size: self.step_size,
-            steps: self.steps,
-            random_start: self.random_start,
-            restarts: 1,
-            ..PgdConfig::whitebox(self.eps)
-        }
-    }
-}
-
-/// One route of an RGN as a [`Classifier`], with BatchNorm in train or eval mode.
-struct RouteClassifier<'a> {
-    net: &'a Net,
-    route: &'a Route,
-    train: bool,
-}
-
-impl Classifier for RouteClassifier<'_> {
-    fn logits(&self, x: &Tensor, sgm: Option<f64>) -> Tensor {
-        match sgm {
-            Some(g) if !self.train => self.net.forward_sgm(x, self.route, g),
-            _ => self.net.forward(x, self.route, self.train),
-        }
-    }
-}
-
-/// The adversarial examples of Eq. 5: untargeted L-infinity PGD ([`crate::attack::PgdConfig`],
-/// cross-entropy, one run, the last iterate) against `net` along `route`, with BatchNorm in the
-/// mode `cfg.bn_train` asks for. Gradients are taken with respect to the input only; the random
-/// start comes from `rng`.
-///
-/// # Shapes
-/// `x`: `[B, 3, 32, 32]` in [0,1]; `y`: `[B]` i64 -> `[B, 3, 32, 32]`.
-pub fn pgd(
-    net: &Net,
-    route: &Route,
-    x: &Tensor,
-    y: &Tensor,
-    cfg: &AdvConfig,
-    rng: &mut Rng,
-) -> Tensor {
-    let target = RouteClassifier { net, route, train: cfg.bn_train };
-    cfg.pgd_config().perturb(&target, x, y, rng).detach()
-}
+use crate::model::{Augment, Model, Route, Routing, Target, FEATURE_LAYERS};
+use crate::seed::{Seed, Stream};
 
 /// Settings of vulnerability diversification. `Default` = the paper / EIO code.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -175,7 +60,7 @@ pub struct EioConfig {
     pub distill: DistillConfig,
     /// Adversarial-training term (Eq. 5); `None` = off.
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub adv: Option<AdvConfig>,
+    pub adv: Option<AdvTerm>,
 }
 
 impl Default for EioConfig {
@@ -219,15 +104,6 @@ pub fn max_layer(augment: Augment) -> usize {
     }
 }
 
-/// What one batch of diversification uses: the layer and the routes.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Plan {
-    /// Distillation layer, 1..=20.
-    pub layer: usize,
-    /// The sampled routes (pairwise different among the gates layer `layer` depends on).
-    pub routes: Vec<Route>,
-}
-
 /// Ensemble-in-One vulnerability diversification of a single RGN.
 #[derive(Debug, Clone)]
 pub struct Eio {
@@ -250,17 +126,8 @@ impl Eio {
     /// resumed run draws what the uninterrupted one drew.
     pub fn plan(&self, model: &Model, at: StepAt) -> Plan {
         let net = &model.nets[0];
-        let layer = match self.cfg.layer {
-            Some(l) => l,
-            None => {
-                let step = match self.cfg.layer_per {
-                    LayerPer::Batch => at.step as u64,
-                    LayerPer::Epoch => u64::MAX,
-                };
-                let mut rng = at.seed.rng(Stream::Layer, at.epoch as u64, step);
-                rng.gen_range(1..=max_layer(model.spec.arch.augment))
-            }
-        };
+        let max = max_layer(model.spec.arch.augment);
+        let layer = draw_layer(self.cfg.layer, self.cfg.layer_per, max, at);
         let mut rng = at.seed.rng(Stream::Route, at.epoch as u64, at.step as u64);
         let routes = sample_distinct(
             model.gates(),
@@ -269,92 +136,11 @@ impl Eio {
             self.cfg.paths,
             &mut rng,
         );
-        Plan { layer, routes }
-    }
-
-    /// Distilled batches, one per route of `plan` (Eq. 2). The random start of route `i` comes
-    /// from a generator derived from `at` and `i`.
-    pub fn distill_all(
-        &self,
-        net: &Net,
-        plan: &Plan,
-        x_s: &Tensor,
-        x_t: &Tensor,
-        at: StepAt,
-    ) -> Vec<Tensor> {
-        plan.routes
-            .iter()
-            .enumerate()
-            .map(|(i, r)| {
-                let mut rng = start_seed(at).rng(Stream::Start, 0, i as u64);
-                distill(net, r, plan.layer, x_s, x_t, &self.cfg.distill, &mut rng)
-            })
-            .collect()
-    }
-
-    /// PGD examples against each route of `plan` (Eq. 5), or `None` when adversarial training
-    /// is off. The random starts of route `j` come from a generator derived from `at` and `j`.
-    pub fn adversarial_all(
-        &self,
-        net: &Net,
-        plan: &Plan,
-        x: &Tensor,
-        y: &Tensor,
-        at: StepAt,
-    ) -> Option<Vec<Tensor>> {
-        let a = self.cfg.adv.as_ref()?;
-        Some(
-            plan.routes
-                .iter()
-                .enumerate()
-                .map(|(j, r)| {
-                    pgd(net, r, x, y, a, &mut start_seed(at).rng(Stream::Eval, 0, j as u64))
-                })
-                .collect(),
-        )
-    }
-}
-
-/// The seed of the random starts (distillation, adversarial examples) of the batch at `at`.
-fn start_seed(at: StepAt) -> Seed {
-    Seed(at.seed.derive(Stream::Start, at.epoch as u64, at.step as u64))
-}
-
-/// Accumulates into the weights' `.grad` the cross-training gradient of route `j`:
-/// `sum_{i != j} CE(f_Pj(x'_i), y) / p` (+ `CE(f_Pj(adv_j), y) / p`), `p = routes.len()`, each
-/// term back-propagated on its own (train-mode forwards). With a single route it trains on its
-/// own distilled batch. Returns the summed cross-entropy (not divided by p), the correct
-/// predictions and the predictions made on distilled data.
-///
-/// # Shapes
-/// `distilled[i]`, `adv[j]`: `[B, 3, 32, 32]`; `y`: `[B]` i64.
-pub fn cross_train_route(
-    net: &Net,
-    routes: &[Route],
-    j: usize,
-    distilled: &[Tensor],
-    adv: Option<&[Tensor]>,
-    y: &Tensor,
-) -> (f64, i64, i64) {
-    let p = routes.len() as f64;
-    let (mut loss_sum, mut correct, mut seen) = (0.0, 0i64, 0i64);
-    let route = &routes[j];
-    let single = routes.len() == 1;
-    for (i, xd) in distilled.iter().enumerate() {
-        if i == j && !single {
-            continue;
+        Plan {
+            layer,
+            branches: routes.into_iter().map(|route| Branch { member: 0, route }).collect(),
         }
-        let (loss, c) = ce_and_correct(&net.forward(xd, route, true), y);
-        (&loss / p).backward();
-        loss_sum += loss.double_value(&[]);
-        correct += c;
-        seen += y.size()[0];
     }
-    if let Some(adv) = adv {
-        let loss = net.forward(&adv[j], route, true).cross_entropy_for_logits(y);
-        (&loss / p).backward();
-    }
-    (loss_sum, correct, seen)
 }
 
 impl Method for Eio {
@@ -372,22 +158,20 @@ impl Method for Eio {
             .target
             .as_ref()
             .ok_or_else(|| Error::config("Ensemble-in-One needs a target batch"))?;
-        let net = &model.nets[0];
         let plan = self.plan(model, at);
-        let distilled = self.distill_all(net, &plan, &batch.x, x_t, at);
-        let adv = self.adversarial_all(net, &plan, &batch.x, &batch.y, at);
-        let mut st = StepStats::default();
-        for j in 0..plan.routes.len() {
-            let (l, c, s) =
-                cross_train_route(net, &plan.routes, j, &distilled, adv.as_deref(), &batch.y);
-            st.loss += l;
-            st.correct += c;
-            st.seen += s;
-        }
-        // Mean cross-entropy per (path, distilled batch) pair.
-        let pairs = (st.seen / batch.y.size()[0].max(1)).max(1) as f64;
-        st.loss /= pairs;
-        st.note = format!("layer {} p {}", plan.layer, plan.routes.len());
+        let p = plan.branches.len() as f64;
+        let mut st = diversify::step(
+            model,
+            &plan,
+            &self.cfg.distill,
+            self.cfg.adv.as_ref(),
+            &batch.x,
+            &batch.y,
+            x_t,
+            at,
+            p,
+        );
+        st.note = format!("layer {} p {}", plan.layer, plan.branches.len());
         Ok(st)
     }
 
@@ -445,8 +229,7 @@ mod tests {
 
     #[test]
     fn config_round_trips_and_validates() {
-        let c =
-            EioConfig { adv: Some(AdvConfig::default()), layer: Some(4), ..EioConfig::default() };
+        let c = EioConfig { adv: Some(AdvTerm::default()), layer: Some(4), ..EioConfig::default() };
         let s = toml::to_string(&c).unwrap();
         assert_eq!(toml::from_str::<EioConfig>(&s).unwrap(), c, "{s}");
         let d: EioConfig = toml::from_str("paths = 4\nlayer_per = \"epoch\"").unwrap();
@@ -462,7 +245,7 @@ mod tests {
         for (arch, top) in [
             (ArchConfig::rgn(2), 20),
             (ArchConfig { augment: Augment::Top(7), ..ArchConfig::rgn(2) }, 7),
-            (ArchConfig { augment: Augment::Conv3x3, share_conv: true, copies: 2 }, 20),
+            (ArchConfig { augment: Augment::Conv3x3, share_conv: true, ..ArchConfig::rgn(2) }, 20),
         ] {
             let spec = ModelSpec { arch, members: 1 };
             let model = Model::new(&spec, tch::Device::Cpu, Seed(0)).unwrap();
@@ -476,11 +259,11 @@ mod tests {
                 seen_layers.insert(plan.layer);
                 let k = model.nets[0].gates_through(plan.layer);
                 let cap = 2usize.pow(k.min(20) as u32);
-                assert_eq!(plan.routes.len(), 3.min(cap), "layer {} prefix {k}", plan.layer);
-                for (a, ra) in plan.routes.iter().enumerate() {
-                    assert_eq!(ra.len(), model.gates());
-                    for rb in &plan.routes[..a] {
-                        assert_ne!(ra.0[..k], rb.0[..k]);
+                assert_eq!(plan.branches.len(), 3.min(cap), "layer {} prefix {k}", plan.layer);
+                for (a, ra) in plan.branches.iter().enumerate() {
+                    assert_eq!(ra.route.len(), model.gates());
+                    for rb in &plan.branches[..a] {
+                        assert_ne!(ra.route.0[..k], rb.route.0[..k]);
                     }
                 }
             }
@@ -495,8 +278,8 @@ mod tests {
         .unwrap();
         let eio = Eio::new(EioConfig { layer: Some(1), ..Default::default() }).unwrap();
         let plan = eio.plan(&model, StepAt { epoch: 0, step: 0, seed: Seed(1) });
-        assert_eq!(plan.routes.len(), 2);
-        assert_ne!(plan.routes[0].0[0], plan.routes[1].0[0]);
+        assert_eq!(plan.branches.len(), 2);
+        assert_ne!(plan.branches[0].route.0[0], plan.branches[1].route.0[0]);
         // Per-epoch layers stay fixed within an epoch.
         let eio = Eio::new(EioConfig { layer_per: LayerPer::Epoch, ..Default::default() }).unwrap();
         let l0 = eio.plan(&model, StepAt { epoch: 3, step: 0, seed: Seed(1) }).layer;

@@ -8,11 +8,43 @@ use crate::error::Result;
 use crate::model::{Model, Route, Routing};
 use crate::seed::Stream;
 
+/// Correct predictions of the ensemble of the members' `logits` (averaged softmax).
+pub fn ensemble_correct(logits: &[Tensor], y: &Tensor) -> i64 {
+    let _guard = tch::no_grad_guard();
+    let ens = crate::model::ensemble_logits(logits.iter().map(|l| l.detach()).collect());
+    ens.argmax(-1, false).eq_tensor(y).sum(Kind::Int64).int64_value(&[])
+}
+
 /// Cross-entropy of `logits` against `y`, with the count of correct predictions.
 pub fn ce_and_correct(logits: &Tensor, y: &Tensor) -> (Tensor, i64) {
     let loss = logits.cross_entropy_for_logits(y);
     let correct = logits.argmax(-1, false).eq_tensor(y).sum(Kind::Int64).int64_value(&[]);
     (loss, correct)
+}
+
+/// Each member's cross-entropy at `x`, its input gradient flattened to `[B, 3*32*32]`, and its
+/// logits (detached), with the gradient's graph kept (`create_graph`) so that a loss on the gradients can be back-propagated to
+/// the weights (double backprop; GAL, TRS). `x` must require grad. Train-mode forwards along
+/// the all-zero route.
+pub fn input_grads(model: &Model, x: &Tensor, y: &Tensor) -> Vec<(Tensor, Tensor, Tensor)> {
+    let route = Route::zeros(model.gates());
+    model
+        .nets
+        .iter()
+        .map(|net| {
+            let logits = net.forward(x, &route, true);
+            let loss = logits.cross_entropy_for_logits(y);
+            let g = Tensor::run_backward(&[&loss], &[x], true, true)
+                .pop()
+                .expect("one gradient per input");
+            (loss, g.flatten(1, -1), logits.detach())
+        })
+        .collect()
+}
+
+/// The pairs `(i, j)`, `i < j`, of `n` members.
+pub fn pairs(n: usize) -> Vec<(usize, usize)> {
+    (0..n).flat_map(|i| (i + 1..n).map(move |j| (i, j))).collect()
 }
 
 /// Back-propagates each member's clean cross-entropy along `route`.

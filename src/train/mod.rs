@@ -2,9 +2,19 @@
 //! atomic checkpoints, exact resume, NaN stop) shared by every method. A method only defines what
 //! one batch contributes to the gradient.
 
+pub mod adp;
+pub mod adv;
+pub mod config;
+pub mod diversify;
+pub mod dverge;
 pub mod eio;
+pub mod gal;
 pub mod methods;
+pub mod trs;
 
+pub use config::{MethodConfig, TrainSpec};
+
+use std::collections::BTreeMap;
 use std::io::Write as _;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
@@ -17,7 +27,7 @@ use crate::error::{Error, Result};
 use crate::eval;
 use crate::model::io::{write_atomic, TensorFile};
 use crate::model::{Model, Routing, Target};
-use crate::optim::{Sgd, SgdConfig};
+use crate::optim::{OptimConfig, Optimizer};
 use crate::progress::Progress;
 use crate::seed::{Seed, Stream};
 
@@ -100,6 +110,9 @@ pub struct StepStats {
     pub seen: i64,
     /// Extra status for the progress line (e.g. the distillation layer).
     pub note: String,
+    /// The method's named loss terms (ADP's entropy, GAL's coherence, ...), each a mean over
+    /// the step; the loop averages them over the epoch into the log and `metrics.csv`.
+    pub terms: Vec<(&'static str, f64)>,
 }
 
 /// A training method: what one batch contributes to the gradients.
@@ -136,6 +149,9 @@ pub struct EpochRecord {
     pub train_secs: f64,
     /// Training images per second.
     pub images_per_sec: f64,
+    /// Epoch means of the method's named loss terms.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub terms: BTreeMap<String, f64>,
 }
 
 /// Progress of a run, stored in its checkpoint.
@@ -147,6 +163,9 @@ pub struct RunState {
     pub step: usize,
     /// Running sums of the epoch in progress: loss*seen, correct, seen, seconds.
     pub partial: (f64, i64, i64, f64),
+    /// Running sums of the named loss terms (term*seen) of the epoch in progress.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub partial_terms: BTreeMap<String, f64>,
     /// Finished epochs.
     pub history: Vec<EpochRecord>,
 }
@@ -193,10 +212,16 @@ fn say(dir: &Path, line: &str) -> Result<()> {
 }
 
 fn write_metrics(dir: &Path, history: &[EpochRecord]) -> Result<()> {
-    let mut s = String::from("epoch,lr,train_loss,train_acc,test_acc,train_secs,images_per_sec\n");
+    let names: std::collections::BTreeSet<&String> =
+        history.iter().flat_map(|r| r.terms.keys()).collect();
+    let mut s = String::from("epoch,lr,train_loss,train_acc,test_acc,train_secs,images_per_sec");
+    for n in &names {
+        s += &format!(",{n}");
+    }
+    s.push('\n');
     for r in history {
         s += &format!(
-            "{},{},{:.5},{:.5},{:.5},{:.2},{:.1}\n",
+            "{},{},{:.5},{:.5},{:.5},{:.2},{:.1}",
             r.epoch,
             short(r.lr),
             r.train_loss,
@@ -205,6 +230,10 @@ fn write_metrics(dir: &Path, history: &[EpochRecord]) -> Result<()> {
             r.train_secs,
             r.images_per_sec
         );
+        for n in &names {
+            s += &r.terms.get(*n).map_or_else(|| ",".to_string(), |v| format!(",{v:.5}"));
+        }
+        s.push('\n');
     }
     write_atomic(&dir.join("metrics.csv"), s.as_bytes())
 }
@@ -228,17 +257,17 @@ pub fn fit(
     model: &mut Model,
     method: &mut dyn Method,
     cfg: &TrainConfig,
-    sgd: &SgdConfig,
+    optim: &OptimConfig,
     config_text: &str,
     train: &Dataset,
     test: &Dataset,
     run: &RunDir,
 ) -> Result<Vec<EpochRecord>> {
     cfg.validate()?;
-    sgd.validate()?;
+    optim.validate()?;
     let device = model.device();
     let seed = Seed(cfg.seed);
-    let mut opt = Sgd::new(model, sgd.clone());
+    let mut opt = Optimizer::new(model, optim.clone());
     let ckpt = run.checkpoint();
     let mut state = RunState::default();
     std::fs::create_dir_all(&run.dir).map_err(|e| Error::io(&run.dir, e))?;
@@ -307,7 +336,7 @@ pub fn fit(
     // A trailing batch of one image cannot go through train-mode BatchNorm.
     let steps = if n % bs == 1 { n / bs } else { n.div_ceil(bs) };
     let method_name = method.name();
-    let save = |model: &Model, opt: &Sgd, state: &RunState| -> Result<()> {
+    let save = |model: &Model, opt: &Optimizer, state: &RunState| -> Result<()> {
         let mut extra = TensorFile::default();
         extra.tensors.extend(opt.state());
         extra
@@ -321,12 +350,13 @@ pub fn fit(
 
     while state.epoch < cfg.epochs {
         let epoch = state.epoch;
-        let lr = sgd.lr_at(epoch, cfg.epochs);
+        let lr = optim.lr_at(epoch, cfg.epochs);
         let order = epoch_order(n, seed, Stream::Order, epoch as u64);
         let target_order =
             method.needs_target().then(|| epoch_order(n, seed, Stream::TargetOrder, epoch as u64));
         let mut bar = Progress::new(steps as u64, format!("epoch {}/{}", epoch + 1, cfg.epochs));
         let (mut loss_sum, mut correct, mut seen, secs_before) = state.partial;
+        let mut term_sums = std::mem::take(&mut state.partial_terms);
         let t0 = Instant::now();
         let mut note = String::new();
         for step in state.step..steps {
@@ -355,6 +385,9 @@ pub fn fit(
                 return Err(Error::Diverged(msg));
             }
             opt.step(lr);
+            for (name, v) in &st.terms {
+                *term_sums.entry((*name).to_string()).or_insert(0.0) += v * st.seen as f64;
+            }
             loss_sum += st.loss * st.seen as f64;
             correct += st.correct;
             seen += st.seen;
@@ -380,6 +413,7 @@ pub fn fit(
                     epoch,
                     step: step + 1,
                     partial: (loss_sum, correct, seen, secs),
+                    partial_terms: term_sums.clone(),
                     history: state.history.clone(),
                 };
                 save(model, &opt, &st)?;
@@ -401,11 +435,13 @@ pub fn fit(
             test_acc,
             train_secs,
             images_per_sec: n as f64 / train_secs.max(1e-9),
+            terms: term_sums.iter().map(|(k, v)| (k.clone(), v / seen.max(1) as f64)).collect(),
         };
+        let terms: String = rec.terms.iter().map(|(k, v)| format!(" {k} {v:.4}")).collect();
         say(
             &run.dir,
             &format!(
-                "epoch {}/{} lr {} loss {:.4} train acc {:.2}% test acc {:.2}% ({:.1}s, {:.0} img/s){}",
+                "epoch {}/{} lr {} loss {:.4}{terms} train acc {:.2}% test acc {:.2}% ({:.1}s, {:.0} img/s){}",
                 rec.epoch, cfg.epochs, short(lr), rec.train_loss, 100.0 * rec.train_acc, 100.0 * rec.test_acc,
                 rec.train_secs, rec.images_per_sec,
                 if note.is_empty() { String::new() } else { format!(" {note}") }
@@ -415,6 +451,7 @@ pub fn fit(
         state.epoch += 1;
         state.step = 0;
         state.partial = (0.0, 0, 0, 0.0);
+        state.partial_terms.clear();
         save(model, &opt, &state)?;
         write_metrics(&run.dir, &state.history)?;
     }

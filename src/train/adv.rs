@@ -1,0 +1,153 @@
+/*!
+Adversarial training (PGD-AT: Madry et al., "Towards Deep Learning Models Resistant to
+Adversarial Attacks", arXiv:1706.06083; for ensembles as `train/train_adv.py` of
+zjysteven/DVERGE) and the adversarial-training term that every "+AdvT" variant adds (EIO+AdvT,
+Eq. 5 of arXiv:2103.14795; DVERGE+AdvT, ADP+AdvT, GAL+AdvT as the DVERGE code's `--plus-adv`).
+
+The term is an attack from [`crate::attack`] (the same [`AttackConfig`] the evaluation
+protocols take; default: L-infinity PGD, eps 8/255, step 2/255, 10 steps, random start, one
+run, cross-entropy) run against the networks being trained with BatchNorm in train mode, as the
+reference codes craft their examples while the models are in `train()` mode.
+
+[`AdvTrain`] is PGD-AT on its own: every member is trained with cross-entropy on examples made
+against the whole model (one network, or an ensemble through its averaged softmax), the source
+images themselves unused, as `train_adv.py` does.
+*/
+
+use serde::{Deserialize, Serialize};
+use tch::Tensor;
+
+use super::diversify::Branch;
+use super::methods::ce_and_correct;
+use super::{Batch, Method, StepAt, StepStats};
+use crate::attack::{Attack, AttackConfig, AttackLoss, PgdConfig};
+use crate::error::{Error, Result};
+use crate::model::{ensemble_logits, Classifier, Model};
+use crate::seed::{Rng, Seed, Stream};
+
+/// The adversarial-training term: which attack, and the BatchNorm mode it sees.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AdvTerm {
+    /// The attack (default PGD 8/255, step 2/255, 10 steps, random start, one run, CE).
+    pub attack: AttackConfig,
+    /// Craft with train-mode BatchNorm (batch statistics; running statistics updated), as the
+    /// EIO and DVERGE codes do (default true).
+    pub bn_train: bool,
+}
+
+impl Default for AdvTerm {
+    fn default() -> Self {
+        AdvTerm { attack: AttackConfig::Pgd(AdvTerm::pgd(8.0 / 255.0)), bn_train: true }
+    }
+}
+
+impl AdvTerm {
+    /// The training PGD of the reference codes at radius `eps`: step eps/4 (2/255 for 8/255),
+    /// 10 steps, uniform random start, one run, cross-entropy.
+    pub fn pgd(eps: f64) -> PgdConfig {
+        PgdConfig {
+            eps,
+            step_size: eps / 4.0,
+            steps: 10,
+            random_start: true,
+            restarts: 1,
+            loss: AttackLoss::CrossEntropy,
+            ..PgdConfig::whitebox(eps)
+        }
+    }
+
+    /// Checks the values are usable.
+    pub fn validate(&self) -> Result<()> {
+        self.attack.validate()
+    }
+
+    /// Adversarial examples against `target` (detached), random starts from `rng`.
+    pub fn examples(
+        &self,
+        target: &dyn Classifier,
+        x: &Tensor,
+        y: &Tensor,
+        rng: &mut Rng,
+    ) -> Tensor {
+        self.attack.perturb(target, x, y, rng).detach()
+    }
+}
+
+/// Some branches of a model as one [`Classifier`] with BatchNorm in train or eval mode: one
+/// branch gives its logits, several the log of their averaged softmax.
+pub struct BranchView<'a> {
+    model: &'a Model,
+    branches: &'a [Branch],
+    train: bool,
+}
+
+impl<'a> BranchView<'a> {
+    /// A view of `branches` of `model`.
+    pub fn new(model: &'a Model, branches: &'a [Branch], train: bool) -> Self {
+        BranchView { model, branches, train }
+    }
+}
+
+impl Classifier for BranchView<'_> {
+    fn logits(&self, x: &Tensor, sgm: Option<f64>) -> Tensor {
+        let run = |b: &Branch| {
+            let net = b.net(self.model);
+            match sgm {
+                Some(g) if !self.train => net.forward_sgm(x, &b.route, g),
+                _ => net.forward(x, &b.route, self.train),
+            }
+        };
+        if self.branches.len() == 1 {
+            return run(&self.branches[0]);
+        }
+        ensemble_logits(self.branches.iter().map(run).collect())
+    }
+}
+
+/// Examples of `term` against every member of `model` together, drawn from the batch position.
+pub fn against_ensemble(model: &Model, term: &AdvTerm, batch: &Batch, at: StepAt) -> Tensor {
+    let members = Branch::members(model);
+    let view = BranchView::new(model, &members, term.bn_train);
+    let seed = Seed(at.seed.derive(Stream::Start, at.epoch as u64, at.step as u64));
+    term.examples(&view, &batch.x, &batch.y, &mut seed.rng(Stream::Eval, 1, 0))
+}
+
+/// PGD adversarial training of a network or an ensemble.
+#[derive(Debug, Clone)]
+pub struct AdvTrain {
+    term: AdvTerm,
+}
+
+impl AdvTrain {
+    /// The method with `term` (validated).
+    pub fn new(term: AdvTerm) -> Result<Self> {
+        term.validate()?;
+        Ok(AdvTrain { term })
+    }
+}
+
+impl Method for AdvTrain {
+    fn name(&self) -> &'static str {
+        "adv"
+    }
+
+    fn step(&mut self, model: &Model, batch: &Batch, at: StepAt) -> Result<StepStats> {
+        if model.gates() > 0 {
+            return Err(Error::config(
+                "adversarial training takes plain ResNet-20s; for an RGN use eio with --adv true",
+            ));
+        }
+        let xa = against_ensemble(model, &self.term, batch, at);
+        let mut st = StepStats::default();
+        let route = crate::model::Route::zeros(0);
+        for net in &model.nets {
+            let (loss, correct) = ce_and_correct(&net.forward(&xa, &route, true), &batch.y);
+            loss.backward();
+            st.loss += loss.double_value(&[]) / model.nets.len() as f64;
+            st.correct += correct;
+            st.seen += batch.y.size()[0];
+        }
+        Ok(st)
+    }
+}

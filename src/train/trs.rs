@@ -1,0 +1,193 @@
+/*!
+Transferability Reduced Smooth ensembles (TRS: Yang et al., "TRS: Transferability Reduced
+Ensemble via Promoting Gradient Diversity and Model Smoothness", NeurIPS 2021,
+arXiv:2104.00671); mirrors `TRS_Trainer` of `train/Empirical/trainer.py` in
+AI-secure/Transferability-Reduced-Smooth-Ensemble, with its published defaults (coeff 2,
+lamda 2, scale 5, init eps 0.1, adv eps 0.2; Adam lr 1e-3, wd 1e-4, eps 1e-7).
+
+All members train jointly on
+
+```text
+loss = sum_i CE(f_i(x), y) + scale * (coeff * cos + lamda * smooth)
+cos    = mean over pairs i<j of mean_b |cos(g_i, g_j)|        g_i = d CE(f_i(x), y) / dx
+smooth = mean over members of mean_b 2 * ||d CE(f_i(x~), y) / dx~||^2
+```
+
+with double backprop through the input gradients. `x~` is the "vicinity" batch of the code's
+`--plus-adv` mode (the default here, as in the paper's min-max training): the first half of the
+batch clean, the second half moved by a 6-step PGD of step eps/3 that *maximises* the summed
+gradient magnitude of the members, from a uniform random start, with eps growing linearly from
+`init_eps` to `adv_eps` over the run. With `vicinity = false` the smoothness term uses the clean
+gradients `g_i`.
+*/
+
+use serde::{Deserialize, Serialize};
+use tch::{Kind, Tensor};
+
+use super::methods::{ensemble_correct, input_grads, pairs};
+use super::{Batch, Method, StepAt, StepStats};
+use crate::error::{Error, Result};
+use crate::model::Model;
+use crate::seed::{Seed, Stream};
+
+/// TRS settings. `Default` = the published TRS code.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TrsConfig {
+    /// Weight of the gradient-similarity term (coeff).
+    pub coeff: f64,
+    /// Weight of the smoothness term (lamda).
+    pub lamda: f64,
+    /// Overall weight of both regularisers (scale).
+    pub scale: f64,
+    /// Smoothness on the PGD vicinity batch (the code's `--plus-adv`) instead of clean inputs.
+    pub vicinity: bool,
+    /// Vicinity radius at the first epoch.
+    pub init_eps: f64,
+    /// Vicinity radius reached at the last epoch.
+    pub adv_eps: f64,
+    /// Steps of the vicinity PGD (step eps/3).
+    pub steps: usize,
+}
+
+impl Default for TrsConfig {
+    fn default() -> Self {
+        TrsConfig {
+            coeff: 2.0,
+            lamda: 2.0,
+            scale: 5.0,
+            vicinity: true,
+            init_eps: 0.1,
+            adv_eps: 0.2,
+            steps: 6,
+        }
+    }
+}
+
+impl TrsConfig {
+    /// Checks the values are usable.
+    pub fn validate(&self) -> Result<()> {
+        for (name, v) in [("coeff", self.coeff), ("lamda", self.lamda), ("scale", self.scale)] {
+            if !(v.is_finite() && v >= 0.0) {
+                return Err(Error::config(format!("TRS {name} must be >= 0, got {v}")));
+            }
+        }
+        for (name, v) in [("init_eps", self.init_eps), ("adv_eps", self.adv_eps)] {
+            if !(v.is_finite() && v > 0.0 && v <= 1.0) {
+                return Err(Error::config(format!("TRS {name} must be in (0, 1], got {v}")));
+            }
+        }
+        if self.steps == 0 {
+            return Err(Error::config("TRS steps must be at least 1"));
+        }
+        Ok(())
+    }
+
+    /// The vicinity radius in `epoch` (0-based) of `epochs`, as the code's `cureps`.
+    pub fn eps_at(&self, epoch: usize, epochs: usize) -> f64 {
+        (self.adv_eps - self.init_eps) * epoch as f64 / epochs.max(1) as f64 + self.init_eps
+    }
+}
+
+/// Mean over images of twice the squared L2 norm of `g` (`[B, D]`), the code's `Magnitude`.
+pub fn magnitude(g: &Tensor) -> Tensor {
+    g.pow_tensor_scalar(2).sum_dim_intlist([1].as_slice(), false, None).mean(Kind::Float) * 2.0
+}
+
+/// Mean over pairs of the mean absolute cosine similarity of the members' input gradients.
+pub fn similarity(grads: &[Tensor]) -> Tensor {
+    let p = pairs(grads.len());
+    let n = p.len() as f64;
+    p.into_iter()
+        .map(|(i, j)| {
+            Tensor::cosine_similarity(&grads[i], &grads[j], -1, 1e-8).abs().mean(Kind::Float)
+        })
+        .fold(Tensor::zeros([], (Kind::Float, grads[0].device())), |a, b| a + b)
+        / n
+}
+
+/// TRS training of an ensemble.
+#[derive(Debug, Clone)]
+pub struct Trs {
+    cfg: TrsConfig,
+    epochs: usize,
+}
+
+impl Trs {
+    /// The method with `cfg` (validated) for a run of `epochs` (the vicinity radius grows over
+    /// the run).
+    pub fn new(cfg: TrsConfig, epochs: usize) -> Result<Self> {
+        cfg.validate()?;
+        Ok(Trs { cfg, epochs })
+    }
+
+    /// The vicinity PGD: moves `x` within `eps` to maximise the members' mean gradient
+    /// magnitude (6 sign steps of eps/3 from a uniform random start, in [0,1]).
+    fn vicinity(&self, model: &Model, x: &Tensor, y: &Tensor, eps: f64, seed: Seed) -> Tensor {
+        let mut rng = seed.rng(Stream::Start, 0, 0);
+        let noise = crate::attack::uniform_like(x, &mut rng);
+        let (lo, hi) = ((x - eps).clamp_min(0.0), (x + eps).clamp_max(1.0));
+        let mut adv = (x + (noise * 2.0 - 1.0) * eps).clamp(0.0, 1.0).detach();
+        let n = model.nets.len() as f64;
+        for _ in 0..self.cfg.steps {
+            let xr = adv.detach().set_requires_grad(true);
+            let m = input_grads(model, &xr, y)
+                .iter()
+                .fold(Tensor::zeros([], (Kind::Float, x.device())), |a, (_, g, _)| {
+                    a + magnitude(g)
+                })
+                / n;
+            let g = Tensor::run_backward(&[&m], &[&xr], false, false).pop().expect("one gradient");
+            let _guard = tch::no_grad_guard();
+            adv = (adv + g.sign() * (eps / 3.0)).clamp_tensor(Some(&lo), Some(&hi));
+        }
+        adv.detach()
+    }
+}
+
+impl Method for Trs {
+    fn name(&self) -> &'static str {
+        "trs"
+    }
+
+    fn step(&mut self, model: &Model, batch: &Batch, at: StepAt) -> Result<StepStats> {
+        if model.nets.len() < 2 || model.gates() > 0 {
+            return Err(Error::config("TRS trains an ensemble of at least 2 plain ResNet-20s"));
+        }
+        let (x, y) = (&batch.x, &batch.y);
+        let n = model.nets.len() as f64;
+        let xr = x.detach().set_requires_grad(true);
+        let lg = input_grads(model, &xr, y);
+        let zero = || Tensor::zeros([], (Kind::Float, x.device()));
+        let ce = lg.iter().fold(zero(), |a, (l, _, _)| a + l);
+        let grads: Vec<Tensor> = lg.iter().map(|(_, g, _)| g.shallow_clone()).collect();
+        let cos = similarity(&grads);
+        let smooth = if self.cfg.vicinity {
+            let b = x.size()[0];
+            let h = b / 2;
+            let eps = self.cfg.eps_at(at.epoch, self.epochs);
+            let seed = Seed(at.seed.derive(Stream::Start, at.epoch as u64, at.step as u64));
+            let far =
+                self.vicinity(model, &x.narrow(0, h, b - h), &y.narrow(0, h, b - h), eps, seed);
+            let xv = Tensor::cat(&[x.narrow(0, 0, h).detach(), far], 0).set_requires_grad(true);
+            input_grads(model, &xv, y).iter().fold(zero(), |a, (_, g, _)| a + magnitude(g))
+        } else {
+            grads.iter().fold(zero(), |a, g| a + magnitude(g))
+        } / n;
+        let c = &self.cfg;
+        let loss = &ce + (&cos * c.coeff + &smooth * c.lamda) * c.scale;
+        loss.backward();
+        let logits: Vec<Tensor> = lg.into_iter().map(|(_, _, l)| l).collect();
+        Ok(StepStats {
+            loss: loss.double_value(&[]),
+            correct: ensemble_correct(&logits, y),
+            seen: y.size()[0],
+            note: String::new(),
+            terms: vec![
+                ("ce", ce.double_value(&[])),
+                ("cos", cos.double_value(&[])),
+                ("smooth", smooth.double_value(&[])),
+            ],
+        })
+    }
+}
