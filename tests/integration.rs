@@ -4,4 +4,5 @@ mod attack;
 mod eio_train;
 mod foundation;
 mod golden;
+mod methods;
 mod util;

@@ -104,9 +104,10 @@ pub fn coherence(grads: &[Tensor]) -> Tensor {
         .into_iter()
         .map(|(i, j)| Tensor::cosine_similarity(&grads[i], &grads[j], -1, 1e-8))
         .collect();
+    let kind = grads[0].kind();
     (Tensor::stack(&cos, -1).exp().sum_dim_intlist([-1].as_slice(), false, None) + 1e-20)
         .log()
-        .mean(Kind::Float)
+        .mean(kind)
 }
 
 /// The parts of the GAL loss of a batch.

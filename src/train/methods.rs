@@ -33,7 +33,9 @@ pub fn input_grads(model: &Model, x: &Tensor, y: &Tensor) -> Vec<(Tensor, Tensor
         .iter()
         .map(|net| {
             let logits = net.forward(x, &route, true);
-            let loss = logits.cross_entropy_for_logits(y);
+            // In the logits' precision (tch's cross_entropy_for_logits casts to f32), so a
+            // double-precision model can be checked against finite differences.
+            let loss = logits.log_softmax(-1, logits.kind()).nll_loss(y);
             let g = Tensor::run_backward(&[&loss], &[x], true, true)
                 .pop()
                 .expect("one gradient per input");

@@ -91,7 +91,7 @@ impl TrsConfig {
 
 /// Mean over images of twice the squared L2 norm of `g` (`[B, D]`), the code's `Magnitude`.
 pub fn magnitude(g: &Tensor) -> Tensor {
-    g.pow_tensor_scalar(2).sum_dim_intlist([1].as_slice(), false, None).mean(Kind::Float) * 2.0
+    g.pow_tensor_scalar(2).sum_dim_intlist([1].as_slice(), false, None).mean(g.kind()) * 2.0
 }
 
 /// Mean over pairs of the mean absolute cosine similarity of the members' input gradients.
@@ -100,7 +100,7 @@ pub fn similarity(grads: &[Tensor]) -> Tensor {
     let n = p.len() as f64;
     p.into_iter()
         .map(|(i, j)| {
-            Tensor::cosine_similarity(&grads[i], &grads[j], -1, 1e-8).abs().mean(Kind::Float)
+            Tensor::cosine_similarity(&grads[i], &grads[j], -1, 1e-8).abs().mean(grads[i].kind())
         })
         .fold(Tensor::zeros([], (Kind::Float, grads[0].device())), |a, b| a + b)
         / n
