@@ -94,8 +94,8 @@ fn adam_matches_pytorch() {
         opt.step(0.1);
     }
     let got = Vec::<f32>::try_from(&w.detach()).unwrap();
-    for (g, want) in got.iter().zip([0.972179830f32, -0.501779675, 1.500983000, 0.472184628]) {
-        assert!((g - want).abs() < 2e-6, "{got:?}");
+    for (g, want) in got.iter().zip([0.972_179_83, -0.501_779_675, 1.500_983, 0.472_184_628]) {
+        assert!((f64::from(*g) - want).abs() < 2e-6, "{got:?}");
     }
 }
 
