@@ -228,3 +228,61 @@ fn a_few_steps_of_every_method_lower_its_loss() {
         assert!(losses[5] < losses[0], "{name}: loss {losses:?} did not decrease");
     }
 }
+
+#[test]
+fn every_method_trains_end_to_end_through_the_cli() {
+    let dir = crate::util::tempdir();
+    let small = [
+        "--train-per-class",
+        "2",
+        "--test-per-class",
+        "1",
+        "--epochs",
+        "1",
+        "--batch-size",
+        "10",
+        "--members",
+        "2",
+    ];
+    for (method, extra, columns) in [
+        (
+            "dverge",
+            vec![
+                "--warmup-epochs",
+                "1",
+                "--distill-steps",
+                "1",
+                "--adv",
+                "true",
+                "--adv-steps",
+                "1",
+            ],
+            "",
+        ),
+        ("adp", vec!["--adv", "true", "--adv-steps", "1"], "adv,ce,entropy,log_det"),
+        ("gal", vec![], "ce,coherence"),
+        ("trs", vec!["--vicinity-steps", "1"], "ce,cos,smooth"),
+        ("adv", vec!["--adv-steps", "1"], ""),
+    ] {
+        let out = dir.path().join(method);
+        let out = out.to_str().unwrap();
+        let mut args = vec!["train", method, "--out", out];
+        args.extend(small);
+        args.extend(extra);
+        let (ok, _, err) = crate::util::eio(&args);
+        assert!(ok, "eio train {method}: {err}");
+        let metrics = std::fs::read_to_string(dir.path().join(method).join("metrics.csv")).unwrap();
+        assert!(metrics.lines().next().unwrap().ends_with(columns), "{method}: {metrics}");
+        assert!(dir.path().join(method).join("model.safetensors").exists());
+        let cfg = std::fs::read_to_string(dir.path().join(method).join("config.toml")).unwrap();
+        assert!(cfg.contains(&format!("[method.{method}]")), "{cfg}");
+    }
+    // The DVERGE warm-up is a baseline ensemble; GAL's members are leaky.
+    assert!(dir.path().join("dverge/warmup/model.safetensors").exists());
+    let gal = dir.path().join("gal/model.safetensors");
+    let (m, _) = Model::load(&gal, Device::Cpu).unwrap();
+    assert_eq!((m.spec.members, m.spec.arch.relu_slope), (2, 0.1));
+    let (ok, _, err) =
+        crate::util::eio(&["eval", "--model", gal.to_str().unwrap(), "--test-per-class", "1"]);
+    assert!(ok, "{err}");
+}
