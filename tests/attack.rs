@@ -8,11 +8,11 @@ use eio::attack::{
 use eio::data::{Dataset, IMAGE_BYTES};
 use eio::eval::report::Report;
 use eio::eval::transfer::{
-    transfer_eval, transfer_files, transfer_gen, Named, TransferAttack, TransferFile,
-    TransferGenConfig, PLAN_KEY, TRANSFER_KEY,
+    transfer_eval, transfer_files, transfer_gen, Named, TransferFile, TransferGenConfig, PLAN_KEY,
+    TRANSFER_KEY,
 };
 use eio::eval::transferability::{transferability, TransferabilityConfig};
-use eio::eval::whitebox::{whitebox, WhiteboxAttack, WhiteboxConfig};
+use eio::eval::whitebox::{named_attack, whitebox, WhiteboxConfig, ATTACK_NAMES};
 use eio::model::io::TensorFile;
 use eio::model::{ArchConfig, Classifier, Model, ModelSpec, Routing, Target};
 use eio::seed::{Rng, Seed, Stream};
@@ -106,10 +106,13 @@ fn all_attacks(eps: f64) -> Vec<AttackConfig> {
         }),
         AttackConfig::Apgd(ApgdConfig { steps: 4, ..ApgdConfig::new(eps, AttackLoss::Dlr) }),
     ];
-    // What the white-box protocol runs per restart, for each of its attacks.
-    for attack in WhiteboxAttack::ALL {
-        let cfg = WhiteboxConfig { attack, steps: 3, momentum: 0.5, ..Default::default() };
-        v.push(cfg.attack(eps));
+    // What the white-box protocol runs per restart, for each of its named attacks.
+    for name in ATTACK_NAMES {
+        let cfg = WhiteboxConfig {
+            attack: named_attack(name).unwrap().with_steps(3),
+            ..Default::default()
+        };
+        v.push(cfg.restart_attack(eps));
     }
     v
 }
@@ -318,10 +321,8 @@ fn whitebox_report_is_consistent() {
     let data = self_labelled(&t, 6, 30);
     let cfg = WhiteboxConfig {
         eps: vec![0.001, 0.05],
-        steps: 3,
-        restarts: 3,
+        attack: AttackConfig::paper_whitebox(1.0).with_steps(3).with_restarts(3),
         batch: 4,
-        ..Default::default()
     };
     let r = whitebox(&t, &data, &cfg, Device::Cpu, Seed(1)).unwrap();
     assert_eq!(r.images, 6);
@@ -345,7 +346,7 @@ fn whitebox_report_is_consistent() {
     let back: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(dir.path().join("wb.json")).unwrap())
             .unwrap();
-    assert_eq!(back["config"]["restarts"], 3);
+    assert_eq!((&back["attack"], &back["restarts"]), (&"pgd".into(), &3.into()));
     let csv = std::fs::read_to_string(dir.path().join("wb.csv")).unwrap();
     assert_eq!(csv.lines().count(), 3);
     assert!(csv.starts_with("eps,"));
@@ -361,20 +362,16 @@ fn whitebox_runs_every_attack_below_clean_accuracy() {
     let data = labelled(&m, 8, 31, 2);
     let (x, y) = data.tensors();
     for (attack, loss) in [
-        (WhiteboxAttack::Apgd, AttackLoss::CrossEntropy),
-        (WhiteboxAttack::Apgd, AttackLoss::Dlr),
-        (WhiteboxAttack::Fgsm, AttackLoss::CrossEntropy),
-        (WhiteboxAttack::Mpgd, AttackLoss::CrossEntropy),
-        (WhiteboxAttack::Pgd, AttackLoss::cw()),
+        ("apgd", AttackLoss::CrossEntropy),
+        ("apgd", AttackLoss::Dlr),
+        ("fgsm", AttackLoss::CrossEntropy),
+        ("mpgd", AttackLoss::CrossEntropy),
+        ("pgd", AttackLoss::cw()),
     ] {
         let cfg = WhiteboxConfig {
             eps: vec![0.002, 0.1],
-            attack,
-            steps: 5,
-            restarts: 2,
-            loss,
+            attack: named_attack(attack).unwrap().with_steps(5).with_restarts(2).with_loss(loss),
             batch: 3,
-            ..Default::default()
         };
         let name = format!("{attack} {loss}");
         let r = whitebox(&m, &data, &cfg, Device::Cpu, Seed(3)).unwrap();
@@ -385,53 +382,59 @@ fn whitebox_runs_every_attack_below_clean_accuracy() {
         // The large radius fools the linear model on some clean-correct image.
         assert!(r.rows[1].robust_accuracy < r.clean_accuracy, "{name}: {:?}", r.rows);
         // FGSM has no random start: it runs once, and the report says so.
-        let runs = if attack == WhiteboxAttack::Fgsm { 1 } else { 2 };
-        assert_eq!((r.config.restarts, r.rows[0].accuracy_after_restart.len()), (runs, runs));
-        assert_eq!(r.config.attack, attack);
+        let runs = if attack == "fgsm" { 1 } else { 2 };
+        assert_eq!((r.restarts, r.rows[0].accuracy_after_restart.len()), (runs, runs));
+        assert_eq!(r.attack, attack);
         let csv = r.to_csv();
         assert!(csv.starts_with("eps,images,clean_accuracy,robust_accuracy,attack,"), "{csv}");
         assert!(csv.lines().skip(1).all(|l| l.contains(&format!(",{attack},"))), "{csv}");
         // The attack of one restart stays in the ball and the unit box.
         for &eps in &cfg.eps {
-            let xa = cfg.attack(eps).perturb(&m, &x, &y, &mut rng(5));
+            let xa = cfg.restart_attack(eps).perturb(&m, &x, &y, &mut rng(5));
             check_output(&x, &xa, eps).unwrap_or_else(|e| panic!("{name} eps {eps}: {e}"));
         }
     }
-    // What each choice builds.
-    let cfg = |attack| WhiteboxConfig {
-        attack,
-        momentum: 0.7,
-        loss: AttackLoss::Dlr,
-        ..Default::default()
+    // What each name builds, and what one restart of it is at eps 0.03.
+    let at = |name: &str| {
+        let attack = named_attack(name).unwrap().with_loss(AttackLoss::Dlr);
+        WhiteboxConfig { attack, ..Default::default() }.restart_attack(0.03)
     };
-    match cfg(WhiteboxAttack::Apgd).attack(0.03) {
+    match at("apgd") {
         AttackConfig::Apgd(a) => {
             assert_eq!((a.eps, a.steps, a.restarts, a.loss), (0.03, 50, 1, AttackLoss::Dlr))
         }
         other => panic!("{other:?}"),
     }
-    match cfg(WhiteboxAttack::Mpgd).attack(0.03) {
-        AttackConfig::Pgd(p) => assert_eq!((p.momentum, p.restarts), (Some(0.7), 1)),
+    match at("mpgd") {
+        AttackConfig::Pgd(p) => assert_eq!((p.momentum, p.restarts), (Some(1.0), 1)),
         other => panic!("{other:?}"),
     }
-    match cfg(WhiteboxAttack::Pgd).attack(0.03) {
-        AttackConfig::Pgd(p) => assert_eq!((p.momentum, p.steps, p.restarts), (None, 50, 1)),
+    match at("pgd") {
+        AttackConfig::Pgd(p) => {
+            assert_eq!((p.momentum, p.steps, p.restarts), (None, 50, 1));
+            assert_eq!(p.step_size, 0.03 * 0.2);
+        }
         other => panic!("{other:?}"),
     }
     assert_eq!(
-        cfg(WhiteboxAttack::Fgsm).attack(0.03),
+        at("fgsm"),
         AttackConfig::Fgsm(FgsmConfig { eps: 0.03, loss: AttackLoss::Dlr, eot: 1 })
     );
-    // Configs written before `attack` existed still parse, as PGD; names round-trip.
-    let old: WhiteboxConfig = toml::from_str("eps = [0.03]\nsteps = 10\nloss = \"cw\"").unwrap();
-    assert_eq!((old.attack, old.momentum, old.steps), (WhiteboxAttack::Pgd, 1.0, 10));
-    let new: WhiteboxConfig = toml::from_str("attack = \"apgd\"\nloss = \"dlr\"").unwrap();
-    assert_eq!((new.attack, new.loss), (WhiteboxAttack::Apgd, AttackLoss::Dlr));
-    assert!(toml::from_str::<WhiteboxConfig>("attack = \"cw\"").is_err());
-    for a in WhiteboxAttack::ALL {
-        assert_eq!(a.to_string().parse::<WhiteboxAttack>().unwrap(), a);
+    // Config files: the attack is a table; names round-trip; unknown names are errors.
+    let cfg: WhiteboxConfig =
+        toml::from_str("eps = [0.03]\n[attack]\nkind = \"apgd\"\neps = 1.0\nloss = \"dlr\"")
+            .unwrap();
+    assert_eq!((cfg.attack.name(), cfg.attack.loss()), ("apgd", AttackLoss::Dlr));
+    assert_eq!(toml::from_str::<WhiteboxConfig>("").unwrap(), WhiteboxConfig::default());
+    assert!(toml::from_str::<WhiteboxConfig>("attack = \"pgd\"").is_err());
+    for name in ATTACK_NAMES {
+        assert_eq!(named_attack(name).unwrap().name(), name);
     }
-    let bad = WhiteboxConfig { attack: WhiteboxAttack::Mpgd, momentum: -1.0, ..Default::default() };
+    assert!(named_attack("cw").is_err());
+    let bad = WhiteboxConfig {
+        attack: AttackConfig::Pgd(PgdConfig { momentum: Some(-1.0), ..PgdConfig::whitebox(1.0) }),
+        ..Default::default()
+    };
     assert!(bad.validate().is_err());
 }
 
@@ -474,10 +477,10 @@ fn whitebox_cli_runs_apgd_fgsm_and_mpgd() {
         assert!(out.contains(says), "{out}");
         let report: serde_json::Value =
             serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
-        assert_eq!(report["config"]["attack"], attack, "{report}");
+        assert_eq!(report["attack"], attack, "{report}");
         assert_eq!(report["images"], 10);
         let runs = if attack == "fgsm" { 1 } else { 2 };
-        assert_eq!(report["config"]["restarts"], runs);
+        assert_eq!(report["restarts"], runs);
         let clean = report["clean_accuracy"].as_f64().unwrap();
         for row in report["rows"].as_array().unwrap() {
             assert!(row["robust_accuracy"].as_f64().unwrap() <= clean, "{report}");
@@ -499,25 +502,15 @@ fn transferability_of_a_model_with_itself_has_the_whitebox_rate() {
     let m = plain_model();
     let t = Target::fixed_zero(&m);
     let data = self_labelled(&t, 8, 40);
-    let cfg = TransferabilityConfig {
-        eps: 0.1,
-        steps: 4,
-        restarts: 2,
-        random_start: false,
-        images: 6,
-        batch: 4,
-        ..Default::default()
-    };
+    let attack =
+        PgdConfig { steps: 4, restarts: 2, random_start: false, ..PgdConfig::whitebox(1.0) };
+    let cfg =
+        TransferabilityConfig { eps: 0.1, attack: AttackConfig::Pgd(attack), images: 6, batch: 4 };
     let members = [Named::new("a", &t), Named::new("b", &t)];
     let r = transferability(&members, Some(&t), &data, &cfg, Device::Cpu, Seed(2)).unwrap();
     assert_eq!((r.images, r.eligible, r.index.len()), (6, 8, 6));
-    let wb_cfg = WhiteboxConfig {
-        eps: vec![cfg.eps],
-        steps: cfg.steps,
-        restarts: cfg.restarts,
-        random_start: false,
-        ..Default::default()
-    };
+    let wb_cfg =
+        WhiteboxConfig { eps: vec![cfg.eps], attack: cfg.attack.clone(), ..Default::default() };
     let wb = whitebox(&t, &data.select(&r.index), &wb_cfg, Device::Cpu, Seed(2)).unwrap();
     let rate = 1.0 - wb.rows[0].robust_accuracy;
     assert!(rate > 0.0, "the attack should fool some images");
@@ -594,17 +587,10 @@ fn transfer_sets_round_trip_and_resume() {
     let linear = Linear::new(10, 3072, Kind::Float, 3);
     let data = self_labelled(&surrogate, 5, 50);
     let index = [4usize, 0, 2];
-    let cfg = TransferGenConfig {
-        eps: vec![0.02, 0.05],
-        steps: 2,
-        attacks: vec![
-            TransferAttack::Mpgd { momentum: 1.0, restarts: 2 },
-            TransferAttack::Mdi2 { momentum: 1.0, prob: 0.5, resize_rate: 0.9 },
-            TransferAttack::Sgm { gamma: 0.2 },
-        ],
-        batch: 2,
-        ..Default::default()
-    };
+    let mut attacks: Vec<AttackConfig> =
+        AttackConfig::paper_transfer_suite(1.0).into_iter().map(|a| a.with_steps(2)).collect();
+    attacks[0] = attacks[0].clone().with_restarts(2);
+    let cfg = TransferGenConfig { eps: vec![0.02, 0.05], attacks, batch: 2, ..Default::default() };
     let dir = tempfile::tempdir().unwrap();
     let sur = [Named::new("resnet", &surrogate), Named::new("lin", &linear)];
     let r = transfer_gen(&sur, &data, &index, &cfg, dir.path(), Device::Cpu, Seed(4)).unwrap();
@@ -624,8 +610,8 @@ fn transfer_sets_round_trip_and_resume() {
     assert_eq!((meta.surrogate.as_str(), meta.eps, meta.versions.len()), ("resnet", 0.05, 8));
     for v in &meta.versions {
         check_output(&x, &f.tensors[&v.key], 0.05).unwrap();
-        assert_eq!(v.config.steps, 2);
-        assert!((v.config.step_size - 0.01).abs() < 1e-12);
+        assert_eq!((v.config.steps(), v.config.restarts()), (2, 1));
+        assert!((v.config.step_ratio().unwrap() - 0.2).abs() < 1e-12);
     }
     assert!(meta.versions.iter().any(|v| v.key == "adv.mpgd.cw.1"));
 

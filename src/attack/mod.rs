@@ -16,6 +16,10 @@ in [0,1] pixel units (`8.0 / 255.0`, or `0.03`). Attacks are untargeted and maxi
 | SGM (skip gradient method) | [`PgdConfig::sgm`] | Wu et al., arXiv:2002.05990 |
 | APGD-CE / APGD-DLR | [`ApgdConfig`] | Croce & Hein, arXiv:2003.01690 |
 
+[`AttackConfig`] holds any one of them; it is the attack type of the evaluation protocols and
+transfer files, and carries the paper's presets ([`AttackConfig::paper_whitebox`],
+[`AttackConfig::paper_transfer_suite`]).
+
 Conventions shared by all attacks:
 
 - **Gradients** are taken with respect to the input only (`x.set_requires_grad(true)` and
@@ -40,15 +44,16 @@ Conventions shared by all attacks:
 */
 
 mod apgd;
+mod config;
 mod diversity;
 mod fgsm;
 mod loss;
 mod pgd;
 
-use serde::{Deserialize, Serialize};
 use tch::{Kind, Tensor};
 
 pub use apgd::ApgdConfig;
+pub use config::AttackConfig;
 pub use diversity::DiversityConfig;
 pub use fgsm::FgsmConfig;
 pub use loss::{AttackLoss, DEFAULT_CW_KAPPA};
@@ -70,47 +75,6 @@ pub trait Attack {
 
     /// The radius of the L-infinity ball.
     fn eps(&self) -> f64;
-}
-
-/// Any attack, as one serialisable value (`kind = "fgsm" | "pgd" | "apgd"` plus its fields).
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(tag = "kind", rename_all = "lowercase")]
-pub enum AttackConfig {
-    /// Fast gradient sign method.
-    Fgsm(FgsmConfig),
-    /// PGD and its momentum / input-diversity / skip-gradient variants.
-    Pgd(PgdConfig),
-    /// Auto-PGD.
-    Apgd(ApgdConfig),
-}
-
-impl AttackConfig {
-    /// Checks the parameters.
-    pub fn validate(&self) -> Result<()> {
-        match self {
-            AttackConfig::Fgsm(c) => c.validate(),
-            AttackConfig::Pgd(c) => c.validate(),
-            AttackConfig::Apgd(c) => c.validate(),
-        }
-    }
-}
-
-impl Attack for AttackConfig {
-    fn perturb(&self, target: &dyn Classifier, x: &Tensor, y: &Tensor, rng: &mut Rng) -> Tensor {
-        match self {
-            AttackConfig::Fgsm(c) => c.perturb(target, x, y, rng),
-            AttackConfig::Pgd(c) => c.perturb(target, x, y, rng),
-            AttackConfig::Apgd(c) => c.perturb(target, x, y, rng),
-        }
-    }
-
-    fn eps(&self) -> f64 {
-        match self {
-            AttackConfig::Fgsm(c) => c.eps,
-            AttackConfig::Pgd(c) => c.eps,
-            AttackConfig::Apgd(c) => c.eps,
-        }
-    }
 }
 
 pub(crate) fn check_eps(eps: f64) -> Result<()> {

@@ -5,17 +5,18 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context, Result};
 use clap::{Args, Subcommand};
+use serde::de::DeserializeOwned;
 use serde::Serialize;
 
 use super::config::resolve;
 use super::model::{routing, RouteArgs};
 use super::{check_new_output, DataArgs, DeviceArg};
-use eio::attack::AttackLoss;
+use eio::attack::{AttackConfig, AttackLoss};
 use eio::data::{Dataset, Split};
 use eio::eval::report::Report;
 use eio::eval::transfer::{transfer_eval, transfer_files, transfer_gen, Named, TransferGenConfig};
 use eio::eval::transferability::{transferability, TransferabilityConfig};
-use eio::eval::whitebox::{whitebox, WhiteboxAttack, WhiteboxConfig};
+use eio::eval::whitebox::{named_attack, whitebox, WhiteboxConfig};
 use eio::model::{Model, Route, Routing, Target};
 use eio::seed::{Seed, Stream};
 
@@ -108,57 +109,56 @@ impl OutputArgs {
     }
 }
 
-/// Parses a flag through the library's `FromStr` (losses, attack names), whose error lists
-/// what is accepted.
+/// Parses a flag through the library's `FromStr` (losses), whose error lists what is accepted.
 fn parsed<T: std::str::FromStr<Err = eio::Error>>(s: &str) -> std::result::Result<T, String> {
     s.parse().map_err(|e: eio::Error| e.to_string())
 }
 
-#[derive(Debug, Default, Args, Serialize)]
+/// Checks `--attack` against the library's white-box attack names.
+fn attack_name(s: &str) -> std::result::Result<String, String> {
+    named_attack(s).map(|a| a.name().to_string()).map_err(|e| e.to_string())
+}
+
+/// The protocol's settings: the `--config` file, or the library's defaults.
+fn load_config<C: Serialize + DeserializeOwned + Default>(file: Option<&Path>) -> Result<C> {
+    Ok(resolve::<C>(file, &toml::Table::new())?.0)
+}
+
+#[derive(Debug, Default, Args)]
 pub struct WhiteboxFlags {
     /// Radii in [0,1] units, comma-separated (e.g. 0.01,0.02,0.03 or 8/255 as 0.0314)
     /// [default: 0.01,0.02,...,0.07].
     #[arg(long, value_delimiter = ',')]
-    #[serde(skip_serializing_if = "Option::is_none")]
     eps: Option<Vec<f64>>,
     /// Attack of each restart [default: pgd]: pgd (PGD, sign steps of --step-ratio*eps), fgsm
     /// (one sign step of eps; no random start, so it runs once whatever --restarts says), apgd
     /// (APGD with AutoAttack's step-size schedule; --loss ce for APGD-CE, dlr for APGD-DLR),
     /// mpgd (momentum PGD / MI-FGSM, decay --momentum).
-    #[arg(long, value_name = "ATTACK", value_parser = parsed::<WhiteboxAttack>)]
-    #[serde(skip_serializing_if = "Option::is_none")]
-    attack: Option<WhiteboxAttack>,
+    #[arg(long, value_name = "ATTACK", value_parser = attack_name)]
+    attack: Option<String>,
     /// Momentum decay mu of --attack mpgd [default: 1.0]; only valid with mpgd.
     #[arg(long, value_name = "MU")]
-    #[serde(skip_serializing_if = "Option::is_none")]
     momentum: Option<f64>,
     /// Iterations of pgd, mpgd and apgd [default: 50].
     #[arg(long, value_parser = super::positive)]
-    #[serde(skip_serializing_if = "Option::is_none")]
     steps: Option<usize>,
     /// Step size of pgd and mpgd as a fraction of eps [default: 0.2].
     #[arg(long)]
-    #[serde(skip_serializing_if = "Option::is_none")]
     step_ratio: Option<f64>,
     /// Independent random restarts; robust = correct under all [default: 5].
     #[arg(long, value_parser = super::positive)]
-    #[serde(skip_serializing_if = "Option::is_none")]
     restarts: Option<usize>,
     /// Uniform random start of pgd and mpgd (true/false) [default: true].
     #[arg(long)]
-    #[serde(skip_serializing_if = "Option::is_none")]
     random_start: Option<bool>,
     /// Loss: ce, cw, cw:<kappa>, dlr [default: ce].
     #[arg(long, value_parser = parsed::<AttackLoss>)]
-    #[serde(skip_serializing_if = "Option::is_none")]
     loss: Option<AttackLoss>,
     /// Gradient samples per step against a random-path RGN (EOT) [default: 1].
     #[arg(long, value_parser = super::positive)]
-    #[serde(skip_serializing_if = "Option::is_none")]
     eot: Option<usize>,
     /// Images per batch [default: 500].
     #[arg(long, value_parser = super::positive)]
-    #[serde(skip_serializing_if = "Option::is_none")]
     batch: Option<usize>,
 }
 
@@ -191,12 +191,50 @@ pub struct WhiteboxArgs {
     out: OutputArgs,
 }
 
+impl WhiteboxFlags {
+    /// `cfg` with the flags given: `--attack` replaces its attack by the named one, the other
+    /// attack flags then set the fields they name.
+    fn apply(&self, mut cfg: WhiteboxConfig) -> Result<WhiteboxConfig> {
+        if let Some(name) = &self.attack {
+            cfg.attack = named_attack(name)?;
+        }
+        if self.momentum.is_some() && cfg.attack.name() != "mpgd" {
+            bail!("--momentum applies only to --attack mpgd, not {}", cfg.attack.name());
+        }
+        let mut attack = cfg.attack;
+        if let Some(steps) = self.steps {
+            attack = attack.with_steps(steps);
+        }
+        if let Some(ratio) = self.step_ratio {
+            attack = attack.with_step_ratio(ratio);
+        }
+        if let Some(restarts) = self.restarts {
+            attack = attack.with_restarts(restarts);
+        }
+        if let Some(loss) = self.loss {
+            attack = attack.with_loss(loss);
+        }
+        if let Some(eot) = self.eot {
+            attack = attack.with_eot(eot);
+        }
+        if let AttackConfig::Pgd(p) = &mut attack {
+            p.random_start = self.random_start.unwrap_or(p.random_start);
+            p.momentum = self.momentum.or(p.momentum);
+        }
+        cfg.attack = attack;
+        if let Some(eps) = &self.eps {
+            cfg.eps = eps.clone();
+        }
+        if let Some(batch) = self.batch {
+            cfg.batch = batch;
+        }
+        Ok(cfg)
+    }
+}
+
 fn run_whitebox(a: WhiteboxArgs) -> Result<()> {
     a.out.check()?;
-    let (cfg, _) = resolve::<WhiteboxConfig>(a.config.as_deref(), &a.flags)?;
-    if a.flags.momentum.is_some() && cfg.attack != WhiteboxAttack::Mpgd {
-        bail!("--momentum applies only to --attack mpgd, not {}", cfg.attack);
-    }
+    let cfg = a.flags.apply(load_config(a.config.as_deref())?)?;
     cfg.validate()?;
     let device = a.target.device.device()?;
     let (model, _) = Model::load(&a.target.model, device)?;
@@ -229,27 +267,22 @@ fn describe_routing(r: &Routing) -> String {
     }
 }
 
-#[derive(Debug, Default, Args, Serialize)]
+#[derive(Debug, Default, Args)]
 pub struct TransferGenFlags {
     /// Radii, comma-separated.
     #[arg(long, value_delimiter = ',')]
-    #[serde(skip_serializing_if = "Option::is_none")]
     eps: Option<Vec<f64>>,
     /// Losses, comma-separated (ce, cw, cw:<kappa>).
     #[arg(long, value_delimiter = ',', value_parser = parsed::<AttackLoss>)]
-    #[serde(skip_serializing_if = "Option::is_none")]
     losses: Option<Vec<AttackLoss>>,
     /// Iterations per attack.
     #[arg(long, value_parser = super::positive)]
-    #[serde(skip_serializing_if = "Option::is_none")]
     steps: Option<usize>,
     /// Step size as a fraction of eps.
     #[arg(long)]
-    #[serde(skip_serializing_if = "Option::is_none")]
     step_ratio: Option<f64>,
     /// Images per batch.
     #[arg(long, value_parser = super::positive)]
-    #[serde(skip_serializing_if = "Option::is_none")]
     batch: Option<usize>,
 }
 
@@ -277,8 +310,32 @@ pub struct TransferGenArgs {
     device: DeviceArg,
 }
 
+impl TransferGenFlags {
+    /// `cfg` with the flags given; `--steps` and `--step-ratio` apply to every attack.
+    fn apply(&self, mut cfg: TransferGenConfig) -> TransferGenConfig {
+        if let Some(eps) = &self.eps {
+            cfg.eps = eps.clone();
+        }
+        if let Some(losses) = &self.losses {
+            cfg.losses = losses.clone();
+        }
+        for attack in &mut cfg.attacks {
+            if let Some(steps) = self.steps {
+                *attack = attack.clone().with_steps(steps);
+            }
+            if let Some(ratio) = self.step_ratio {
+                *attack = attack.clone().with_step_ratio(ratio);
+            }
+        }
+        if let Some(batch) = self.batch {
+            cfg.batch = batch;
+        }
+        cfg
+    }
+}
+
 fn run_transfer_gen(a: TransferGenArgs) -> Result<()> {
-    let (cfg, _) = resolve::<TransferGenConfig>(a.config.as_deref(), &a.flags)?;
+    let cfg = a.flags.apply(load_config(a.config.as_deref())?);
     let device = a.device.device()?;
     let seed = Seed(a.seed);
     let mut models = Vec::new();
@@ -346,27 +403,22 @@ fn run_transfer_eval(a: TransferEvalArgs) -> Result<()> {
     a.out.write(&report)
 }
 
-#[derive(Debug, Default, Args, Serialize)]
+#[derive(Debug, Default, Args)]
 pub struct TransferabilityFlags {
     /// Radius.
     #[arg(long)]
-    #[serde(skip_serializing_if = "Option::is_none")]
     eps: Option<f64>,
     /// PGD iterations.
     #[arg(long, value_parser = super::positive)]
-    #[serde(skip_serializing_if = "Option::is_none")]
     steps: Option<usize>,
     /// Random restarts.
     #[arg(long, value_parser = super::positive)]
-    #[serde(skip_serializing_if = "Option::is_none")]
     restarts: Option<usize>,
     /// Loss: ce, cw, cw:<kappa>.
     #[arg(long, value_parser = parsed::<AttackLoss>)]
-    #[serde(skip_serializing_if = "Option::is_none")]
     loss: Option<AttackLoss>,
     /// Images that every member classifies correctly.
     #[arg(long, value_parser = super::positive)]
-    #[serde(skip_serializing_if = "Option::is_none")]
     images: Option<usize>,
 }
 
@@ -395,9 +447,27 @@ pub struct TransferabilityArgs {
     device: DeviceArg,
 }
 
+impl TransferabilityFlags {
+    /// `cfg` with the flags given.
+    fn apply(&self, mut cfg: TransferabilityConfig) -> TransferabilityConfig {
+        cfg.eps = self.eps.unwrap_or(cfg.eps);
+        if let Some(steps) = self.steps {
+            cfg.attack = cfg.attack.with_steps(steps);
+        }
+        if let Some(restarts) = self.restarts {
+            cfg.attack = cfg.attack.with_restarts(restarts);
+        }
+        if let Some(loss) = self.loss {
+            cfg.attack = cfg.attack.with_loss(loss);
+        }
+        cfg.images = self.images.unwrap_or(cfg.images);
+        cfg
+    }
+}
+
 fn run_transferability(a: TransferabilityArgs) -> Result<()> {
     a.out.check()?;
-    let (cfg, _) = resolve::<TransferabilityConfig>(a.config.as_deref(), &a.flags)?;
+    let cfg = a.flags.apply(load_config(a.config.as_deref())?);
     let device = a.device.device()?;
     let seed = Seed(a.seed);
     let (model, _) = Model::load(&a.model, device)?;

@@ -7,6 +7,7 @@ use clap::Args;
 use serde::Serialize;
 
 use super::{check_new_output, write_json, DataArgs, DeviceArg};
+use eio::attack::AttackConfig;
 use eio::data::Split;
 use eio::eval::accuracy;
 use eio::eval::whitebox::WhiteboxConfig;
@@ -273,9 +274,10 @@ pub fn derive(a: DeriveArgs) -> Result<()> {
         let val = a.data.load(Split::Train, None)?.random_subset(a.val_images, Seed(a.seed));
         let cfg = WhiteboxConfig {
             eps: vec![a.val_eps],
-            steps: a.val_steps,
-            step_ratio: 0.25,
-            restarts: 1,
+            attack: AttackConfig::paper_whitebox(1.0)
+                .with_steps(a.val_steps)
+                .with_step_ratio(0.25)
+                .with_restarts(1),
             ..WhiteboxConfig::default()
         };
         cfg.validate()?;

@@ -16,6 +16,7 @@ use serde::{Deserialize, Serialize};
 
 use super::train::TrainFlags;
 use super::{write_json, DataArgs, DeviceArg};
+use eio::attack::AttackConfig;
 use eio::data::{Dataset, Split};
 use eio::eval::whitebox::{whitebox, WhiteboxConfig};
 use eio::model::io::{write_atomic, TensorFile};
@@ -162,11 +163,11 @@ pub fn run(a: StabilityArgs) -> Result<()> {
     }
     let wb = WhiteboxConfig {
         eps: a.eps.clone(),
-        steps: a.steps,
-        step_ratio: a.step_ratio,
-        restarts: a.restarts,
+        attack: AttackConfig::paper_whitebox(1.0)
+            .with_steps(a.steps)
+            .with_step_ratio(a.step_ratio)
+            .with_restarts(a.restarts),
         batch: a.batch_size,
-        ..WhiteboxConfig::default()
     };
     wb.validate()?;
     let settings = format!(

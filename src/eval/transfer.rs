@@ -3,10 +3,11 @@ Black-box transfer evaluation (Ensemble-in-One Sec. 4.1, DVERGE `eval/eval_bbox.
 
 1. [`transfer_gen`] crafts adversarial examples on surrogate models (the paper: baseline
    ensembles of 3, 5 and 8 ResNet-20s) with every attack x loss x eps of a
-   [`TransferGenConfig`] (the paper's suite: momentum PGD from 3 random starts, each start a
-   version of its own; M-DI2-FGSM with p = 0.5; SGM with gamma = 0.2; CE and CW losses; 100
-   steps of eps/5; eps 0.01..0.07: 10 versions per surrogate, 30 per image and eps) and stores
-   them, one safetensors file per (surrogate, eps).
+   [`TransferGenConfig`], each restart of an attack a version of its own (the paper's suite,
+   [`AttackConfig::paper_transfer_suite`]: momentum PGD from 3 random starts; M-DI2-FGSM with
+   p = 0.5; SGM with gamma = 0.2; CE and CW losses; 100 steps of eps/5; eps 0.01..0.07: 10
+   versions per surrogate, 30 per image and eps) and stores them, one safetensors file per
+   (surrogate, eps).
 2. [`transfer_eval`] reads such files and reports, for a target, the clean accuracy and per eps
    the fraction of images classified correctly clean and on ALL versions; also per attack and
    per source (surrogate, attack, loss).
@@ -21,9 +22,10 @@ File layout (`<out_dir>/<surrogate>_eps<eps>.safetensors`):
 | `adv.<attack>.<loss>.<restart>` | `[N,3,32,32]` f32 | one adversarial version (exact f32) |
 
 The metadata key `eio.transfer` holds a JSON [`TransferFile`] (surrogate, eps, seed, and per
-version its attack, loss, restart, full attack config and the surrogate's own fooling rate);
+version its attack, loss, restart, full [`AttackConfig`] and the surrogate's own fooling rate);
 `eio.transfer.plan` identifies what was asked for, so an interrupted generation resumes by
-skipping the files already complete.
+skipping the files already complete. Files written before attacks were [`AttackConfig`]s hold
+a bare `PgdConfig` per version; they read as `AttackConfig::Pgd`, and their plans still match.
 */
 
 use std::collections::BTreeMap;
@@ -38,7 +40,7 @@ use super::aggregate::{all_or_nothing, fraction};
 use super::report::{csv_field, Report};
 use super::run::{attack_and_judge, clean_correct};
 use super::whitebox::paper_eps;
-use crate::attack::{AttackLoss, DiversityConfig, PgdConfig};
+use crate::attack::{AttackConfig, AttackLoss, PgdConfig};
 use crate::data::Dataset;
 use crate::error::{Error, Result};
 use crate::model::io::TensorFile;
@@ -66,152 +68,19 @@ impl<'a> Named<'a> {
     }
 }
 
-fn one() -> f64 {
-    1.0
-}
-fn three() -> usize {
-    3
-}
-fn one_restart() -> usize {
-    1
-}
-fn half() -> f64 {
-    0.5
-}
-fn resize_rate() -> f64 {
-    DiversityConfig::default().resize_rate
-}
-fn sgm_gamma() -> f64 {
-    0.2
-}
-fn yes() -> bool {
-    true
-}
-
-/// One attack family of a transfer suite (`kind = "mpgd" | "mdi2" | "sgm" | "pgd"`).
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(tag = "kind", rename_all = "lowercase", deny_unknown_fields)]
-pub enum TransferAttack {
-    /// Momentum PGD (MI-FGSM) from uniform random starts; each start is stored as a version.
-    Mpgd {
-        /// Momentum decay mu (default 1.0).
-        #[serde(default = "one")]
-        momentum: f64,
-        /// Random starts, i.e. versions (default 3).
-        #[serde(default = "three")]
-        restarts: usize,
-    },
-    /// M-DI2-FGSM: momentum plus input diversity, from the clean image.
-    Mdi2 {
-        /// Momentum decay mu (default 1.0).
-        #[serde(default = "one")]
-        momentum: f64,
-        /// Probability of the resize-and-pad transformation (default 0.5).
-        #[serde(default = "half")]
-        prob: f64,
-        /// Smallest resized side as a fraction of the input side (default 0.9).
-        #[serde(default = "resize_rate")]
-        resize_rate: f64,
-    },
-    /// Skip gradient method, I-FGSM steps from the clean image.
-    Sgm {
-        /// Residual gradient scale (default 0.2).
-        #[serde(default = "sgm_gamma")]
-        gamma: f64,
-    },
-    /// Plain PGD; each restart is stored as a version.
-    Pgd {
-        /// Uniform random start (default true).
-        #[serde(default = "yes")]
-        random_start: bool,
-        /// Versions (default 1).
-        #[serde(default = "one_restart")]
-        restarts: usize,
-    },
-}
-
-impl TransferAttack {
-    /// The paper's three attacks: momentum PGD (3 starts), M-DI2-FGSM (p 0.5), SGM (gamma 0.2).
-    pub fn paper_suite() -> Vec<TransferAttack> {
-        vec![
-            TransferAttack::Mpgd { momentum: 1.0, restarts: 3 },
-            TransferAttack::Mdi2 { momentum: 1.0, prob: 0.5, resize_rate: resize_rate() },
-            TransferAttack::Sgm { gamma: 0.2 },
-        ]
-    }
-
-    /// Short name (`mpgd`, `mdi2`, `sgm`, `pgd`).
-    pub fn name(&self) -> &'static str {
-        match self {
-            TransferAttack::Mpgd { .. } => "mpgd",
-            TransferAttack::Mdi2 { .. } => "mdi2",
-            TransferAttack::Sgm { .. } => "sgm",
-            TransferAttack::Pgd { .. } => "pgd",
-        }
-    }
-
-    /// Versions stored per image (restarts of `mpgd` / `pgd`, else 1).
-    pub fn versions(&self) -> usize {
-        match self {
-            TransferAttack::Mpgd { restarts, .. } | TransferAttack::Pgd { restarts, .. } => {
-                *restarts
-            }
-            _ => 1,
-        }
-    }
-
-    /// The attack that makes one version.
-    pub fn config(
-        &self,
-        eps: f64,
-        step_size: f64,
-        steps: usize,
-        loss: AttackLoss,
-        eot: usize,
-    ) -> PgdConfig {
-        let base = PgdConfig {
-            eps,
-            step_size,
-            steps,
-            random_start: false,
-            restarts: 1,
-            loss,
-            momentum: None,
-            diversity: None,
-            sgm: None,
-            eot,
-        };
-        match *self {
-            TransferAttack::Mpgd { momentum, .. } => {
-                PgdConfig { random_start: true, momentum: Some(momentum), ..base }
-            }
-            TransferAttack::Mdi2 { momentum, prob, resize_rate } => PgdConfig {
-                momentum: Some(momentum),
-                diversity: Some(DiversityConfig { prob, resize_rate }),
-                ..base
-            },
-            TransferAttack::Sgm { gamma } => PgdConfig { sgm: Some(gamma), ..base },
-            TransferAttack::Pgd { random_start, .. } => PgdConfig { random_start, ..base },
-        }
-    }
-}
-
 /// Transfer-set generation settings.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct TransferGenConfig {
     /// Radii (default 0.01..=0.07 step 0.01).
     pub eps: Vec<f64>,
-    /// Losses (default `ce` and `cw` with confidence 0.1).
+    /// Losses; each attack runs with each of them in place of its own (default `ce` and `cw`
+    /// with confidence 0.1).
     pub losses: Vec<AttackLoss>,
-    /// Attack families (default the paper's suite, see [`TransferAttack::paper_suite`]).
-    pub attacks: Vec<TransferAttack>,
-    /// Iterations per attack (default 100).
-    pub steps: usize,
-    /// Step size as a fraction of eps (default 0.2).
-    pub step_ratio: f64,
-    /// Gradient samples per step for a random surrogate (default 1).
-    pub eot: usize,
+    /// The attacks at unit radius, scaled to each eps; each restart is stored as a version, so
+    /// names must be distinct (default the paper's suite,
+    /// [`AttackConfig::paper_transfer_suite`] at eps 1).
+    pub attacks: Vec<AttackConfig>,
     /// Images per batch (default 500).
     pub batch: usize,
 }
@@ -221,10 +90,7 @@ impl Default for TransferGenConfig {
         TransferGenConfig {
             eps: paper_eps(),
             losses: vec![AttackLoss::CrossEntropy, AttackLoss::cw()],
-            attacks: TransferAttack::paper_suite(),
-            steps: 100,
-            step_ratio: 0.2,
-            eot: 1,
+            attacks: AttackConfig::paper_transfer_suite(1.0),
             batch: 500,
         }
     }
@@ -241,11 +107,29 @@ pub struct TransferVersion {
     pub loss: AttackLoss,
     /// Restart number (0 for single-version attacks).
     pub restart: usize,
-    /// The exact attack settings.
-    pub config: PgdConfig,
+    /// The exact attack settings of this version (one run).
+    #[serde(deserialize_with = "stored_attack")]
+    pub config: AttackConfig,
     /// Fraction of images that fool the surrogate itself (absent in plans).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub surrogate_fooled: Option<f64>,
+}
+
+/// Reads a version's attack: an [`AttackConfig`], or the bare `PgdConfig` of files written before
+/// attacks were `AttackConfig`s.
+fn stored_attack<'de, D: serde::Deserializer<'de>>(
+    d: D,
+) -> std::result::Result<AttackConfig, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum Stored {
+        Any(AttackConfig),
+        Pgd(PgdConfig),
+    }
+    Ok(match Stored::deserialize(d)? {
+        Stored::Any(a) => a,
+        Stored::Pgd(p) => AttackConfig::Pgd(p),
+    })
 }
 
 /// What a transfer file holds (its `eio.transfer` metadata).
@@ -272,9 +156,13 @@ impl TransferGenConfig {
         if self.batch == 0 {
             return Err(Error::config("batch must be at least 1"));
         }
-        for a in &self.attacks {
-            if a.versions() == 0 {
-                return Err(Error::config(format!("attack {} has 0 restarts", a.name())));
+        for (i, a) in self.attacks.iter().enumerate() {
+            a.validate()?;
+            if self.attacks[..i].iter().any(|b| b.name() == a.name()) {
+                return Err(Error::config(format!(
+                    "two transfer attacks are named {}: their versions would share tensor names",
+                    a.name()
+                )));
             }
         }
         for &eps in &self.eps {
@@ -290,13 +178,14 @@ impl TransferGenConfig {
         let mut out = Vec::new();
         for a in &self.attacks {
             for &loss in &self.losses {
-                for r in 0..a.versions() {
+                let run = a.at_eps(eps).with_loss(loss).with_restarts(1);
+                for r in 0..a.restarts() {
                     out.push(TransferVersion {
                         key: format!("adv.{}.{}.{}", a.name(), loss, r),
                         attack: a.name().to_string(),
                         loss,
                         restart: r,
-                        config: a.config(eps, eps * self.step_ratio, self.steps, loss, self.eot),
+                        config: run.clone(),
                         surrogate_fooled: None,
                     });
                 }
@@ -304,6 +193,20 @@ impl TransferGenConfig {
         }
         out
     }
+}
+
+/// What a transfer file was made to hold (its `eio.transfer.plan` metadata). A rerun keeps a file
+/// whose plan equals the new one; comparing parsed plans, not their text, lets the plans of
+/// older files (bare `PgdConfig`s) match.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+struct Plan {
+    surrogate: String,
+    eps: f64,
+    seed: u64,
+    images: usize,
+    /// [`fingerprint`] of the images, as a decimal string.
+    fingerprint: String,
+    versions: Vec<TransferVersion>,
 }
 
 /// One file written (or found complete) by [`transfer_gen`].
@@ -443,14 +346,18 @@ pub fn transfer_gen(
         for &eps in &cfg.eps {
             let path = out_dir.join(format!("{}_eps{eps}.safetensors", file_stem(&s.name)));
             let versions = cfg.versions(eps);
-            let plan = serde_json::json!({
-                "surrogate": s.name, "eps": eps, "seed": seed.0, "images": n,
-                "fingerprint": print.to_string(), "versions": versions,
-            })
-            .to_string();
+            let plan = Plan {
+                surrogate: s.name.clone(),
+                eps,
+                seed: seed.0,
+                images: n,
+                fingerprint: print.to_string(),
+                versions: versions.clone(),
+            };
             if path.is_file() {
                 let meta = read_metadata(&path)?;
-                if meta.get(PLAN_KEY) == Some(&plan) {
+                let planned = meta.get(PLAN_KEY).and_then(|j| serde_json::from_str::<Plan>(j).ok());
+                if planned.as_ref() == Some(&plan) {
                     if let Some(file) =
                         meta.get(TRANSFER_KEY).and_then(|j| serde_json::from_str(j).ok())
                     {
@@ -497,7 +404,7 @@ pub fn transfer_gen(
                 versions: done_versions,
             };
             out.meta.insert(TRANSFER_KEY.into(), serde_json::to_string(&file).expect("serialises"));
-            out.meta.insert(PLAN_KEY.into(), plan);
+            out.meta.insert(PLAN_KEY.into(), serde_json::to_string(&plan).expect("serialises"));
             out.meta.insert("eio.version".into(), env!("CARGO_PKG_VERSION").into());
             out.write(&path)?;
             files.push(TransferFileReport { path, skipped: false, file });
@@ -735,12 +642,18 @@ mod tests {
         let v = cfg.versions(0.03);
         assert_eq!(v.len(), 10);
         assert_eq!(v.iter().filter(|v| v.attack == "mpgd").count(), 6);
-        let mpgd = &v[0].config;
+        let AttackConfig::Pgd(mpgd) = &v[0].config else { panic!("{:?}", v[0]) };
         assert!(mpgd.random_start && mpgd.momentum == Some(1.0) && mpgd.steps == 100);
-        assert!((mpgd.step_size - 0.006).abs() < 1e-12);
+        assert_eq!((mpgd.restarts, mpgd.step_size), (1, 0.03 * 0.2));
         let sgm = v.iter().find(|v| v.attack == "sgm").unwrap();
-        assert_eq!((sgm.config.sgm, sgm.config.random_start), (Some(0.2), false));
+        let AttackConfig::Pgd(sgm) = &sgm.config else { panic!("{sgm:?}") };
+        assert_eq!((sgm.sgm, sgm.random_start), (Some(0.2), false));
         assert_eq!(cfg.eps.len() * 3 * v.len(), 210);
+        let twice = TransferGenConfig {
+            attacks: vec![AttackConfig::paper_whitebox(1.0), AttackConfig::paper_whitebox(1.0)],
+            ..Default::default()
+        };
+        assert!(twice.validate().is_err());
     }
 
     #[test]
@@ -750,25 +663,39 @@ mod tests {
             eps = [0.03]
             losses = ["ce", "cw:0.5"]
             [[attacks]]
-            kind = "mpgd"
+            kind = "pgd"
+            eps = 1.0
+            step_size = 0.2
+            momentum = 1.0
+            restarts = 3
             [[attacks]]
-            kind = "mdi2"
-            prob = 0.7
+            kind = "fgsm"
+            eps = 1.0
             "#,
         )
         .unwrap();
-        assert_eq!(cfg.attacks[0], TransferAttack::Mpgd { momentum: 1.0, restarts: 3 });
-        assert_eq!(
-            cfg.attacks[1],
-            TransferAttack::Mdi2 { momentum: 1.0, prob: 0.7, resize_rate: 0.9 }
-        );
+        assert_eq!(cfg.attacks[0].name(), "mpgd");
+        assert_eq!(cfg.attacks[1].name(), "fgsm");
+        assert_eq!(cfg.versions(0.03).len(), 8);
         assert_eq!(cfg.losses[1], AttackLoss::Cw { kappa: 0.5 });
-        assert_eq!(cfg.steps, 100);
         assert!(
-            toml::from_str::<TransferGenConfig>("[[attacks]]\nkind = \"sgm\"\ngama = 1.0").is_err()
+            toml::from_str::<TransferGenConfig>("[[attacks]]\nkind = \"pgd\"\ngama = 1.0").is_err()
         );
         assert!(toml::from_str::<TransferGenConfig>("step = 3").is_err());
         let back: TransferGenConfig = toml::from_str(&toml::to_string(&cfg).unwrap()).unwrap();
         assert_eq!(back, cfg);
+    }
+
+    #[test]
+    fn versions_of_older_files_still_read() {
+        let legacy = serde_json::json!({
+            "key": "adv.sgm.ce.0", "attack": "sgm", "loss": "ce", "restart": 0,
+            "config": PgdConfig::sgm(0.03, 0.2),
+        });
+        let v: TransferVersion = serde_json::from_value(legacy).unwrap();
+        assert_eq!(v.config, AttackConfig::Pgd(PgdConfig::sgm(0.03, 0.2)));
+        let now = serde_json::to_string(&v).unwrap();
+        assert!(now.contains("\"kind\":\"pgd\""), "{now}");
+        assert_eq!(serde_json::from_str::<TransferVersion>(&now).unwrap(), v);
     }
 }

@@ -1,10 +1,11 @@
 /*!
 Transferability among sub-models (DVERGE `eval/eval_transferability.py`, Ensemble-in-One Fig. 4):
 for the members of an ensemble (or K fixed routes of an RGN), on N test images that every member
-classifies correctly, entry (i, j) is the success rate on member j of PGD examples crafted on
-member i (default eps 0.03, 50 steps of eps/5, random start, 5 restarts). An image counts as a
-success for (i, j) when any restart's example fools member j. The diagonal is the white-box
-success rate. An optional extra column judges the whole ensemble.
+classifies correctly, entry (i, j) is the success rate on member j of adversarial examples
+crafted on member i (default eps 0.03 and the paper's PGD: 50 steps of eps/5, random start, 5
+restarts; any [`crate::attack::AttackConfig`] at unit radius). An image counts as a success for
+(i, j) when any restart's example fools member j. The diagonal is the white-box success rate.
+An optional extra column judges the whole ensemble.
 
 Each restart r > 0 runs only on the images whose examples from member i have not yet fooled
 every judge (the others cannot change any entry).
@@ -19,7 +20,7 @@ use tch::Device;
 use super::report::{csv_field, Report};
 use super::run::{attack_and_judge, clean_correct, key, where_true};
 use super::transfer::Named;
-use crate::attack::{AttackLoss, PgdConfig};
+use crate::attack::AttackConfig;
 use crate::data::Dataset;
 use crate::error::{Error, Result};
 use crate::model::Classifier;
@@ -32,18 +33,9 @@ use crate::seed::{Seed, Stream};
 pub struct TransferabilityConfig {
     /// Radius (default 0.03).
     pub eps: f64,
-    /// PGD iterations (default 50).
-    pub steps: usize,
-    /// Step size as a fraction of eps (default 0.2).
-    pub step_ratio: f64,
-    /// Restarts (default 5).
-    pub restarts: usize,
-    /// Uniform random start (default true).
-    pub random_start: bool,
-    /// Attack loss (default `ce`).
-    pub loss: AttackLoss,
-    /// Gradient samples per step for random members (default 1).
-    pub eot: usize,
+    /// The attack at unit radius, scaled to `eps`; an image counts for (i, j) when any of its
+    /// restarts fools j (default the paper's PGD, [`AttackConfig::paper_whitebox`] at eps 1).
+    pub attack: AttackConfig,
     /// Images to use, drawn (seeded) among those every member classifies correctly
     /// (default 1000; fewer when fewer qualify).
     pub images: usize,
@@ -55,12 +47,7 @@ impl Default for TransferabilityConfig {
     fn default() -> Self {
         TransferabilityConfig {
             eps: 0.03,
-            steps: 50,
-            step_ratio: 0.2,
-            restarts: 5,
-            random_start: true,
-            loss: AttackLoss::CrossEntropy,
-            eot: 1,
+            attack: AttackConfig::paper_whitebox(1.0),
             images: 1000,
             batch: 500,
         }
@@ -69,23 +56,22 @@ impl Default for TransferabilityConfig {
 
 impl TransferabilityConfig {
     /// The attack of one restart.
-    pub fn attack(&self) -> PgdConfig {
-        super::whitebox::single_run(
-            self.eps,
-            self.step_ratio,
-            self.steps,
-            self.random_start,
-            self.loss,
-            self.eot,
-        )
+    pub fn restart_attack(&self) -> AttackConfig {
+        self.attack.at_eps(self.eps).with_restarts(1)
+    }
+
+    /// The number of restarts the protocol runs.
+    pub fn runs(&self) -> usize {
+        self.attack.restarts()
     }
 
     /// Checks the parameters.
     pub fn validate(&self) -> Result<()> {
-        if self.restarts == 0 || self.batch == 0 || self.images == 0 {
-            return Err(Error::config("restarts, batch and images must be at least 1"));
+        if self.batch == 0 || self.images == 0 {
+            return Err(Error::config("batch and images must be at least 1"));
         }
-        self.attack().validate()
+        self.attack.validate()?;
+        self.restart_attack().validate()
     }
 }
 
@@ -169,21 +155,22 @@ pub fn transferability(
     if let Some(e) = ensemble {
         judges.push(e);
     }
-    let attack = cfg.attack();
-    let total = (members.len() * cfg.restarts * n) as u64;
+    let attack = cfg.restart_attack();
+    let restarts = cfg.runs();
+    let total = (members.len() * restarts * n) as u64;
     let mut progress = Progress::new(total, "transferability");
     let mut pos = 0u64;
     let mut success = Vec::new();
     for (i, m) in members.iter().enumerate() {
         // fooled[j][k]: judge j fooled on image k by some restart so far.
         let mut fooled = vec![vec![false; n]; judges.len()];
-        for r in 0..cfg.restarts {
+        for r in 0..restarts {
             let open: Vec<bool> = (0..n).map(|k| fooled.iter().any(|f| !f[k])).collect();
             let idx = where_true(&open);
             let skipped = (n - idx.len()) as u64;
             let base = pos;
             let label = format!("transferability/source={i}/restart={r}");
-            let msg = format!("source {} restart {}/{}", m.name, r + 1, cfg.restarts);
+            let msg = format!("source {} restart {}/{}", m.name, r + 1, restarts);
             let judged = attack_and_judge(
                 &attack,
                 m.target,

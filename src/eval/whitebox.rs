@@ -1,27 +1,27 @@
 /*!
 White-box robustness (Ensemble-in-One Sec. 4.1, DVERGE `eval/eval_wbox.py`): for every eps,
-an attack with `restarts` independent runs (default PGD, 50 steps of eps/5 from a uniform random
-start, 5 restarts, cross-entropy). All-or-nothing: an image is robust only if the target
-classifies it correctly clean and under every restart. Each restart runs only on the images
-still robust (the others are already counted as broken), which gives the same accuracy as
-running them all.
+an attack with restarts (default the paper's PGD: 50 steps of eps/5 from a uniform random start,
+5 restarts, cross-entropy). All-or-nothing: an image is robust only if the target classifies it
+correctly clean and under every restart.
 
-The attack ([`WhiteboxAttack`], field `attack`) is PGD (default), momentum PGD (MI-FGSM), APGD
-or FGSM; [`WhiteboxConfig::attack`] builds the attack of one restart.
+The attack is an [`AttackConfig`] at unit radius ([`WhiteboxConfig::attack`]), scaled to each
+eps. The protocol runs the attack's restarts itself, one seeded run each, so that it can report
+the accuracy after every restart; each restart runs only on the images still robust (the
+others are already counted as broken), which gives the same accuracy as running them all. FGSM
+has no random start and runs once. [`named_attack`] gives the attacks the command line offers
+by name.
 
-Random-route targets are attacked with EOT (`eot` gradient samples per step) and judged with one
-random forward per adversarial image.
+Random-route targets are attacked with EOT (the attack's `eot` gradient samples per step) and
+judged with one random forward per adversarial image.
 */
 
-use std::fmt;
-use std::str::FromStr;
 use std::time::Instant;
 
 use serde::{Deserialize, Serialize};
 use tch::Device;
 
 use super::aggregate::fraction;
-use super::report::Report;
+use super::report::{csv_field, Report};
 use super::run::{attack_and_judge, clean_correct, where_true};
 use crate::attack::{ApgdConfig, AttackConfig, AttackLoss, FgsmConfig, PgdConfig};
 use crate::data::Dataset;
@@ -35,81 +35,35 @@ pub fn paper_eps() -> Vec<f64> {
     (1..=7).map(|i| i as f64 / 100.0).collect()
 }
 
-/// One plain PGD run (no restarts, momentum, diversity or SGM) with step `eps * step_ratio`:
-/// the attack the white-box and transferability protocols repeat once per restart.
-pub(crate) fn single_run(
-    eps: f64,
-    step_ratio: f64,
-    steps: usize,
-    random_start: bool,
-    loss: AttackLoss,
-    eot: usize,
-) -> PgdConfig {
-    PgdConfig {
-        eps,
-        step_size: eps * step_ratio,
-        steps,
-        random_start,
-        restarts: 1,
-        loss,
-        momentum: None,
-        diversity: None,
-        sgm: None,
-        eot,
-    }
-}
+/// The names [`named_attack`] knows, the default first.
+pub const ATTACK_NAMES: [&str; 4] = ["pgd", "fgsm", "apgd", "mpgd"];
 
-/// The attack the white-box protocol repeats once per restart.
+/// A white-box attack by name, at unit radius with the protocol's defaults (50 steps, steps of
+/// 0.2*eps, uniform random start, 5 restarts, cross-entropy, where they apply):
 ///
-/// Serialises as a lowercase string: `pgd`, `fgsm`, `apgd` or `mpgd`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum WhiteboxAttack {
-    /// PGD (Madry et al.): `steps` sign steps of `step_ratio * eps`, optional random start.
-    #[default]
-    Pgd,
-    /// FGSM (Goodfellow et al.): one sign step of size eps from the clean image. It has no
-    /// random start, so the protocol runs it once whatever `restarts` says.
-    Fgsm,
-    /// APGD (Croce & Hein, AutoAttack's step-size schedule): `steps` iterations from a random
-    /// point of the eps ball, with the config's loss (`ce` for APGD-CE, `dlr` for APGD-DLR).
-    Apgd,
-    /// Momentum PGD (MI-FGSM, Dong et al.): as PGD, stepping along the sign of a momentum with
-    /// decay `momentum`.
-    Mpgd,
-}
-
-impl WhiteboxAttack {
-    /// Every attack, the default first.
-    pub const ALL: [WhiteboxAttack; 4] =
-        [WhiteboxAttack::Pgd, WhiteboxAttack::Fgsm, WhiteboxAttack::Apgd, WhiteboxAttack::Mpgd];
-
-    /// The short name (`pgd`, `fgsm`, `apgd`, `mpgd`), as in configs and reports.
-    pub fn name(self) -> &'static str {
-        match self {
-            WhiteboxAttack::Pgd => "pgd",
-            WhiteboxAttack::Fgsm => "fgsm",
-            WhiteboxAttack::Apgd => "apgd",
-            WhiteboxAttack::Mpgd => "mpgd",
+/// - `pgd`: the paper's PGD ([`AttackConfig::paper_whitebox`]);
+/// - `mpgd`: momentum PGD (MI-FGSM, Dong et al.), as PGD with momentum decay 1;
+/// - `apgd`: APGD (Croce & Hein), AutoAttack's step-size schedule from a random point;
+/// - `fgsm`: FGSM (Goodfellow et al.), one sign step of eps from the clean image.
+pub fn named_attack(name: &str) -> Result<AttackConfig> {
+    let pgd = PgdConfig::whitebox(1.0);
+    let name = name.trim().to_ascii_lowercase();
+    Ok(match name.as_str() {
+        "pgd" => AttackConfig::Pgd(pgd),
+        "mpgd" => AttackConfig::Pgd(PgdConfig { momentum: Some(1.0), ..pgd }),
+        "apgd" => AttackConfig::Apgd(ApgdConfig {
+            steps: pgd.steps,
+            restarts: pgd.restarts,
+            ..ApgdConfig::new(1.0, AttackLoss::CrossEntropy)
+        }),
+        "fgsm" => AttackConfig::Fgsm(FgsmConfig::new(1.0)),
+        _ => {
+            return Err(Error::config(format!(
+                "unknown white-box attack '{name}': expected {}",
+                ATTACK_NAMES.join(", ")
+            )))
         }
-    }
-}
-
-impl fmt::Display for WhiteboxAttack {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.name())
-    }
-}
-
-impl FromStr for WhiteboxAttack {
-    type Err = Error;
-    fn from_str(s: &str) -> Result<Self> {
-        let s = s.trim().to_ascii_lowercase();
-        Self::ALL.into_iter().find(|a| a.name() == s).ok_or_else(|| {
-            let names: Vec<&str> = Self::ALL.iter().map(|a| a.name()).collect();
-            Error::config(format!("unknown white-box attack '{s}': expected {}", names.join(", ")))
-        })
-    }
+    })
 }
 
 /// White-box protocol settings.
@@ -118,91 +72,39 @@ impl FromStr for WhiteboxAttack {
 pub struct WhiteboxConfig {
     /// Radii in [0,1] pixel units (default 0.01..=0.07 step 0.01).
     pub eps: Vec<f64>,
-    /// The attack of each restart: `pgd` (default), `fgsm`, `apgd` or `mpgd`.
-    pub attack: WhiteboxAttack,
-    /// Iterations of pgd, mpgd and apgd (default 50; FGSM takes one step).
-    pub steps: usize,
-    /// Step size of pgd and mpgd as a fraction of eps (default 0.2, i.e. eps/5; APGD adapts
-    /// its own step from 2 eps, FGSM steps eps).
-    pub step_ratio: f64,
-    /// Independent restarts; robust = correct under all of them (default 5; FGSM runs once).
-    pub restarts: usize,
-    /// Uniform random start in the eps ball for pgd and mpgd (default true; APGD always starts
-    /// at a random point, FGSM never).
-    pub random_start: bool,
-    /// Momentum decay mu of mpgd (default 1.0, as MI-FGSM); ignored by the other attacks.
-    pub momentum: f64,
-    /// Attack loss (default `ce`; the paper's option: `cw`, confidence 0.1).
-    pub loss: AttackLoss,
-    /// Gradient samples per step for a random-route target (default 1).
-    pub eot: usize,
+    /// The attack at unit radius, scaled to each eps; robust = correct under all its restarts
+    /// (default the paper's PGD, [`AttackConfig::paper_whitebox`] at eps 1).
+    pub attack: AttackConfig,
     /// Images per batch (default 500).
     pub batch: usize,
 }
 
 impl Default for WhiteboxConfig {
     fn default() -> Self {
-        WhiteboxConfig {
-            eps: paper_eps(),
-            attack: WhiteboxAttack::Pgd,
-            steps: 50,
-            step_ratio: 0.2,
-            restarts: 5,
-            random_start: true,
-            momentum: 1.0,
-            loss: AttackLoss::CrossEntropy,
-            eot: 1,
-            batch: 500,
-        }
+        WhiteboxConfig { eps: paper_eps(), attack: AttackConfig::paper_whitebox(1.0), batch: 500 }
     }
 }
 
 impl WhiteboxConfig {
     /// The attack of one restart at `eps` (itself without restarts).
-    pub fn attack(&self, eps: f64) -> AttackConfig {
-        let pgd =
-            || single_run(eps, self.step_ratio, self.steps, self.random_start, self.loss, self.eot);
-        match self.attack {
-            WhiteboxAttack::Pgd => AttackConfig::Pgd(pgd()),
-            WhiteboxAttack::Mpgd => {
-                AttackConfig::Pgd(PgdConfig { momentum: Some(self.momentum), ..pgd() })
-            }
-            WhiteboxAttack::Fgsm => {
-                AttackConfig::Fgsm(FgsmConfig { eps, loss: self.loss, eot: self.eot })
-            }
-            WhiteboxAttack::Apgd => AttackConfig::Apgd(ApgdConfig {
-                steps: self.steps,
-                restarts: 1,
-                eot: self.eot,
-                ..ApgdConfig::new(eps, self.loss)
-            }),
-        }
+    pub fn restart_attack(&self, eps: f64) -> AttackConfig {
+        self.attack.at_eps(eps).with_restarts(1)
     }
 
-    /// The number of restarts the protocol runs: `restarts`, or 1 for FGSM (it has no random
-    /// start; against a random-path RGN raise `eot` instead).
+    /// The number of restarts the protocol runs (1 for FGSM, which has no random start; against
+    /// a random-path RGN raise `eot` instead).
     pub fn runs(&self) -> usize {
-        match self.attack {
-            WhiteboxAttack::Fgsm => 1,
-            _ => self.restarts,
-        }
+        self.attack.restarts()
     }
 
     /// A one-line summary, e.g. `PGD-50, step 0.2*eps, random start, 5 restart(s), loss ce`.
     pub fn describe(&self) -> String {
-        let start = if self.random_start { "random start" } else { "start at x" };
-        let attack = match self.attack {
-            WhiteboxAttack::Pgd => {
-                format!("PGD-{}, step {}*eps, {start}", self.steps, self.step_ratio)
-            }
-            WhiteboxAttack::Mpgd => format!(
-                "momentum PGD (MI-FGSM, mu {})-{}, step {}*eps, {start}",
-                self.momentum, self.steps, self.step_ratio
-            ),
-            WhiteboxAttack::Apgd => format!("APGD-{}", self.steps),
-            WhiteboxAttack::Fgsm => "FGSM".into(),
-        };
-        format!("{attack}, {} restart(s), loss {}", self.runs(), self.loss)
+        format!(
+            "{}, {} restart(s), loss {}",
+            self.attack.describe(),
+            self.runs(),
+            self.attack.loss()
+        )
     }
 
     /// Checks the parameters.
@@ -210,17 +112,12 @@ impl WhiteboxConfig {
         if self.eps.is_empty() {
             return Err(Error::config("white-box evaluation needs at least one eps"));
         }
-        if self.restarts == 0 || self.batch == 0 {
-            return Err(Error::config("white-box restarts and batch must be at least 1"));
+        if self.batch == 0 {
+            return Err(Error::config("white-box batch must be at least 1"));
         }
-        if !(self.momentum.is_finite() && self.momentum >= 0.0) {
-            return Err(Error::config(format!(
-                "momentum decay must be >= 0, got {}",
-                self.momentum
-            )));
-        }
+        self.attack.validate()?;
         for &eps in &self.eps {
-            self.attack(eps).validate()?;
+            self.restart_attack(eps).validate()?;
         }
         Ok(())
     }
@@ -250,7 +147,11 @@ pub struct WhiteboxReport {
     pub clean_accuracy: f64,
     /// One row per eps.
     pub rows: Vec<WhiteboxRow>,
-    /// The settings (`restarts` as run: 1 for FGSM).
+    /// The attack's name ([`AttackConfig::name`]: `pgd`, `mpgd`, `apgd`, `fgsm`, ...).
+    pub attack: String,
+    /// Restarts run (1 for FGSM).
+    pub restarts: usize,
+    /// The settings.
     pub config: WhiteboxConfig,
     /// Master seed of the attacks' random starts.
     pub seed: u64,
@@ -263,6 +164,8 @@ impl Report for WhiteboxReport {
         let mut s = String::from(
             "eps,images,clean_accuracy,robust_accuracy,attack,restarts,steps,step_ratio,loss,seconds\n",
         );
+        let attack = &self.config.attack;
+        let ratio = attack.step_ratio().map(|r| r.to_string()).unwrap_or_default();
         for r in &self.rows {
             s += &format!(
                 "{},{},{:.6},{:.6},{},{},{},{},{},{:.1}\n",
@@ -270,11 +173,11 @@ impl Report for WhiteboxReport {
                 self.images,
                 self.clean_accuracy,
                 r.robust_accuracy,
-                self.config.attack,
-                self.config.restarts,
-                self.config.steps,
-                self.config.step_ratio,
-                self.config.loss,
+                self.attack,
+                self.restarts,
+                attack.steps(),
+                ratio,
+                csv_field(&attack.loss().to_string()),
                 r.seconds
             );
         }
@@ -305,7 +208,7 @@ pub fn whitebox(
     let mut rows = Vec::new();
     for &eps in &cfg.eps {
         let t0 = Instant::now();
-        let attack = cfg.attack(eps);
+        let attack = cfg.restart_attack(eps);
         let mut robust = clean.clone();
         let mut after = Vec::new();
         for r in 0..runs {
@@ -351,7 +254,9 @@ pub fn whitebox(
         images: n,
         clean_accuracy: fraction(&clean),
         rows,
-        config: WhiteboxConfig { restarts: runs, ..cfg.clone() },
+        attack: cfg.attack.name().into(),
+        restarts: runs,
+        config: cfg.clone(),
         seed: seed.0,
         seconds: start.elapsed().as_secs_f64(),
     })
