@@ -109,11 +109,6 @@ impl OutputArgs {
     }
 }
 
-/// Parses a flag through the library's `FromStr` (losses), whose error lists what is accepted.
-fn parsed<T: std::str::FromStr<Err = eio::Error>>(s: &str) -> std::result::Result<T, String> {
-    s.parse().map_err(|e: eio::Error| e.to_string())
-}
-
 /// Checks `--attack` against the library's white-box attack names.
 fn attack_name(s: &str) -> std::result::Result<String, String> {
     named_attack(s).map(|a| a.name().to_string()).map_err(|e| e.to_string())
@@ -152,7 +147,7 @@ pub struct WhiteboxFlags {
     #[arg(long)]
     random_start: Option<bool>,
     /// Loss: ce, cw, cw:<kappa>, dlr [default: ce].
-    #[arg(long, value_parser = parsed::<AttackLoss>)]
+    #[arg(long, value_parser = super::parsed::<AttackLoss>)]
     loss: Option<AttackLoss>,
     /// Gradient samples per step against a random-path RGN (EOT) [default: 1].
     #[arg(long, value_parser = super::positive)]
@@ -273,7 +268,7 @@ pub struct TransferGenFlags {
     #[arg(long, value_delimiter = ',')]
     eps: Option<Vec<f64>>,
     /// Losses, comma-separated (ce, cw, cw:<kappa>).
-    #[arg(long, value_delimiter = ',', value_parser = parsed::<AttackLoss>)]
+    #[arg(long, value_delimiter = ',', value_parser = super::parsed::<AttackLoss>)]
     losses: Option<Vec<AttackLoss>>,
     /// Iterations per attack.
     #[arg(long, value_parser = super::positive)]
@@ -415,7 +410,7 @@ pub struct TransferabilityFlags {
     #[arg(long, value_parser = super::positive)]
     restarts: Option<usize>,
     /// Loss: ce, cw, cw:<kappa>.
-    #[arg(long, value_parser = parsed::<AttackLoss>)]
+    #[arg(long, value_parser = super::parsed::<AttackLoss>)]
     loss: Option<AttackLoss>,
     /// Images that every member classifies correctly.
     #[arg(long, value_parser = super::positive)]
