@@ -2,7 +2,7 @@
 (PGD) step and per inference batch for ResNet-20, and images/s of a PGD-50 evaluation, on the
 same torch install and thread count as eio.
 
-    scripts/python bench/bench.py [--batch-size 128] [--iters 20]
+    scripts/python bench/bench.py [--batch-size 128] [--iters 20] [--device cpu|cuda]
 """
 import argparse
 import time
@@ -13,12 +13,14 @@ import torch.nn.functional as F
 from common import ResNet20
 
 
-def time_ms(iters, f):
+def time_ms(iters, f, sync=lambda: None):
     for _ in range(3):
         f()
+    sync()
     t = time.perf_counter()
     for _ in range(iters):
         f()
+    sync()
     return (time.perf_counter() - t) * 1e3 / iters
 
 
@@ -26,12 +28,15 @@ def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--batch-size", type=int, default=128)
     ap.add_argument("--iters", type=int, default=20)
+    ap.add_argument("--device", default="cpu")
     a = ap.parse_args()
+    dev = torch.device(a.device)
+    sync = torch.cuda.synchronize if dev.type == "cuda" else (lambda: None)
     torch.manual_seed(0)
-    net = ResNet20()
+    net = ResNet20().to(dev)
     opt = torch.optim.SGD(net.parameters(), lr=0.01, momentum=0.9, weight_decay=1e-4)
-    x = torch.rand(a.batch_size, 3, 32, 32)
-    y = torch.randint(0, 10, (a.batch_size,))
+    x = torch.rand(a.batch_size, 3, 32, 32, device=dev)
+    y = torch.randint(0, 10, (a.batch_size,), device=dev)
 
     def train():
         net.train()
@@ -63,10 +68,10 @@ def main():
             net(xa).argmax(-1)
 
     print(f"pytorch {torch.__version__} bench: batch {a.batch_size}, {a.iters} iterations, "
-          f"{torch.get_num_threads()} threads")
+          f"device {dev}, {torch.get_num_threads()} threads")
     print(f"{'model':<24} {'train ms':>12} {'input-grad ms':>16} {'infer ms':>14} {'PGD-50 img/s':>14}")
-    t, g, i = time_ms(a.iters, train), time_ms(a.iters, grad), time_ms(a.iters, infer)
-    p = a.batch_size / (time_ms(max(1, a.iters // 10), pgd50) / 1e3)
+    t, g, i = (time_ms(a.iters, f, sync) for f in (train, grad, infer))
+    p = a.batch_size / (time_ms(max(1, a.iters // 10), pgd50, sync) / 1e3)
     print(f"{'resnet20':<24} {t:>12.1f} {g:>16.1f} {i:>14.1f} {p:>14.1f}")
 
 

@@ -9,6 +9,7 @@
 //! ensembles, model files), [`seed`] (one seed, many streams).
 
 pub mod attack;
+pub mod bench;
 pub mod data;
 pub mod distill;
 pub mod error;

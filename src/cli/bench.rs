@@ -1,17 +1,12 @@
 //! `eio bench`: milliseconds per train step, per input-gradient (PGD) step and per inference
-//! batch, for ResNet-20 and for an RGN.
+//! batch, for ResNet-20 and for an RGN; `--check`: CPU vs device agreement.
 
-use std::time::Instant;
+use std::path::PathBuf;
 
-use anyhow::Result;
+use anyhow::{bail, Result};
 use clap::Args;
-use tch::{Kind, Tensor};
 
 use super::DeviceArg;
-use eio::attack::{Attack, PgdConfig};
-use eio::model::{ArchConfig, Model, ModelSpec, Route, Target};
-use eio::optim::{OptimConfig, Optimizer};
-use eio::seed::{Seed, Stream};
 
 #[derive(Debug, Args)]
 pub struct BenchArgs {
@@ -24,27 +19,39 @@ pub struct BenchArgs {
     /// Where to compute.
     #[arg(long, value_enum, default_value_t = DeviceArg::Auto)]
     device: DeviceArg,
-}
-
-fn time_ms(iters: usize, device: tch::Device, mut f: impl FnMut()) -> f64 {
-    for _ in 0..3 {
-        f();
-    }
-    if let tch::Device::Cuda(_) = device {
-        tch::Cuda::synchronize(0);
-    }
-    let t = Instant::now();
-    for _ in 0..iters {
-        f();
-    }
-    if let tch::Device::Cuda(_) = device {
-        tch::Cuda::synchronize(0);
-    }
-    t.elapsed().as_secs_f64() * 1e3 / iters as f64
+    /// Instead of timing: check that --device computes what the CPU computes (logits and input
+    /// gradients of a ResNet-20, an RGN and an ensemble on fixed images) and that two steps of
+    /// every training method run there; exits 1 when a check fails.
+    #[arg(long)]
+    check: bool,
+    /// Also write the rows as JSON to this file.
+    #[arg(long, value_name = "FILE")]
+    json: Option<PathBuf>,
 }
 
 pub fn run(a: BenchArgs) -> Result<()> {
     let device = a.device.device()?;
+    if a.check {
+        println!("eio device check: {device:?} against the CPU");
+        let rows = eio::bench::device_check(device)?;
+        for r in &rows {
+            println!(
+                "{:<36} rel. diff {:>10.2e} (tolerance {:.0e}) {}",
+                r.what,
+                r.rel_diff,
+                r.tolerance,
+                if r.ok { "ok" } else { "FAILED" }
+            );
+        }
+        if let Some(f) = &a.json {
+            super::write_json(f, &rows)?;
+        }
+        let bad: Vec<&str> = rows.iter().filter(|r| !r.ok).map(|r| r.what.as_str()).collect();
+        if !bad.is_empty() {
+            bail!("device check failed on {device:?}: {}", bad.join(", "));
+        }
+        return Ok(());
+    }
     println!(
         "eio bench: batch {}, {} iterations, device {:?}, {} threads",
         a.batch_size,
@@ -56,46 +63,15 @@ pub fn run(a: BenchArgs) -> Result<()> {
         "{:<24} {:>12} {:>16} {:>14} {:>14}",
         "model", "train ms", "input-grad ms", "infer ms", "PGD-50 img/s"
     );
-    for (name, arch) in
-        [("resnet20", ArchConfig::plain()), ("rgn n=2 (21 blocks)", ArchConfig::rgn(2))]
-    {
-        let model = Model::new(&ModelSpec { arch, members: 1 }, device, Seed(0))?;
-        let net = &model.nets[0];
-        let mut rng = Seed(0).rng(Stream::Route, 0, 0);
-        tch::manual_seed(0);
-        let x = Tensor::rand([a.batch_size as i64, 3, 32, 32], (Kind::Float, device));
-        let y = Tensor::randint(10, [a.batch_size as i64], (Kind::Int64, device));
-        let mut opt = Optimizer::new(&model, OptimConfig::default());
-        let copies = model.spec.arch.copies;
-        let gates = model.gates();
-        let train = time_ms(a.iters, device, || {
-            let r = Route::random(gates, copies, &mut rng);
-            opt.zero_grad();
-            net.forward(&x, &r, true).cross_entropy_for_logits(&y).backward();
-            opt.step(0.01);
-        });
-        let r = Route::zeros(gates);
-        let grad = time_ms(a.iters, device, || {
-            let xa = x.detach().set_requires_grad(true);
-            let loss = net.forward(&xa, &r, false).cross_entropy_for_logits(&y);
-            let g = Tensor::run_backward(&[loss], &[&xa], false, false);
-            let _ = g[0].sign();
-        });
-        let infer = time_ms(a.iters, device, || {
-            let _guard = tch::no_grad_guard();
-            let _ = net.forward(&x, &r, false).argmax(-1, false);
-        });
-        // A PGD-50 evaluation (eps 0.03, step eps/5, one random start) through the attack code.
-        let target = Target::fixed_zero(&model);
-        let pgd = PgdConfig { restarts: 1, ..PgdConfig::whitebox(0.03) };
-        let mut arng = Seed(0).rng(Stream::Eval, 0, 0);
-        let pgd_ms = time_ms((a.iters / 10).max(1), device, || {
-            let xa = pgd.perturb(&target, &x, &y, &mut arng);
-            let _guard = tch::no_grad_guard();
-            let _ = net.forward(&xa, &r, false).argmax(-1, false);
-        });
-        let pgd_rate = a.batch_size as f64 / (pgd_ms / 1e3);
-        println!("{name:<24} {train:>12.1} {grad:>16.1} {infer:>14.1} {pgd_rate:>14.1}");
+    let rows = eio::bench::timings(a.batch_size, a.iters, device)?;
+    for r in &rows {
+        println!(
+            "{:<24} {:>12.1} {:>16.1} {:>14.1} {:>14.1}",
+            r.model, r.train_ms, r.input_grad_ms, r.infer_ms, r.pgd50_images_per_sec
+        );
+    }
+    if let Some(f) = &a.json {
+        super::write_json(f, &rows)?;
     }
     Ok(())
 }

@@ -1,0 +1,204 @@
+//! Speed measurements (`eio bench`) and the CUDA correctness check a developer runs on a lent
+//! GPU machine (`eio bench --check`, `scripts/gpu-check`).
+
+use std::time::Instant;
+
+use serde::Serialize;
+use tch::{Device, Kind, Tensor};
+
+use crate::attack::{loss_and_grad, Attack, AttackLoss, PgdConfig};
+use crate::error::Result;
+use crate::model::{ArchConfig, Classifier, Model, ModelSpec, Route, Target};
+use crate::optim::{OptimConfig, Optimizer};
+use crate::seed::{Seed, Stream};
+use crate::train::adp::AdpConfig;
+use crate::train::adv::AdvTerm;
+use crate::train::dverge::DvergeConfig;
+use crate::train::eio::EioConfig;
+use crate::train::gal::GalConfig;
+use crate::train::trs::TrsConfig;
+use crate::train::{Batch, MethodConfig, StepAt, TrainSpec};
+
+fn sync(device: Device) {
+    if let Device::Cuda(i) = device {
+        tch::Cuda::synchronize(i as i64);
+    }
+}
+
+/// Mean milliseconds of `f` over `iters` runs after 3 warm-up runs (CUDA-synchronised).
+pub fn time_ms(iters: usize, device: Device, mut f: impl FnMut()) -> f64 {
+    for _ in 0..3 {
+        f();
+    }
+    sync(device);
+    let t = Instant::now();
+    for _ in 0..iters {
+        f();
+    }
+    sync(device);
+    t.elapsed().as_secs_f64() * 1e3 / iters as f64
+}
+
+/// One row of `eio bench`.
+#[derive(Debug, Clone, Serialize)]
+pub struct Timing {
+    /// The model measured.
+    pub model: String,
+    /// Milliseconds per SGD train step (forward, backward, update).
+    pub train_ms: f64,
+    /// Milliseconds per input-gradient step (one PGD iteration).
+    pub input_grad_ms: f64,
+    /// Milliseconds per inference batch.
+    pub infer_ms: f64,
+    /// Images per second of a PGD-50 evaluation (one random start).
+    pub pgd50_images_per_sec: f64,
+}
+
+/// Times a ResNet-20 and an RGN (n = 2, 21 gated blocks) at `batch` images.
+pub fn timings(batch: usize, iters: usize, device: Device) -> Result<Vec<Timing>> {
+    let mut rows = Vec::new();
+    for (name, arch) in
+        [("resnet20", ArchConfig::plain()), ("rgn n=2 (21 blocks)", ArchConfig::rgn(2))]
+    {
+        let model = Model::new(&ModelSpec { arch, members: 1 }, device, Seed(0))?;
+        let net = &model.nets[0];
+        let mut rng = Seed(0).rng(Stream::Route, 0, 0);
+        tch::manual_seed(0);
+        let x = Tensor::rand([batch as i64, 3, 32, 32], (Kind::Float, device));
+        let y = Tensor::randint(10, [batch as i64], (Kind::Int64, device));
+        let mut opt = Optimizer::new(&model, OptimConfig::default());
+        let (copies, gates) = (model.spec.arch.copies, model.gates());
+        let train_ms = time_ms(iters, device, || {
+            let r = Route::random(gates, copies, &mut rng);
+            opt.zero_grad();
+            net.forward(&x, &r, true).cross_entropy_for_logits(&y).backward();
+            opt.step(0.01);
+        });
+        let r = Route::zeros(gates);
+        let input_grad_ms = time_ms(iters, device, || {
+            let xa = x.detach().set_requires_grad(true);
+            let loss = net.forward(&xa, &r, false).cross_entropy_for_logits(&y);
+            let g = Tensor::run_backward(&[loss], &[&xa], false, false);
+            let _ = g[0].sign();
+        });
+        let infer_ms = time_ms(iters, device, || {
+            let _guard = tch::no_grad_guard();
+            let _ = net.forward(&x, &r, false).argmax(-1, false);
+        });
+        let target = Target::fixed_zero(&model);
+        let pgd = PgdConfig { restarts: 1, ..PgdConfig::whitebox(0.03) };
+        let mut arng = Seed(0).rng(Stream::Eval, 0, 0);
+        let pgd_ms = time_ms((iters / 10).max(1), device, || {
+            let xa = pgd.perturb(&target, &x, &y, &mut arng);
+            let _guard = tch::no_grad_guard();
+            let _ = net.forward(&xa, &r, false).argmax(-1, false);
+        });
+        rows.push(Timing {
+            model: name.into(),
+            train_ms,
+            input_grad_ms,
+            infer_ms,
+            pgd50_images_per_sec: batch as f64 / (pgd_ms / 1e3),
+        });
+    }
+    Ok(rows)
+}
+
+/// One comparison of the device check.
+#[derive(Debug, Clone, Serialize)]
+pub struct CheckRow {
+    /// What was compared or run.
+    pub what: String,
+    /// Largest difference relative to the largest CPU value (0 for method steps).
+    pub rel_diff: f64,
+    /// The tolerance it had to meet.
+    pub tolerance: f64,
+    /// Whether it met it (method steps: finite losses).
+    pub ok: bool,
+}
+
+/// The deterministic probe images of the tests (`bench/common.py::probe_input`).
+pub fn probe_input(n: usize) -> Tensor {
+    let v: Vec<f32> =
+        (0..n * 3072).map(|i| (((i as u64 * 7919) % 251) as f64 / 250.0) as f32).collect();
+    Tensor::from_slice(&v).view([n as i64, 3, 32, 32])
+}
+
+fn rel(a: &Tensor, b: &Tensor) -> f64 {
+    let a = a.to_device(Device::Cpu).to_kind(Kind::Double);
+    let b = b.to_device(Device::Cpu).to_kind(Kind::Double);
+    (&a - &b).abs().max().double_value(&[]) / a.abs().max().double_value(&[]).max(1e-12)
+}
+
+/// Checks that `device` computes what the CPU computes: eval-mode logits and cross-entropy
+/// input gradients of a ResNet-20, an RGN and a 3-member ensemble on fixed images (relative
+/// tolerance 1e-3 for logits, 1e-2 for gradients: cuDNN may pick TF32 or other algorithms), and
+/// that two steps of every training method run there with finite losses.
+pub fn device_check(device: Device) -> Result<Vec<CheckRow>> {
+    let mut rows = Vec::new();
+    let x = probe_input(16);
+    let y = Tensor::from_slice(&(0..16).map(|i| i % 10).collect::<Vec<i64>>());
+    for (name, spec) in [
+        ("resnet20", ModelSpec { arch: ArchConfig::plain(), members: 1 }),
+        ("rgn n=2", ModelSpec { arch: ArchConfig::rgn(2), members: 1 }),
+        ("ensemble of 3", ModelSpec { arch: ArchConfig::plain(), members: 3 }),
+    ] {
+        let cpu = Model::new(&spec, Device::Cpu, Seed(1))?;
+        let mut dev = Model::new(&spec, device, Seed(1))?;
+        dev.vs.copy(&cpu.vs)?;
+        let (tc, td) = (Target::fixed_zero(&cpu), Target::fixed_zero(&dev));
+        let (xd, yd) = (x.to_device(device), y.to_device(device));
+        let lc = tch::no_grad(|| tc.logits(&x, None));
+        let ld = tch::no_grad(|| td.logits(&xd, None));
+        let d = rel(&lc, &ld);
+        rows.push(CheckRow {
+            what: format!("{name} logits"),
+            rel_diff: d,
+            tolerance: 1e-3,
+            ok: d <= 1e-3,
+        });
+        let gc = loss_and_grad(&tc, &x, &y, AttackLoss::CrossEntropy, None, 1).grad;
+        let gd = loss_and_grad(&td, &xd, &yd, AttackLoss::CrossEntropy, None, 1).grad;
+        let d = rel(&gc, &gd);
+        rows.push(CheckRow {
+            what: format!("{name} input gradient"),
+            rel_diff: d,
+            tolerance: 1e-2,
+            ok: d <= 1e-2,
+        });
+    }
+    for method in [
+        MethodConfig::RgnWarmup,
+        MethodConfig::Eio(EioConfig { adv: Some(AdvTerm::default()), ..Default::default() }),
+        MethodConfig::Dverge(DvergeConfig::default()),
+        MethodConfig::Adp(AdpConfig::default()),
+        MethodConfig::Gal(GalConfig::default()),
+        MethodConfig::Trs(TrsConfig::default()),
+        MethodConfig::Adv(AdvTerm::default()),
+    ] {
+        let spec = TrainSpec::defaults(method);
+        let model = Model::new(&spec.model_spec(), device, Seed(2))?;
+        let mut m = spec.build()?;
+        let mut opt = Optimizer::new(&model, spec.optim.clone());
+        let xd = probe_input(16).to_device(device);
+        let batch = Batch {
+            x: xd.shallow_clone(),
+            y: y.to_device(device),
+            target: Some((xd.flip([0]), y.to_device(device))),
+        };
+        let mut ok = true;
+        for step in 0..2 {
+            opt.zero_grad();
+            let st = m.step(&model, &batch, StepAt { epoch: 0, step, seed: Seed(3) })?;
+            ok &= st.loss.is_finite();
+            opt.step(spec.optim.lr);
+        }
+        rows.push(CheckRow {
+            what: format!("{} steps", spec.method.name()),
+            rel_diff: 0.0,
+            tolerance: 0.0,
+            ok,
+        });
+    }
+    Ok(rows)
+}
