@@ -15,10 +15,10 @@ use eio::attack::{AttackConfig, AttackLoss};
 use eio::data::{Dataset, Split};
 use eio::eval::report::Report;
 use eio::eval::transfer::{transfer_eval, transfer_files, transfer_gen, Named, TransferGenConfig};
-use eio::eval::transferability::{transferability, TransferabilityConfig};
+use eio::eval::transferability::{members, transferability, TransferabilityConfig};
 use eio::eval::whitebox::{named_attack, whitebox, WhiteboxConfig};
-use eio::model::{Model, Route, Routing, Target};
-use eio::seed::{Seed, Stream};
+use eio::model::{Model, Routing, Target};
+use eio::seed::Seed;
 
 #[derive(Debug, Subcommand)]
 pub enum AttackCommand {
@@ -471,22 +471,7 @@ fn run_transferability(a: TransferabilityArgs) -> Result<()> {
     let device = a.device.device()?;
     let seed = Seed(a.seed);
     let (model, _) = Model::load(&a.model, device)?;
-    // Members: the networks of an ensemble, or K random paths of an RGN, each its own model.
-    let members: Vec<(String, Model)> = if model.gates() > 0 {
-        let mut rng = seed.rng(Stream::Route, 0, 0);
-        (0..a.paths)
-            .map(|_| {
-                let r = Route::random(model.gates(), model.spec.arch.copies, &mut rng);
-                Ok((format!("path {r}"), model.derive(&r)?))
-            })
-            .collect::<Result<_>>()?
-    } else if model.nets.len() > 1 {
-        (0..model.nets.len())
-            .map(|i| Ok((format!("member {i}"), model.member(i)?)))
-            .collect::<Result<_>>()?
-    } else {
-        bail!("{}: transferability needs an ensemble or an RGN", a.model.display());
-    };
+    let members = members(&model, &a.model.display().to_string(), a.paths, seed)?;
     let targets: Vec<Target> = members.iter().map(|(_, m)| Target::fixed_zero(m)).collect();
     let named: Vec<Named> =
         members.iter().zip(&targets).map(|((n, _), t)| Named::new(n.clone(), t)).collect();
