@@ -1,5 +1,5 @@
 //! Experiments that chain training, derivation and evaluation: deriving plain models from an
-//! RGN ([`derive`]), the stability of derived paths ([`stability`]) and the demo job
+//! RGN ([`derive`](mod@derive)), the stability of derived paths ([`stability`]) and the demo job
 //! ([`demo`]). Each returns a serialisable report; the command line only maps flags onto them.
 
 pub mod demo;
