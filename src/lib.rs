@@ -6,7 +6,9 @@
 //! for Enhanced Adversarial Robustness", arXiv:2103.14795).
 //!
 //! Modules: [`data`] (CIFAR-10 loading and augmentation), [`model`] (ResNet-20, RGN, routes,
-//! ensembles, model files), [`seed`] (one seed, many streams).
+//! ensembles, model files), [`seed`] (one seed, many streams), [`attack`] and [`eval`] (attacks and
+//! robustness protocols), [`pipeline`] (experiments that chain training, derivation and
+//! evaluation).
 
 pub mod attack;
 pub mod bench;
@@ -16,6 +18,7 @@ pub mod error;
 pub mod eval;
 pub mod model;
 pub mod optim;
+pub mod pipeline;
 pub mod progress;
 pub mod seed;
 pub mod train;

@@ -15,10 +15,10 @@ use eio::attack::{AttackConfig, AttackLoss};
 use eio::data::{Dataset, Split};
 use eio::eval::report::Report;
 use eio::eval::transfer::{transfer_eval, transfer_files, transfer_gen, Named, TransferGenConfig};
-use eio::eval::transferability::{transferability, TransferabilityConfig};
+use eio::eval::transferability::{members, transferability, TransferabilityConfig};
 use eio::eval::whitebox::{named_attack, whitebox, WhiteboxConfig};
-use eio::model::{Model, Route, Routing, Target};
-use eio::seed::{Seed, Stream};
+use eio::model::{Model, Routing, Target};
+use eio::seed::Seed;
 
 #[derive(Debug, Subcommand)]
 pub enum AttackCommand {
@@ -114,6 +114,37 @@ fn attack_name(s: &str) -> std::result::Result<String, String> {
     named_attack(s).map(|a| a.name().to_string()).map_err(|e| e.to_string())
 }
 
+/// The attack flags a command takes; each one given sets that field of an attack.
+#[derive(Default)]
+struct AttackOverrides {
+    steps: Option<usize>,
+    step_ratio: Option<f64>,
+    restarts: Option<usize>,
+    loss: Option<AttackLoss>,
+    eot: Option<usize>,
+}
+
+impl AttackOverrides {
+    fn apply(&self, mut attack: AttackConfig) -> AttackConfig {
+        if let Some(steps) = self.steps {
+            attack = attack.with_steps(steps);
+        }
+        if let Some(ratio) = self.step_ratio {
+            attack = attack.with_step_ratio(ratio);
+        }
+        if let Some(restarts) = self.restarts {
+            attack = attack.with_restarts(restarts);
+        }
+        if let Some(loss) = self.loss {
+            attack = attack.with_loss(loss);
+        }
+        if let Some(eot) = self.eot {
+            attack = attack.with_eot(eot);
+        }
+        attack
+    }
+}
+
 /// The protocol's settings: the `--config` file, or the library's defaults.
 fn load_config<C: Serialize + DeserializeOwned + Default>(file: Option<&Path>) -> Result<C> {
     Ok(resolve::<C>(file, &toml::Table::new())?.0)
@@ -196,22 +227,14 @@ impl WhiteboxFlags {
         if self.momentum.is_some() && cfg.attack.name() != "mpgd" {
             bail!("--momentum applies only to --attack mpgd, not {}", cfg.attack.name());
         }
-        let mut attack = cfg.attack;
-        if let Some(steps) = self.steps {
-            attack = attack.with_steps(steps);
+        let mut attack = AttackOverrides {
+            steps: self.steps,
+            step_ratio: self.step_ratio,
+            restarts: self.restarts,
+            loss: self.loss,
+            eot: self.eot,
         }
-        if let Some(ratio) = self.step_ratio {
-            attack = attack.with_step_ratio(ratio);
-        }
-        if let Some(restarts) = self.restarts {
-            attack = attack.with_restarts(restarts);
-        }
-        if let Some(loss) = self.loss {
-            attack = attack.with_loss(loss);
-        }
-        if let Some(eot) = self.eot {
-            attack = attack.with_eot(eot);
-        }
+        .apply(cfg.attack);
         if let AttackConfig::Pgd(p) = &mut attack {
             p.random_start = self.random_start.unwrap_or(p.random_start);
             p.momentum = self.momentum.or(p.momentum);
@@ -314,14 +337,12 @@ impl TransferGenFlags {
         if let Some(losses) = &self.losses {
             cfg.losses = losses.clone();
         }
-        for attack in &mut cfg.attacks {
-            if let Some(steps) = self.steps {
-                *attack = attack.clone().with_steps(steps);
-            }
-            if let Some(ratio) = self.step_ratio {
-                *attack = attack.clone().with_step_ratio(ratio);
-            }
-        }
+        let overrides = AttackOverrides {
+            steps: self.steps,
+            step_ratio: self.step_ratio,
+            ..Default::default()
+        };
+        cfg.attacks = cfg.attacks.into_iter().map(|a| overrides.apply(a)).collect();
         if let Some(batch) = self.batch {
             cfg.batch = batch;
         }
@@ -446,15 +467,13 @@ impl TransferabilityFlags {
     /// `cfg` with the flags given.
     fn apply(&self, mut cfg: TransferabilityConfig) -> TransferabilityConfig {
         cfg.eps = self.eps.unwrap_or(cfg.eps);
-        if let Some(steps) = self.steps {
-            cfg.attack = cfg.attack.with_steps(steps);
+        cfg.attack = AttackOverrides {
+            steps: self.steps,
+            restarts: self.restarts,
+            loss: self.loss,
+            ..Default::default()
         }
-        if let Some(restarts) = self.restarts {
-            cfg.attack = cfg.attack.with_restarts(restarts);
-        }
-        if let Some(loss) = self.loss {
-            cfg.attack = cfg.attack.with_loss(loss);
-        }
+        .apply(cfg.attack);
         cfg.images = self.images.unwrap_or(cfg.images);
         cfg
     }
@@ -466,22 +485,7 @@ fn run_transferability(a: TransferabilityArgs) -> Result<()> {
     let device = a.device.device()?;
     let seed = Seed(a.seed);
     let (model, _) = Model::load(&a.model, device)?;
-    // Members: the networks of an ensemble, or K random paths of an RGN, each its own model.
-    let members: Vec<(String, Model)> = if model.gates() > 0 {
-        let mut rng = seed.rng(Stream::Route, 0, 0);
-        (0..a.paths)
-            .map(|_| {
-                let r = Route::random(model.gates(), model.spec.arch.copies, &mut rng);
-                Ok((format!("path {r}"), model.derive(&r)?))
-            })
-            .collect::<Result<_>>()?
-    } else if model.nets.len() > 1 {
-        (0..model.nets.len())
-            .map(|i| Ok((format!("member {i}"), model.member(i)?)))
-            .collect::<Result<_>>()?
-    } else {
-        bail!("{}: transferability needs an ensemble or an RGN", a.model.display());
-    };
+    let members = members(&model, &a.model.display().to_string(), a.paths, seed)?;
     let targets: Vec<Target> = members.iter().map(|(_, m)| Target::fixed_zero(m)).collect();
     let named: Vec<Named> =
         members.iter().zip(&targets).map(|((n, _), t)| Named::new(n.clone(), t)).collect();

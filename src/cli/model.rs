@@ -4,18 +4,14 @@ use std::path::PathBuf;
 
 use anyhow::{bail, Result};
 use clap::Args;
-use serde::Serialize;
 
 use super::{check_new_output, write_json, DataArgs, DeviceArg};
-use eio::attack::AttackConfig;
 use eio::data::Split;
-use eio::eval::accuracy;
-use eio::eval::whitebox::WhiteboxConfig;
+use eio::eval::clean::{clean_eval, CleanRow, Routings};
 use eio::model::io::TensorFile;
-use eio::model::route::sample_distinct;
-use eio::model::{Model, Route, Routing, Target};
-use eio::seed::{Seed, Stream};
-use eio::train::eio::{screen_routes, RouteScore};
+use eio::model::{Model, Route, Routing};
+use eio::pipeline::derive::{derive as derive_paths, PathChoice, Screening};
+use eio::seed::Seed;
 
 /// How to route an RGN.
 #[derive(Debug, Args)]
@@ -75,20 +71,6 @@ pub struct EvalArgs {
     device: DeviceArg,
 }
 
-#[derive(Debug, Serialize)]
-struct EvalRow {
-    what: String,
-    accuracy: f64,
-}
-
-#[derive(Debug, Serialize)]
-struct EvalReport {
-    model: String,
-    images: usize,
-    rows: Vec<EvalRow>,
-    git: &'static str,
-}
-
 pub fn eval(a: EvalArgs) -> Result<()> {
     if let Some(j) = &a.json {
         check_new_output(j, a.force)?;
@@ -96,59 +78,28 @@ pub fn eval(a: EvalArgs) -> Result<()> {
     let device = a.device.device()?;
     let (model, _) = Model::load(&a.model, device)?;
     let test = a.data.load(Split::Test, a.test_per_class)?;
-    let seed = Seed(a.route.seed);
-    let mut rows = Vec::new();
-    let mut run = |what: String, routing: Routing| -> Result<()> {
-        let target = Target::new(&model, routing, seed)?;
-        let acc = accuracy(&target, &test, a.batch_size, device);
-        println!("{what:<48} {:>7.2}%", 100.0 * acc);
-        rows.push(EvalRow { what, accuracy: acc });
-        Ok(())
+    let routings = match (a.route.paths, a.route.random_path) {
+        (Some(k), _) => Routings::Paths(k),
+        (None, true) => Routings::RandomPerBatch,
+        (None, false) => {
+            Routings::Fixed(a.route.path.clone().unwrap_or_else(|| Route::zeros(model.gates())))
+        }
     };
-    let gated = model.gates() > 0;
-    if let Some(k) = a.route.paths {
-        if !gated {
-            bail!("--paths needs an RGN; {} is a plain model", a.model.display());
-        }
-        let mut rng = seed.rng(Stream::Route, 0, 0);
-        let (gates, copies) = (model.gates(), model.spec.arch.copies);
-        for r in sample_distinct(gates, copies, gates, k, &mut rng) {
-            run(format!("path {r}"), Routing::Fixed(r))?;
-        }
-        let accs: Vec<f64> = rows.iter().map(|r| r.accuracy).collect();
-        let mean = accs.iter().sum::<f64>() / accs.len() as f64;
-        let min = accs.iter().cloned().fold(f64::INFINITY, f64::min);
-        let max = accs.iter().cloned().fold(f64::NEG_INFINITY, f64::max);
+    let name = a.model.display().to_string();
+    let print = |r: &CleanRow| println!("{:<48} {:>7.2}%", r.what, 100.0 * r.accuracy);
+    let seed = Seed(a.route.seed);
+    let report = clean_eval(&model, &name, &routings, &test, a.batch_size, device, seed, print)?;
+    if let Routings::Paths(_) = routings {
+        let s = report.spread();
         println!(
             "{} paths: mean {:.2}%  min {:.2}%  max {:.2}%",
-            accs.len(),
-            100.0 * mean,
-            100.0 * min,
-            100.0 * max
+            report.rows.len(),
+            100.0 * s.mean,
+            100.0 * s.min,
+            100.0 * s.max
         );
-    } else if a.route.random_path {
-        if !gated {
-            bail!("--random-path needs an RGN; {} is a plain model", a.model.display());
-        }
-        run("random path per batch".into(), Routing::Random)?;
-    } else {
-        let r = a.route.path.clone().unwrap_or_else(|| Route::zeros(model.gates()));
-        let what = if gated {
-            format!("path {r}")
-        } else if model.nets.len() > 1 {
-            format!("ensemble of {} (average of softmax)", model.nets.len())
-        } else {
-            "model".into()
-        };
-        run(what, Routing::Fixed(r))?;
     }
     if let Some(j) = &a.json {
-        let report = EvalReport {
-            model: a.model.display().to_string(),
-            images: test.len(),
-            rows,
-            git: eio::train::git_rev(),
-        };
         write_json(j, &report)?;
     }
     Ok(())
@@ -235,105 +186,33 @@ pub struct DeriveArgs {
     device: DeviceArg,
 }
 
-#[derive(Debug, Serialize)]
-struct DeriveReport {
-    model: String,
-    output: String,
-    chosen: Vec<String>,
-    candidates: Vec<RouteScore>,
-    val_images: usize,
-    val_eps: f64,
-    val_steps: usize,
-    seed: u64,
-    git: &'static str,
-}
-
 pub fn derive(a: DeriveArgs) -> Result<()> {
     check_new_output(&a.output, a.force)?;
     if let Some(j) = &a.json {
         check_new_output(j, a.force)?;
     }
-    if a.paths == Some(0) || a.best_of == Some(0) {
-        bail!("--paths and --best-of must be at least 1");
-    }
-    let screen = a.best_of.is_some();
-    let device = if screen { a.device.device()? } else { tch::Device::Cpu };
-    let (model, _) = Model::load(&a.model, device)?;
-    if model.gates() == 0 {
-        bail!("{} is a plain model: nothing to derive", a.model.display());
-    }
-    let mut rng = Seed(a.seed).rng(Stream::Route, 0, 0);
-    let (gates, copies) = (model.gates(), model.spec.arch.copies);
-    let mut candidates = Vec::new();
-    let routes = if let Some(k) = a.best_of {
-        let keep = a.paths.unwrap_or(1);
-        if keep > k {
-            bail!("--paths {keep} cannot exceed --best-of {k}");
-        }
-        let cands = sample_distinct(gates, copies, gates, k, &mut rng);
-        let val = a.data.load(Split::Train, None)?.random_subset(a.val_images, Seed(a.seed));
-        let cfg = WhiteboxConfig {
-            eps: vec![a.val_eps],
-            attack: AttackConfig::paper_whitebox(1.0)
-                .with_steps(a.val_steps)
-                .with_step_ratio(0.25)
-                .with_restarts(1),
-            ..WhiteboxConfig::default()
-        };
-        cfg.validate()?;
-        eprintln!(
-            "screening {} paths on {} training images: clean and PGD-{} accuracy at eps {}",
-            cands.len(),
-            val.len(),
-            a.val_steps,
-            a.val_eps
-        );
-        candidates = screen_routes(&model, &cands, &val, &cfg, device, Seed(a.seed))?;
-        for s in &candidates {
-            println!(
-                "path {}  clean {:6.2}%  pgd {:6.2}%",
-                s.route,
-                100.0 * s.clean,
-                100.0 * s.robust
-            );
-        }
-        candidates
-            .iter()
-            .take(keep)
-            .map(|s| s.route.parse::<Route>())
-            .collect::<eio::Result<Vec<Route>>>()?
-    } else if let Some(k) = a.paths {
-        sample_distinct(gates, copies, gates, k, &mut rng)
-    } else if a.random_path {
-        vec![Route::random(gates, copies, &mut rng)]
-    } else {
-        vec![a.path.clone().unwrap_or_else(|| Route::zeros(gates))]
+    let choice = match (a.best_of, a.paths) {
+        (Some(candidates), keep) => PathChoice::BestOf { candidates, keep: keep.unwrap_or(1) },
+        (None, Some(k)) => PathChoice::Distinct(k),
+        (None, None) if a.random_path => PathChoice::Random,
+        (None, None) => a.path.clone().map_or(PathChoice::Zeros, PathChoice::Given),
     };
-    let plain = if routes.len() == 1 {
-        model.derive(&routes[0])?
-    } else {
-        model.derive_ensemble(&routes)?
+    let screening = Screening { images: a.val_images, eps: a.val_eps, steps: a.val_steps };
+    // Only best-of computes anything (the screening): the others derive on the CPU.
+    let (train, device) = match choice {
+        PathChoice::BestOf { .. } => (Some(a.data.load(Split::Train, None)?), a.device.device()?),
+        _ => (None, tch::Device::Cpu),
     };
-    let joined: Vec<String> = routes.iter().map(|r| r.to_string()).collect();
-    let mut extra = TensorFile::default();
-    extra.meta.insert("eio.derived_from".into(), a.model.display().to_string());
-    extra.meta.insert("eio.path".into(), joined.join(";"));
-    plain.save(&a.output, extra)?;
-    for r in &joined {
+    let seed = Seed(a.seed);
+    let report =
+        derive_paths(&a.model, &choice, &screening, train.as_ref(), &a.output, device, seed)?;
+    for s in &report.candidates {
+        println!("path {}  clean {:6.2}%  pgd {:6.2}%", s.route, 100.0 * s.clean, 100.0 * s.robust);
+    }
+    for r in &report.chosen {
         println!("derived path {r} of {} -> {}", a.model.display(), a.output.display());
     }
     if let Some(j) = &a.json {
-        let report = DeriveReport {
-            model: a.model.display().to_string(),
-            output: a.output.display().to_string(),
-            chosen: joined,
-            candidates,
-            val_images: a.val_images,
-            val_eps: a.val_eps,
-            val_steps: a.val_steps,
-            seed: a.seed,
-            git: eio::train::git_rev(),
-        };
         write_json(j, &report)?;
     }
     Ok(())

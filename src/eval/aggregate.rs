@@ -1,7 +1,10 @@
 /*!
-All-or-nothing aggregation: an image counts as robust only when it is classified correctly in
-every version (restart, attack, surrogate) it was tested with.
+Aggregation of evaluation results. All-or-nothing: an image counts as robust only when it is
+classified correctly in every version (restart, attack, surrogate) it was tested with. Spread:
+mean, min and max of one accuracy over several models (paths of one RGN).
 */
+
+use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Result};
 
@@ -36,6 +39,29 @@ pub fn fraction(mask: &[bool]) -> f64 {
     mask.iter().filter(|&&b| b).count() as f64 / mask.len() as f64
 }
 
+/// Mean, min and max of one accuracy over several models.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct Spread {
+    /// Mean.
+    pub mean: f64,
+    /// Minimum.
+    pub min: f64,
+    /// Maximum.
+    pub max: f64,
+}
+
+impl Spread {
+    /// The spread of `values` (mean 0, min +inf and max -inf when empty).
+    pub fn of(values: &[f64]) -> Spread {
+        let n = values.len().max(1) as f64;
+        Spread {
+            mean: values.iter().sum::<f64>() / n,
+            min: values.iter().cloned().fold(f64::INFINITY, f64::min),
+            max: values.iter().cloned().fold(f64::NEG_INFINITY, f64::max),
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -56,5 +82,11 @@ mod tests {
         assert!(all_or_nothing(&none).is_err());
         assert!(all_or_nothing(&[vec![true], vec![true, false]]).is_err());
         assert_eq!(fraction(&[]), 0.0);
+    }
+
+    #[test]
+    fn spread() {
+        let s = Spread::of(&[0.5, 0.7, 0.6]);
+        assert!((s.mean - 0.6).abs() < 1e-12 && s.min == 0.5 && s.max == 0.7);
     }
 }

@@ -1,6 +1,8 @@
-//! Evaluation: clean accuracy of any [`Classifier`].
+//! Evaluation: clean accuracy of any [`Classifier`], and the robustness protocols with their
+//! reports.
 
 pub mod aggregate;
+pub mod clean;
 pub mod report;
 mod run;
 pub mod transfer;

@@ -23,7 +23,7 @@ use super::transfer::Named;
 use crate::attack::AttackConfig;
 use crate::data::Dataset;
 use crate::error::{Error, Result};
-use crate::model::Classifier;
+use crate::model::{Classifier, Model, Route};
 use crate::progress::Progress;
 use crate::seed::{Seed, Stream};
 
@@ -111,6 +111,30 @@ impl Report for TransferabilityReport {
             s += &format!("{},{}\n", csv_field(name), vals.join(","));
         }
         s
+    }
+}
+
+/// The members to compare in `model` (read from the file `name`), each its own plain model: the
+/// networks of an ensemble (`member <i>`), or `paths` random paths of an RGN drawn from `seed`
+/// (`path <route>`).
+pub fn members(
+    model: &Model,
+    name: &str,
+    paths: usize,
+    seed: Seed,
+) -> Result<Vec<(String, Model)>> {
+    if model.gates() > 0 {
+        let mut rng = seed.rng(Stream::Route, 0, 0);
+        (0..paths)
+            .map(|_| {
+                let r = Route::random(model.gates(), model.spec.arch.copies, &mut rng);
+                Ok((format!("path {r}"), model.derive(&r)?))
+            })
+            .collect()
+    } else if model.nets.len() > 1 {
+        (0..model.nets.len()).map(|i| Ok((format!("member {i}"), model.member(i)?))).collect()
+    } else {
+        Err(Error::config(format!("{name}: transferability needs an ensemble or an RGN")))
     }
 }
 

@@ -1,0 +1,109 @@
+/*!
+Clean accuracy of one model routed one or several ways (`eio eval`): a plain model or an
+ensemble (average of softmax), an RGN on a fixed path, on a fresh random path per batch, or on K
+distinct random paths evaluated one by one.
+*/
+
+use serde::{Deserialize, Serialize};
+use tch::Device;
+
+use super::accuracy;
+use super::aggregate::Spread;
+use crate::data::Dataset;
+use crate::error::{Error, Result};
+use crate::model::route::sample_distinct;
+use crate::model::{Model, Route, Routing, Target};
+use crate::seed::{Seed, Stream};
+
+/// How the evaluated model is routed.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Routings {
+    /// One fixed route: an RGN path, or the empty route of a plain model or ensemble.
+    Fixed(Route),
+    /// A fresh random path for every batch (an RGN).
+    RandomPerBatch,
+    /// K distinct random paths drawn from the seed, each evaluated on its own (an RGN).
+    Paths(usize),
+}
+
+/// The accuracy of one routing.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct CleanRow {
+    /// What was evaluated, e.g. `path 0,1,...`, `random path per batch`, `model`.
+    pub what: String,
+    /// Fraction of the images classified correctly.
+    pub accuracy: f64,
+}
+
+/// Result of [`clean_eval`].
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct CleanReport {
+    /// The model file.
+    pub model: String,
+    /// Number of images.
+    pub images: usize,
+    /// One row per routing.
+    pub rows: Vec<CleanRow>,
+    /// The git revision of the binary.
+    pub git: String,
+}
+
+impl CleanReport {
+    /// Mean, min and max accuracy over the rows (the paths of [`Routings::Paths`]).
+    pub fn spread(&self) -> Spread {
+        Spread::of(&self.rows.iter().map(|r| r.accuracy).collect::<Vec<_>>())
+    }
+}
+
+/// Evaluates `model` (read from the file `name`) on `test` under `routings`, in batches of
+/// `batch` on `device`; random paths come from `seed`. `each` sees every row as it is done.
+#[allow(clippy::too_many_arguments)]
+pub fn clean_eval(
+    model: &Model,
+    name: &str,
+    routings: &Routings,
+    test: &Dataset,
+    batch: usize,
+    device: Device,
+    seed: Seed,
+    mut each: impl FnMut(&CleanRow),
+) -> Result<CleanReport> {
+    let gated = model.gates() > 0;
+    let list: Vec<(String, Routing)> = match routings {
+        Routings::Fixed(r) => {
+            let what = if gated {
+                format!("path {r}")
+            } else if model.nets.len() > 1 {
+                format!("ensemble of {} (average of softmax)", model.nets.len())
+            } else {
+                "model".into()
+            };
+            vec![(what, Routing::Fixed(r.clone()))]
+        }
+        Routings::RandomPerBatch | Routings::Paths(_) if !gated => {
+            return Err(Error::config(format!("{name} is a plain model: random paths need an RGN")))
+        }
+        Routings::RandomPerBatch => vec![("random path per batch".into(), Routing::Random)],
+        Routings::Paths(k) => {
+            let mut rng = seed.rng(Stream::Route, 0, 0);
+            let (gates, copies) = (model.gates(), model.spec.arch.copies);
+            sample_distinct(gates, copies, gates, *k, &mut rng)
+                .into_iter()
+                .map(|r| (format!("path {r}"), Routing::Fixed(r)))
+                .collect()
+        }
+    };
+    let mut rows = Vec::with_capacity(list.len());
+    for (what, routing) in list {
+        let target = Target::new(model, routing, seed)?;
+        let row = CleanRow { what, accuracy: accuracy(&target, test, batch, device) };
+        each(&row);
+        rows.push(row);
+    }
+    Ok(CleanReport {
+        model: name.to_string(),
+        images: test.len(),
+        rows,
+        git: crate::train::git_rev().to_string(),
+    })
+}

@@ -1,0 +1,7 @@
+//! Experiments that chain training, derivation and evaluation: deriving plain models from an
+//! RGN ([`derive`](mod@derive)), the stability of derived paths ([`stability`]) and the demo job
+//! ([`demo`]). Each returns a serialisable report; the command line only maps flags onto them.
+
+pub mod demo;
+pub mod derive;
+pub mod stability;
