@@ -12,12 +12,11 @@ use tch::Device;
 use crate::attack::AttackConfig;
 use crate::data::Dataset;
 use crate::error::{Error, Result};
-use crate::eval::whitebox::WhiteboxConfig;
+use crate::eval::whitebox::{whitebox, WhiteboxConfig};
 use crate::model::io::TensorFile;
 use crate::model::route::sample_distinct;
-use crate::model::{Model, Route};
+use crate::model::{Model, Route, Routing, Target};
 use crate::seed::{Seed, Stream};
-use crate::train::eio::{screen_routes, RouteScore};
 
 /// Which paths of an RGN to derive.
 #[derive(Debug, Clone, PartialEq)]
@@ -167,4 +166,41 @@ pub fn derive(
         seed: seed.0,
         git: crate::train::git_rev().to_string(),
     })
+}
+
+/// How a candidate route fared on a validation set.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RouteScore {
+    /// The route (`0,1,...`).
+    pub route: String,
+    /// Clean accuracy.
+    pub clean: f64,
+    /// Accuracy under the screening PGD.
+    pub robust: f64,
+}
+
+/// Scores each of `routes` of the RGN `model` by clean and white-box accuracy on `data`
+/// ([`crate::eval::whitebox::whitebox`] with `cfg`, in eval mode, the same `seed` for every
+/// route, so every route faces the same random starts) and returns the scores best first:
+/// higher robust accuracy (at the first eps of `cfg`), then higher clean accuracy, then
+/// candidate order.
+pub fn screen_routes(
+    model: &Model,
+    routes: &[Route],
+    data: &Dataset,
+    cfg: &WhiteboxConfig,
+    device: tch::Device,
+    seed: Seed,
+) -> Result<Vec<RouteScore>> {
+    let mut scores = Vec::with_capacity(routes.len());
+    for (i, r) in routes.iter().enumerate() {
+        let target = Target::new(model, Routing::Fixed(r.clone()), seed)?;
+        let rep = whitebox(&target, data, cfg, device, seed)?;
+        let robust = rep.rows.first().map_or(rep.clean_accuracy, |row| row.robust_accuracy);
+        scores.push((i, RouteScore { route: r.to_string(), clean: rep.clean_accuracy, robust }));
+    }
+    scores.sort_by(|(i, a), (j, b)| {
+        b.robust.total_cmp(&a.robust).then(b.clean.total_cmp(&a.clean)).then(i.cmp(j))
+    });
+    Ok(scores.into_iter().map(|(_, s)| s).collect())
 }
