@@ -285,4 +285,27 @@ fn every_method_trains_end_to_end_through_the_cli() {
     let (ok, _, err) =
         crate::util::eio(&["eval", "--model", gal.to_str().unwrap(), "--test-per-class", "1"]);
     assert!(ok, "{err}");
+    // One selected member (paper Fig. 9), and a member that is not there.
+    let g = gal.to_str().unwrap();
+    let (ok, _, err) = crate::util::eio(&[
+        "attack",
+        "whitebox",
+        "--model",
+        g,
+        "--member",
+        "1",
+        "--first-per-class",
+        "1",
+        "--eps",
+        "0.01",
+        "--steps",
+        "2",
+        "--restarts",
+        "1",
+    ]);
+    assert!(ok, "{err}");
+    crate::util::assert_user_error(
+        &["eval", "--model", g, "--member", "2", "--test-per-class", "1"],
+        "member 2 of a 2-member model",
+    );
 }

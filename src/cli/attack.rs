@@ -255,7 +255,7 @@ fn run_whitebox(a: WhiteboxArgs) -> Result<()> {
     let cfg = a.flags.apply(load_config(a.config.as_deref())?)?;
     cfg.validate()?;
     let device = a.target.device.device()?;
-    let (model, _) = Model::load(&a.target.model, device)?;
+    let model = super::model::load_model(&a.target.model, &a.target.route, device)?;
     let seed = Seed(a.target.route.seed);
     let routing = routing(&model, &a.target.route, &a.target.model)?;
     let describe = describe_routing(&routing);
@@ -393,7 +393,7 @@ pub struct TransferEvalArgs {
 fn run_transfer_eval(a: TransferEvalArgs) -> Result<()> {
     a.out.check()?;
     let device = a.target.device.device()?;
-    let (model, _) = Model::load(&a.target.model, device)?;
+    let model = super::model::load_model(&a.target.model, &a.target.route, device)?;
     let routing = routing(&model, &a.target.route, &a.target.model)?;
     let target = Target::new(&model, routing, Seed(a.target.route.seed))?;
     let files = transfer_files(&a.set)?;

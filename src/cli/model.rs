@@ -28,6 +28,21 @@ pub struct RouteArgs {
     /// Seed of random paths.
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
+    /// Use member K (0-based) of an ensemble file on its own (paper Fig. 9: one selected
+    /// member of an ensemble).
+    #[arg(long, value_name = "K")]
+    pub member: Option<usize>,
+}
+
+/// Loads `file`, or member `--member K` of it.
+pub fn load_model(file: &std::path::Path, r: &RouteArgs, device: tch::Device) -> Result<Model> {
+    let (model, _) = Model::load(file, device)?;
+    Ok(match r.member {
+        Some(k) => {
+            model.member(k).map_err(|e| anyhow::anyhow!("{}: --member: {e}", file.display()))?
+        }
+        None => model,
+    })
 }
 
 /// The routing an attack or single evaluation uses: `--path`, `--random-path`, or all zeros.
@@ -76,7 +91,7 @@ pub fn eval(a: EvalArgs) -> Result<()> {
         check_new_output(j, a.force)?;
     }
     let device = a.device.device()?;
-    let (model, _) = Model::load(&a.model, device)?;
+    let model = load_model(&a.model, &a.route, device)?;
     let test = a.data.load(Split::Test, a.test_per_class)?;
     let routings = match (a.route.paths, a.route.random_path) {
         (Some(k), _) => Routings::Paths(k),
