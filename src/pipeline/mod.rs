@@ -5,3 +5,4 @@
 pub mod demo;
 pub mod derive;
 pub mod stability;
+pub mod summary;

@@ -1,0 +1,98 @@
+//! The results of a reproduction (`eio reproduce`) in one file, `summary.json`: every number the
+//! report shows comes from here (and from the training runs' `metrics.csv`, copied in as
+//! curves), so the report can be regenerated and checked against it.
+
+use serde::{Deserialize, Serialize};
+
+use crate::train::EpochRecord;
+
+/// Everything a reproduction measured.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct Summary {
+    /// Preset name (`smoke`, `demo`, `cpu`, `gpu`, `paper`).
+    pub preset: String,
+    /// Master seed.
+    pub seed: u64,
+    /// Git revision of the binary.
+    pub git: String,
+    /// The command that made it.
+    pub command: String,
+    /// Test images evaluated (the first N per class).
+    pub images: usize,
+    /// Radii of the white-box rows.
+    pub eps_whitebox: Vec<f64>,
+    /// Radii of the black-box rows.
+    pub eps_blackbox: Vec<f64>,
+    /// The white-box attack, in words.
+    pub whitebox_attack: String,
+    /// The black-box protocol, in words (surrogates, attacks, versions).
+    pub blackbox_protocol: String,
+    /// Every evaluated model.
+    pub models: Vec<ModelResult>,
+    /// Transferability matrices (paper Fig. 8).
+    pub transferability: Vec<MatrixResult>,
+    /// Stability of derived paths (paper Fig. 10), when run.
+    pub stability: Option<StabilityResult>,
+    /// Training curves of every run.
+    pub training: Vec<Curve>,
+}
+
+/// One evaluated model (a row of Tables 2-4, a line of Fig. 7, 9, 11).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct ModelResult {
+    /// Display name, e.g. `EIO (derived, fine-tuned)` or `DVERGE (1 of 3)`.
+    pub name: String,
+    /// Training method (`baseline`, `eio`, `dverge`, `adp`, `gal`, `trs`, `adv`).
+    pub method: String,
+    /// Networks in the trained model (ensemble size; 1 for a single network).
+    pub members: usize,
+    /// The member evaluated alone (paper: "1 of N"), `None` = the whole model.
+    pub selected: Option<usize>,
+    /// Whether adversarial training was part of the method ("+AdvT").
+    pub adv_training: bool,
+    /// The evaluated model file, relative to the output folder.
+    pub file: String,
+    /// Clean accuracy in [0,1].
+    pub clean: f64,
+    /// White-box accuracy per `eps_whitebox` (empty = not run).
+    pub whitebox: Vec<f64>,
+    /// Black-box accuracy per `eps_blackbox` (empty = not run).
+    pub blackbox: Vec<f64>,
+    /// Training wall time of everything this model needed, seconds.
+    pub train_secs: f64,
+    /// Training epochs of everything this model needed.
+    pub train_epochs: usize,
+}
+
+/// A transferability matrix: entry (i, j) = success rate on member j of examples made on i.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct MatrixResult {
+    /// Which model's members.
+    pub name: String,
+    /// Member labels.
+    pub labels: Vec<String>,
+    /// Radius of the attack.
+    pub eps: f64,
+    /// Success rates in [0,1], row = source, column = target.
+    pub success: Vec<Vec<f64>>,
+}
+
+/// Clean and white-box accuracy of several derived paths.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct StabilityResult {
+    /// Radii of the robust columns.
+    pub eps: Vec<f64>,
+    /// One entry per path: (clean, robust per eps).
+    pub paths: Vec<(f64, Vec<f64>)>,
+}
+
+/// The per-epoch records of one training run.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct Curve {
+    /// Run name.
+    pub name: String,
+    /// Method.
+    pub method: String,
+    /// Epoch records (as in the run's `metrics.csv`).
+    pub epochs: Vec<EpochRecord>,
+}
