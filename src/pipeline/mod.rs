@@ -4,5 +4,6 @@
 
 pub mod demo;
 pub mod derive;
+pub mod reproduce;
 pub mod stability;
 pub mod summary;
