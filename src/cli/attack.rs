@@ -29,7 +29,7 @@ pub enum AttackCommand {
     /// White-box attack with restarts over a list of eps; an image is robust only if correct
     /// under every restart (defaults: PGD, eps 0.01..0.07, 50 steps of eps/5, 5 restarts, CE;
     /// --attack fgsm|apgd|mpgd for FGSM, APGD or momentum PGD).
-    Whitebox(WhiteboxArgs),
+    Whitebox(Box<WhiteboxArgs>),
     /// Craft adversarial examples on surrogate models and store them (paper suite: momentum PGD
     /// x3 restarts, M-DI2-FGSM, SGM; CE and CW; 100 steps of eps/5; eps 0.01..0.07).
     TransferGen(TransferGenArgs),
@@ -43,7 +43,7 @@ pub enum AttackCommand {
 
 pub fn run(cmd: AttackCommand) -> Result<()> {
     match cmd {
-        AttackCommand::Whitebox(a) => run_whitebox(a),
+        AttackCommand::Whitebox(a) => run_whitebox(*a),
         AttackCommand::TransferGen(a) => run_transfer_gen(a),
         AttackCommand::TransferEval(a) => run_transfer_eval(a),
         AttackCommand::Transferability(a) => run_transferability(a),
