@@ -4,5 +4,6 @@ mod attack;
 mod eio_train;
 mod foundation;
 mod golden;
+mod interop;
 mod methods;
 mod util;
