@@ -3,7 +3,6 @@ eio reads, saved with torch.save, and their logits on the probe input (tests/uti
 
     scripts/python tests/interop.py akamaster DIR   # option-A ResNet-20, akamaster checkpoint
     scripts/python tests/interop.py dverge DIR      # DVERGE-layout ensemble with normalizers
-    scripts/python tests/interop.py pil FILE...     # PIL's decoded pixels (needs pillow)
 
 Each prints one JSON object on stdout.
 """
@@ -199,22 +198,12 @@ def dverge(out_dir):
             "ensemble_logits": ens.tolist(), "checkpoint_logits": single.tolist()}
 
 
-def pil(files):
-    """PIL's RGB pixels of each file, HWC bytes as a list of ints."""
-    from PIL import Image
-    return {"pixels": [list(Image.open(f).convert("RGB").tobytes()) for f in files]}
-
-
 def main():
     p = argparse.ArgumentParser()
-    p.add_argument("what", choices=["akamaster", "dverge", "pil"])
-    p.add_argument("args", nargs="+")
+    p.add_argument("what", choices=["akamaster", "dverge"])
+    p.add_argument("dir")
     a = p.parse_args()
-    if a.what == "pil":
-        out = pil(a.args)
-    else:
-        out = {"akamaster": akamaster, "dverge": dverge}[a.what](a.args[0])
-    json.dump(out, sys.stdout)
+    json.dump({"akamaster": akamaster, "dverge": dverge}[a.what](a.dir), sys.stdout)
 
 
 if __name__ == "__main__":
