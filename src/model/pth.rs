@@ -40,6 +40,11 @@ pub enum Format {
 
 /// Sniffs the container format from the first bytes.
 pub fn sniff(head: &[u8]) -> Format {
+    // safetensors: an 8-byte header length, then the JSON header (whose length bytes may
+    // themselves look like a pickle's PROTO opcode).
+    if head.get(8) == Some(&b'{') {
+        return Format::Other;
+    }
     if head.starts_with(b"PK\x03\x04") || head.starts_with(b"PK\x05\x06") {
         Format::Zip
     } else if head.len() >= 2 && head[0] == 0x80 && (2..=5).contains(&head[1]) {
@@ -941,5 +946,7 @@ mod tests {
         assert_eq!(sniff(b"PK\x03\x04...."), Format::Zip);
         assert_eq!(sniff(b"\x80\x02\x8a\n"), Format::Pickle);
         assert_eq!(sniff(b"\x10\x00\x00\x00\x00\x00\x00\x00{"), Format::Other);
+        // A safetensors header of 0x380 bytes starts like a protocol-3 pickle.
+        assert_eq!(sniff(b"\x80\x03\x00\x00\x00\x00\x00\x00{\"a"), Format::Other);
     }
 }
