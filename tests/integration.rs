@@ -4,6 +4,7 @@ mod attack;
 mod eio_train;
 mod foundation;
 mod golden;
+mod interop;
 mod methods;
 mod reproduce;
 mod util;
