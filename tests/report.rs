@@ -273,3 +273,13 @@ fn write_puts_the_page_csvs_and_summary_in_a_folder() {
         serde_json::from_str(&std::fs::read_to_string(dir.join("summary.json")).unwrap()).unwrap();
     assert_eq!(json, s);
 }
+
+#[test]
+fn an_empty_summary_renders_the_published_tables_only() {
+    let report = render(&Summary::default()).unwrap();
+    assert_eq!(report.figures().count(), 0);
+    assert_eq!(report.html.matches("<svg").count(), 0);
+    assert_eq!(report.html.matches("Not measured in this run").count(), 3, "tables 2, 3, 4");
+    let dverge = row_of(&report.html, "table3-blackbox", "paper", "DVERGE/8/1");
+    assert!(dverge.contains(&pct(0.574)), "{dverge:?}");
+}

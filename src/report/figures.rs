@@ -74,6 +74,21 @@ fn shorten(label: &str, max: usize) -> String {
     }
 }
 
+/// An axis tick without trailing zeros: `0.005`, `100`, `2.5`.
+fn tick(v: &f64) -> String {
+    let s = format!("{v:.4}");
+    s.trim_end_matches('0').trim_end_matches('.').to_string()
+}
+
+/// A tick on an axis of whole numbers: the number, or nothing between two of them.
+fn whole_tick(v: &f64) -> String {
+    if (v - v.round()).abs() < 1e-9 {
+        format!("{}", v.round())
+    } else {
+        String::new()
+    }
+}
+
 /// One line of a [`LineChart`].
 #[derive(Debug, Clone)]
 pub struct Series {
@@ -111,6 +126,8 @@ pub struct LineChart {
     pub x: (f64, f64),
     /// Y axis range.
     pub y: (f64, f64),
+    /// Label only whole numbers on the x axis (epochs).
+    pub integer_x: bool,
     /// Bands, drawn under the lines.
     pub bands: Vec<Band>,
     /// Lines.
@@ -135,6 +152,8 @@ impl LineChart {
                 .configure_mesh()
                 .x_desc(self.x_desc.as_str())
                 .y_desc(self.y_desc.as_str())
+                .x_label_formatter(if self.integer_x { &whole_tick } else { &tick })
+                .y_label_formatter(&tick)
                 .max_light_lines(0)
                 .bold_line_style(RGBColor(230, 230, 230))
                 .draw()?;
@@ -305,6 +324,7 @@ impl BarChart {
                 .disable_y_mesh()
                 .y_labels(0)
                 .x_desc(self.x_desc.as_str())
+                .x_label_formatter(&tick)
                 .max_light_lines(0)
                 .bold_line_style(RGBColor(230, 230, 230))
                 .draw()?;
@@ -350,6 +370,7 @@ mod tests {
             y_desc: "acc".into(),
             x: (0.0, 0.1),
             y: (0.0, 100.0),
+            integer_x: false,
             bands: vec![Band {
                 label: "band".into(),
                 color: color(0),

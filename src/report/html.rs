@@ -6,7 +6,7 @@ use std::fmt::Write;
 
 use crate::pipeline::summary::Summary;
 
-use super::tables::{RowKind, Table};
+use super::tables::{Cell, RowKind, Table};
 use super::{Figure, Item, Section};
 
 /// Escapes text for HTML element content and double-quoted attributes.
@@ -37,7 +37,7 @@ dl.meta dd { margin: 0; }
 table { border-collapse: collapse; margin: .4em 0; font-variant-numeric: tabular-nums; }
 th, td { border: 1px solid #ddd; padding: .15em .45em; text-align: right; white-space: nowrap; }
 th { background: #f6f6f6; }
-td.text { text-align: left; }
+td.text, th.text { text-align: left; }
 tr.paper td { color: #777; font-style: italic; background: #fafafa; }
 tr.heading td { text-align: left; font-weight: 600; background: #eef; }
 .caption { color: #444; margin: .2em 0; max-width: 60em; }
@@ -122,8 +122,12 @@ fn table(out: &mut String, s: &Summary, t: &Table) {
         );
     }
     out.push_str("<div class=\"scroll\"><table>\n<thead><tr>");
-    for h in &t.header {
-        let _ = write!(out, "<th>{}</th>", escape(h));
+    // Headers align with their column: left over text, right over numbers.
+    let first = t.rows.iter().find(|r| r.kind != RowKind::Heading);
+    for (k, h) in t.header.iter().enumerate() {
+        let text = first.and_then(|r| r.cells.get(k)).is_some_and(|c| matches!(c, Cell::Text(_)));
+        let align = if text { " class=\"text\"" } else { "" };
+        let _ = write!(out, "<th{align}>{}</th>", escape(h));
     }
     out.push_str("</tr></thead>\n<tbody>\n");
     for row in &t.rows {
@@ -141,11 +145,7 @@ fn table(out: &mut String, s: &Summary, t: &Table) {
                 let class = if kind == RowKind::Paper { "paper" } else { "ours" };
                 let _ = write!(out, "<tr class=\"{class}\">");
                 for cell in &row.cells {
-                    let align = if matches!(cell, super::tables::Cell::Text(_)) {
-                        " class=\"text\""
-                    } else {
-                        ""
-                    };
+                    let align = if matches!(cell, Cell::Text(_)) { " class=\"text\"" } else { "" };
                     let _ = write!(out, "<td{align}>{}</td>", escape(&cell.display()));
                 }
                 out.push_str("</tr>\n");

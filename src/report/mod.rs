@@ -2,9 +2,9 @@
 
 ```no_run
 # fn main() -> eio::Result<()> {
-let summary: eio::pipeline::summary::Summary =
-    serde_json::from_str(&std::fs::read_to_string("runs/demo/summary.json").unwrap()).unwrap();
-let html = eio::report::write(&summary, std::path::Path::new("runs/demo"))?;
+// A made-up Summary; `eio reproduce` fills a real one.
+let summary = eio::report::sample::sample_summary();
+let html = eio::report::write(&summary, std::path::Path::new("runs/sample"))?;
 println!("{}", html.display());
 # Ok(())
 # }
@@ -28,7 +28,7 @@ pub mod tables;
 use std::path::{Path, PathBuf};
 
 use crate::error::{Error, Result};
-use crate::pipeline::summary::{ModelResult, Summary};
+use crate::pipeline::summary::{ModelResult, StabilityResult, Summary};
 use figures::{color, Band, BarChart, Heatmap, LineChart, Series};
 use tables::{Attack, Table};
 
@@ -157,8 +157,8 @@ pub fn render(summary: &Summary) -> Result<Report> {
             items: transfer,
         });
     }
-    if let Some(table) = tables::stability(s) {
-        let figure = stability_figure(s)?;
+    if let (Some(table), Some(st)) = (tables::stability(s), &s.stability) {
+        let figure = stability_figure(s, st)?;
         sections.push(Section {
             id: "sec-stability".into(),
             title: "Stability of derived paths (Fig. 10)".into(),
@@ -258,13 +258,17 @@ fn accuracy_figures(s: &Summary) -> Result<Vec<Item>> {
                 }
             }
             let x_max = series.iter().flat_map(|s| &s.points).map(|p| p.0).fold(0.01, f64::max);
-            let (number, _) = attack.paper();
+            let legend = if series.iter().any(|s| s.dashed) {
+                format!("Solid: this run; dashed: the paper's Table {}.", attack.paper().0)
+            } else {
+                "The paper gives no numbers for these models.".into()
+            };
             items.push(Item::Figure(Figure {
                 id: format!("{id}-{}", attack.name()),
                 title: format!("{} accuracy, {group_title}", capitalise(attack.name())),
                 caption: format!(
                     "Accuracy against eps (L-infinity, [0,1] pixels; eps 0 = clean accuracy) on {} \
-                     test images. Attack: {}. Solid: this run; dashed: the paper's Table {number}.",
+                     test images. Attack: {}. {legend}",
                     s.images,
                     attack.describe(s)
                 ),
@@ -274,6 +278,7 @@ fn accuracy_figures(s: &Summary) -> Result<Vec<Item>> {
                     y_desc: "accuracy (%)".into(),
                     x: (0.0, x_max * 1.05),
                     y: (0.0, 100.0),
+                    integer_x: false,
                     bands: Vec::new(),
                     series,
                 }
@@ -321,8 +326,7 @@ fn transferability_figures(s: &Summary) -> Result<Vec<Item>> {
     Ok(items)
 }
 
-fn stability_figure(s: &Summary) -> Result<Figure> {
-    let st = s.stability.as_ref().expect("called with a stability result");
+fn stability_figure(s: &Summary, st: &StabilityResult) -> Result<Figure> {
     // x = 0 is clean accuracy, then each eps: the band spans the paths, the line is their mean.
     let xs: Vec<f64> = std::iter::once(0.0).chain(st.eps.iter().copied()).collect();
     let mut band = Vec::new();
@@ -358,6 +362,7 @@ fn stability_figure(s: &Summary) -> Result<Figure> {
             y_desc: "accuracy (%)".into(),
             x: (0.0, x_max * 1.05),
             y: (0.0, 100.0),
+            integer_x: false,
             bands: vec![Band { label: "min to max over paths".into(), color: color(0), points: band }],
             series: vec![Series { label: "mean".into(), color: color(0), dashed: false, points: mean }],
         }
@@ -392,10 +397,7 @@ fn training_figures(s: &Summary) -> Result<Vec<Item>> {
         .filter(|v| v.is_finite())
         .fold(0.0, f64::max);
     let caption = |what: &str| {
-        format!(
-            "{what} per epoch of every training run ({} runs; numbers in training.csv).",
-            runs.len()
-        )
+        format!("{what}, for each of the {} training runs (numbers in training.csv).", runs.len())
     };
     Ok(vec![
         Item::Figure(Figure {
@@ -408,6 +410,7 @@ fn training_figures(s: &Summary) -> Result<Vec<Item>> {
                 y_desc: "accuracy (%)".into(),
                 x: (0.0, epochs),
                 y: (0.0, 100.0),
+                integer_x: true,
                 bands: Vec::new(),
                 series: accuracy,
             }
@@ -417,13 +420,14 @@ fn training_figures(s: &Summary) -> Result<Vec<Item>> {
         Item::Figure(Figure {
             id: "training-loss".into(),
             title: "Training loss per epoch".into(),
-            caption: caption("Mean training loss (the method's whole objective)"),
+            caption: caption("Mean training loss per epoch (the method's whole objective)"),
             svg: LineChart {
                 title: "training loss".into(),
                 x_desc: "epoch".into(),
                 y_desc: "loss".into(),
                 x: (0.0, epochs),
                 y: (0.0, if max_loss > 0.0 { max_loss * 1.1 } else { 1.0 }),
+                integer_x: true,
                 bands: Vec::new(),
                 series: loss,
             }
