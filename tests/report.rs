@@ -283,3 +283,18 @@ fn an_empty_summary_renders_the_published_tables_only() {
     let dverge = row_of(&report.html, "table3-blackbox", "paper", "DVERGE/8/1");
     assert!(dverge.contains(&pct(0.574)), "{dverge:?}");
 }
+
+#[test]
+fn unmeasured_numbers_are_empty_cells_not_nan() {
+    // The pipeline writes NaN for a radius it could not evaluate.
+    let mut s = sample_summary();
+    s.models[0].blackbox[2] = f64::NAN;
+    s.transferability[0].success[0][1] = f64::NAN;
+    s.stability.as_mut().unwrap().paths[0].1[0] = f64::NAN;
+    let html = render(&s).unwrap().html;
+    assert!(!html.contains("NaN"), "NaN printed");
+    let cells = row_of(&html, "table3-blackbox", "ours", &s.models[0].name);
+    let eps_col = 4 + 2; // row, source, model, clean, then eps 0.01, 0.02, 0.03
+    assert_eq!(cells[eps_col], "", "{cells:?}");
+    assert_eq!(cells[eps_col - 1], pct(s.models[0].blackbox[1]));
+}

@@ -223,8 +223,11 @@ pub struct Heatmap {
     pub format: fn(f64) -> String,
 }
 
-/// White for 0, dark red for 1: more red = more transferable.
+/// White for 0, dark red for 1: more red = more transferable; grey = not measured (NaN).
 fn heat(v: f64) -> RGBColor {
+    if !v.is_finite() {
+        return RGBColor(220, 220, 220);
+    }
     let t = v.clamp(0.0, 1.0);
     let mix = |a: f64, b: f64| (a + (b - a) * t).round() as u8;
     RGBColor(mix(255.0, 165.0), mix(255.0, 15.0), mix(255.0, 21.0))
@@ -283,7 +286,8 @@ impl Heatmap {
                     ))?;
                     let ink = if v > 0.55 { WHITE } else { BLACK };
                     let style = text_style(12, HPos::Center, VPos::Center).color(&ink);
-                    root.draw(&Text::new((self.format)(v), (x0 + cell / 2, y0 + cell / 2), style))?;
+                    let text = if v.is_finite() { (self.format)(v) } else { "n/a".into() };
+                    root.draw(&Text::new(text, (x0 + cell / 2, y0 + cell / 2), style))?;
                 }
             }
             Ok(())

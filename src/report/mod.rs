@@ -37,7 +37,8 @@ pub use html::escape;
 /// The report page's file name.
 pub const HTML_FILE: &str = "report.html";
 
-/// An accuracy or rate in [0,1] as the report prints it: `42.4%`.
+/// An accuracy or rate in [0,1] as the report prints it: `42.4%`. (Tables show a value that was
+/// not measured, `None` or NaN, as an empty cell, never through this.)
 pub fn pct(frac: f64) -> String {
     format!("{:.1}%", 100.0 * frac)
 }
@@ -221,10 +222,11 @@ const GROUPS: [Group; 3] = [
     ("fig11", "with adversarial training (Fig. 11)", |m| m.adv_training),
 ];
 
-/// Accuracy (percent) against eps, from clean accuracy at eps 0.
+/// Accuracy (percent) against eps, from clean accuracy at eps 0; unmeasured (NaN) points left out.
 fn curve(clean: f64, eps: &[f64], acc: &[f64], scale: f64) -> Vec<(f64, f64)> {
     std::iter::once((0.0, clean * scale))
         .chain(eps.iter().zip(acc).map(|(&e, &a)| (e, a * scale)))
+        .filter(|p| p.1.is_finite())
         .collect()
 }
 
@@ -338,6 +340,7 @@ fn stability_figure(s: &Summary, st: &StabilityResult) -> Result<Figure> {
             .filter_map(
                 |(clean, robust)| if k == 0 { Some(*clean) } else { robust.get(k - 1).copied() },
             )
+            .filter(|v| v.is_finite())
             .collect();
         if values.is_empty() {
             continue;
@@ -384,7 +387,12 @@ fn training_figures(s: &Summary) -> Result<Vec<Item>> {
                 label: c.name.clone(),
                 color: color(i),
                 dashed: false,
-                points: c.epochs.iter().map(|e| (e.epoch as f64, value(e))).collect(),
+                points: c
+                    .epochs
+                    .iter()
+                    .map(|e| (e.epoch as f64, value(e)))
+                    .filter(|p| p.1.is_finite())
+                    .collect(),
             })
             .collect()
     };
@@ -451,7 +459,7 @@ fn cost_figure(s: &Summary) -> Result<Figure> {
         .models
         .iter()
         .enumerate()
-        .map(|(i, m)| (m.name.clone(), m.train_secs / scale, color(i)))
+        .map(|(i, m)| (m.name.clone(), m.train_secs.max(0.0) / scale, color(i)))
         .collect();
     Ok(Figure {
         id: "fig-cost".into(),

@@ -16,7 +16,7 @@ use super::{bytes, duration, pct};
 pub enum Cell {
     /// Plain text.
     Text(String),
-    /// An accuracy or rate in [0,1]; `None` = not measured (an empty cell).
+    /// An accuracy or rate in [0,1]; `None` or NaN = not measured (an empty cell).
     Acc(Option<f64>),
     /// A count.
     Int(usize),
@@ -31,9 +31,10 @@ impl Cell {
     pub fn display(&self) -> String {
         match self {
             Cell::Text(s) => s.clone(),
-            Cell::Acc(v) => v.map(pct).unwrap_or_default(),
+            Cell::Acc(v) => v.filter(|v| v.is_finite()).map(pct).unwrap_or_default(),
             Cell::Int(n) => n.to_string(),
-            Cell::Secs(s) => duration(*s),
+            Cell::Secs(s) if s.is_finite() => duration(*s),
+            Cell::Secs(_) => String::new(),
             Cell::Bytes(b) => b.map(bytes).unwrap_or_default(),
         }
     }
@@ -42,7 +43,7 @@ impl Cell {
     pub fn raw(&self) -> String {
         match self {
             Cell::Text(s) => s.clone(),
-            Cell::Acc(v) => v.map(number).unwrap_or_default(),
+            Cell::Acc(v) => v.filter(|v| v.is_finite()).map(number).unwrap_or_default(),
             Cell::Int(n) => n.to_string(),
             Cell::Secs(s) => number(*s),
             Cell::Bytes(b) => b.map(|b| b.to_string()).unwrap_or_default(),
@@ -138,9 +139,11 @@ pub fn same_eps(a: f64, b: f64) -> bool {
     (a - b).abs() < 1e-9
 }
 
-/// Accuracy of `acc` (measured at radii `eps`) at radius `at`; `None` if not measured there.
+/// Accuracy of `acc` (measured at radii `eps`) at radius `at`; `None` if not measured there
+/// (no such radius, or NaN, which the pipeline writes for a radius it could not evaluate).
 pub fn at_eps(eps: &[f64], acc: &[f64], at: f64) -> Option<f64> {
-    eps.iter().position(|&e| same_eps(e, at)).and_then(|i| acc.get(i).copied())
+    let i = eps.iter().position(|&e| same_eps(e, at))?;
+    acc.get(i).copied().filter(|v| v.is_finite())
 }
 
 /// The paper's display name of a method.
@@ -430,7 +433,8 @@ pub fn stability(s: &Summary) -> Option<Table> {
         })
         .collect();
     let column = |k: Option<usize>| -> Vec<f64> {
-        st.paths.iter().filter_map(|(c, r)| k.map_or(Some(*c), |k| r.get(k).copied())).collect()
+        let value = |(c, r): &(f64, Vec<f64>)| k.map_or(Some(*c), |k| r.get(k).copied());
+        st.paths.iter().filter_map(value).filter(|v| v.is_finite()).collect()
     };
     for (name, pick) in [("mean", 0), ("min", 1), ("max", 2)] {
         let stat = |xs: Vec<f64>| {
