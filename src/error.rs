@@ -35,6 +35,9 @@ pub enum Error {
     /// Training diverged (NaN or infinite loss).
     #[error("{0}")]
     Diverged(String),
+    /// A report figure could not be drawn.
+    #[error("report: {0}")]
+    Report(String),
     /// An error reported by libtorch.
     #[error("libtorch: {0}")]
     Tch(#[from] tch::TchError),

@@ -8,7 +8,7 @@
 //! Modules: [`data`] (CIFAR-10 loading and augmentation), [`model`] (ResNet-20, RGN, routes,
 //! ensembles, model files), [`seed`] (one seed, many streams), [`attack`] and [`eval`] (attacks and
 //! robustness protocols), [`pipeline`] (experiments that chain training, derivation and
-//! evaluation).
+//! evaluation), [`report`] (the HTML report of a reproduction, with its tables and figures).
 
 pub mod attack;
 pub mod bench;
@@ -20,6 +20,7 @@ pub mod model;
 pub mod optim;
 pub mod pipeline;
 pub mod progress;
+pub mod report;
 pub mod seed;
 pub mod train;
 

@@ -6,5 +6,6 @@ mod foundation;
 mod golden;
 mod interop;
 mod methods;
+mod report;
 mod reproduce;
 mod util;

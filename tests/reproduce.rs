@@ -38,6 +38,10 @@ fn smoke_preset_runs_resumes_and_summarises() {
     assert_eq!(summary.stability.as_ref().map(|s| s.paths.len()), Some(2));
     assert!(summary.training.iter().any(|c| c.method == "eio" && !c.epochs.is_empty()));
     assert!(out.join("robustbench/eio-finetune.json").exists());
+    // The report is made from this summary.
+    let html = std::fs::read_to_string(out.join("report.html")).unwrap();
+    assert!(html.matches("<svg").count() >= 4, "figures missing");
+    assert!(html.contains(&eio::report::pct(eio_ft.result.clean)));
     // A rerun finds every job done and changes nothing.
     let before = std::fs::read(out.join("eval/eio-finetune.json")).unwrap();
     let (ok, _, err) = eio(&["reproduce", "--preset", "smoke", "--out", out_s]);

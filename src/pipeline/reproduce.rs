@@ -28,7 +28,7 @@ use crate::eval::transfer::{
 use crate::eval::transferability::{members, transferability, TransferabilityConfig};
 use crate::eval::whitebox::{whitebox, WhiteboxConfig};
 use crate::model::io::{write_atomic, TensorFile};
-use crate::model::{Model, Route, Target};
+use crate::model::{ArchConfig, Model, Route, Target};
 use crate::seed::{Seed, Stream};
 use crate::train::adv::AdvTerm;
 use crate::train::dverge::DvergeConfig;
@@ -310,6 +310,9 @@ pub enum JobKind {
         member: Option<usize>,
         /// Training runs the model needed (for its cost).
         runs: Vec<String>,
+        /// The RGN a derived model comes from.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        rgn: Option<ArchConfig>,
     },
     /// The transferability matrix of an ensemble's members or an RGN's paths.
     Transferability {
@@ -362,6 +365,7 @@ impl Plan {
                 outputs: vec![run_model(name), format!("runs/{name}/history.json")],
             });
         };
+        let rgn_arch = p.spec(MethodConfig::RgnWarmup, 1, 1).arch;
         let eval = |jobs: &mut Vec<Job>,
                     key: &str,
                     name: String,
@@ -379,6 +383,7 @@ impl Plan {
                     model,
                     member,
                     runs: runs.into_iter().map(String::from).collect(),
+                    rgn: (method == "eio").then(|| rgn_arch.clone()),
                 },
                 outputs: vec![format!("eval/{key}.json")],
             });
@@ -732,8 +737,9 @@ pub fn run(
                 )?;
                 write_json(&out.join(&job.outputs[0]), &rep)?;
             }
-            JobKind::Evaluate { name, method, adv_training, model, member, runs } => {
+            JobKind::Evaluate { name, method, adv_training, model, member, runs, rgn } => {
                 let (m, _) = Model::load(&out.join(model), device)?;
+                let ensemble_size = m.nets.len();
                 let m = match member {
                     Some(i) => m.member(*i)?,
                     None => m,
@@ -752,7 +758,7 @@ pub fn run(
                 let result = ModelResult {
                     name: name.clone(),
                     method: method.clone(),
-                    members: if member.is_some() { 1 } else { m.nets.len() },
+                    members: ensemble_size,
                     selected: *member,
                     adv_training: *adv_training,
                     file: model.clone(),
@@ -761,10 +767,16 @@ pub fn run(
                     blackbox: p
                         .eps_blackbox
                         .iter()
-                        .map(|e| bb.accuracy(*e).unwrap_or(f64::NAN))
-                        .collect(),
+                        .map(|e| {
+                            bb.accuracy(*e).ok_or_else(|| {
+                                Error::config(format!("the transfer set has no eps {e}"))
+                            })
+                        })
+                        .collect::<Result<_>>()?,
                     train_secs: secs,
                     train_epochs: epochs,
+                    rgn: rgn.clone(),
+                    peak_memory_bytes: None,
                 };
                 write_json(&out.join(&job.outputs[0]), &Evaluation { result })?;
             }
@@ -813,6 +825,8 @@ pub fn run(
     }
     let summary = summarise(plan, out, command)?;
     write_json(&out.join("summary.json"), &summary)?;
+    let html = crate::report::write(&summary, out)?;
+    eprintln!("report: {}", html.display());
     for m in summary.models.iter().filter(|m| m.members == 1 && m.selected.is_none()) {
         let key = m.file.trim_start_matches("runs/").trim_start_matches("models/");
         let key = key.trim_end_matches(".safetensors").trim_end_matches("/model");

@@ -4,6 +4,7 @@
 
 use serde::{Deserialize, Serialize};
 
+use crate::model::ArchConfig;
 use crate::train::EpochRecord;
 
 /// Everything a reproduction measured.
@@ -62,6 +63,13 @@ pub struct ModelResult {
     pub train_secs: f64,
     /// Training epochs of everything this model needed.
     pub train_epochs: usize,
+    /// For a model derived from a Random Gated Network: that RGN's architecture (copies n and
+    /// gated slots, which the paper's Table 2 and "EIO(topk)" rows are about).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rgn: Option<ArchConfig>,
+    /// Peak memory of its training, bytes (device memory on a GPU), when measured.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub peak_memory_bytes: Option<u64>,
 }
 
 /// A transferability matrix: entry (i, j) = success rate on member j of examples made on i.
