@@ -335,6 +335,10 @@ fn read_dir_sorted(dir: &Path) -> Result<Vec<PathBuf>> {
 }
 
 fn decode_one(path: &Path, out: &mut [u8]) -> Result<()> {
+    // A FIFO or device named like an image would block or never end: regular files only.
+    if !std::fs::metadata(path).map_err(|e| Error::io(path, e))?.is_file() {
+        return Err(Error::data(path, "not a regular file (expected a .png/.jpg image)"));
+    }
     let bytes = std::fs::read(path).map_err(|e| Error::io(path, e))?;
     let img = image::load_from_memory(&bytes)
         .map_err(|e| Error::data(path, format!("cannot decode image: {e}")))?

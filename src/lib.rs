@@ -16,11 +16,13 @@ pub mod data;
 pub mod distill;
 pub mod error;
 pub mod eval;
+pub mod fsx;
 pub mod model;
 pub mod optim;
 pub mod pipeline;
 pub mod progress;
 pub mod seed;
 pub mod train;
+pub mod validate;
 
 pub use error::{Error, Result};

@@ -33,14 +33,17 @@ pub struct StabilityArgs {
     #[arg(long, value_name = "E", default_value_t = 0)]
     finetune_epochs: usize,
     /// TOML file with `eio finetune`'s [train] and [optim] tables for the fine-tuning runs.
-    #[arg(long, value_name = "FILE")]
+    #[arg(long, value_name = "FILE", requires = "finetune_epochs")]
     finetune_config: Option<PathBuf>,
     /// Fine-tune on the first N training images of each class only.
-    #[arg(long, value_name = "N", value_parser = super::positive)]
+    #[arg(long, value_name = "N", value_parser = super::positive, requires = "finetune_epochs")]
     train_per_class: Option<usize>,
     /// Also checkpoint fine-tuning runs every N steps.
-    #[arg(long, value_name = "N", value_parser = super::positive)]
+    #[arg(long, value_name = "N", value_parser = super::positive, requires = "finetune_epochs")]
     checkpoint_every: Option<usize>,
+    /// Replace the report (report.json, report.md) of a finished run in --out.
+    #[arg(long)]
+    force: bool,
     /// Also evaluate these models (plain, ensembles, or RGNs on the all-zero path) on the same
     /// images with the same attack, e.g. the baseline.
     #[arg(long = "reference", value_name = "FILE")]
@@ -80,6 +83,17 @@ struct FinetuneOverrides<'a> {
 }
 
 pub fn run(a: StabilityArgs) -> Result<()> {
+    super::check_new_output(&a.out.join("report.json"), a.force)?;
+    if a.finetune_epochs == 0
+        && (a.finetune_config.is_some()
+            || a.train_per_class.is_some()
+            || a.checkpoint_every.is_some())
+    {
+        anyhow::bail!(
+            "--finetune-config, --train-per-class and --checkpoint-every set the fine-tuning: \
+             give --finetune-epochs N (N >= 1) with them"
+        );
+    }
     let cfg = StabilityConfig {
         paths: a.paths,
         seed: a.seed,
@@ -107,6 +121,8 @@ pub fn run(a: StabilityArgs) -> Result<()> {
             a.finetune_config.as_deref(),
             &FinetuneOverrides { train: &flags },
         )?;
+        ft.train.validate()?;
+        ft.optim.validate()?;
         let train = a.data.load(Split::Train, None)?;
         Some((ft, train))
     } else {

@@ -197,6 +197,7 @@ pub fn whitebox(
     seed: Seed,
 ) -> Result<WhiteboxReport> {
     cfg.validate()?;
+    crate::validate::check_classes(data)?;
     let start = Instant::now();
     let (x, y) = data.tensors();
     let n = data.len();
