@@ -27,10 +27,12 @@ pub fn bad_tensor<'a>(
         if !finite {
             let nan = t.isnan().sum(Kind::Int64).int64_value(&[]);
             let inf = t.isinf().sum(Kind::Int64).int64_value(&[]);
-            return Some((
-                name.clone(),
-                format!("holds {nan} NaN and {inf} infinite values of {}", t.numel()),
-            ));
+            let what = match (nan, inf) {
+                (0, i) => format!("{i} infinite"),
+                (n, 0) => format!("{n} NaN"),
+                (n, i) => format!("{n} NaN and {i} infinite"),
+            };
+            return Some((name.clone(), format!("holds {what} of {} values", t.numel())));
         }
         if name.ends_with("running_var") {
             let min = t.min().double_value(&[]);

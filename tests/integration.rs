@@ -5,4 +5,5 @@ mod eio_train;
 mod foundation;
 mod golden;
 mod methods;
+mod reliability;
 mod util;

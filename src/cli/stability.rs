@@ -33,13 +33,13 @@ pub struct StabilityArgs {
     #[arg(long, value_name = "E", default_value_t = 0)]
     finetune_epochs: usize,
     /// TOML file with `eio finetune`'s [train] and [optim] tables for the fine-tuning runs.
-    #[arg(long, value_name = "FILE", requires = "finetune_epochs")]
+    #[arg(long, value_name = "FILE")]
     finetune_config: Option<PathBuf>,
     /// Fine-tune on the first N training images of each class only.
-    #[arg(long, value_name = "N", value_parser = super::positive, requires = "finetune_epochs")]
+    #[arg(long, value_name = "N", value_parser = super::positive)]
     train_per_class: Option<usize>,
     /// Also checkpoint fine-tuning runs every N steps.
-    #[arg(long, value_name = "N", value_parser = super::positive, requires = "finetune_epochs")]
+    #[arg(long, value_name = "N", value_parser = super::positive)]
     checkpoint_every: Option<usize>,
     /// Replace the report (report.json, report.md) of a finished run in --out.
     #[arg(long)]

@@ -340,7 +340,8 @@ pub fn fit(
             return Err(Error::checkpoint(
                 &ckpt,
                 format!(
-                    "the checkpoint holds a {} but the run is configured for a {}",
+                    "the checkpoint holds: {}; this run is configured for: {} (resume with the \
+                     options the run was started with)",
                     crate::model::io::describe(&loaded.spec),
                     crate::model::io::describe(&model.spec)
                 ),
