@@ -361,3 +361,161 @@ fn run_folders_are_never_overwritten_shared_or_left_without_a_model() {
     ok(&["import", "--input", &m, "--output", &b]);
     assert_eq!(std::fs::read(&a).unwrap(), std::fs::read(&b).unwrap());
 }
+
+/// Temporary files (`.NAME.tmp<pid>`) left in `dir`.
+fn temps(dir: &Path) -> Vec<String> {
+    std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .filter(|n| n.starts_with('.') && n.contains(".tmp"))
+        .collect()
+}
+
+/// The inode of `path` (a new one per atomic write), if it exists.
+fn inode(path: &Path) -> Option<u64> {
+    use std::os::unix::fs::MetadataExt;
+    std::fs::metadata(path).ok().map(|m| m.ino())
+}
+
+#[test]
+fn kill_9_at_any_moment_then_resume_gives_the_same_model() {
+    let tmp = tempdir();
+    let t = tmp.path();
+    let data = s(&tiny_data(&t.join("data"), 10, 1, false));
+    // 100 images, batch 10: 10 steps per epoch, 2 epochs, a checkpoint after every step.
+    let args = |out: &str, resume: bool| -> Vec<String> {
+        let mut v: Vec<String> = [
+            "train",
+            "baseline",
+            "--out",
+            out,
+            "--data",
+            &data,
+            "--train-per-class",
+            "10",
+            "--test-per-class",
+            "1",
+            "--epochs",
+            "2",
+            "--batch-size",
+            "10",
+            "--checkpoint-every",
+            "1",
+            "--seed",
+            "3",
+            "--device",
+            "cpu",
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+        if resume {
+            v.push("--resume".into());
+        }
+        v
+    };
+    let call = |v: &[String]| ok(&v.iter().map(String::as_str).collect::<Vec<_>>());
+    let reference = s(&t.join("ref"));
+    call(&args(&reference, false));
+    let want = std::fs::read(t.join("ref/model.safetensors")).unwrap();
+
+    // Kill after the 1st, 7th and 15th checkpoint write (7: mid-epoch 1; 15: in epoch 2), and at
+    // a fixed time after the start (data loading or training, whichever it is then).
+    enum When {
+        Checkpoints(usize),
+        After(Duration),
+    }
+    use std::time::{Duration, Instant};
+    for (i, when) in [
+        When::Checkpoints(1),
+        When::Checkpoints(7),
+        When::Checkpoints(15),
+        When::After(Duration::from_millis(1500)),
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let out = t.join(format!("k{i}"));
+        let ckpt = out.join("checkpoint.safetensors");
+        let v = args(&s(&out), false);
+        let mut child = cmd(&v.iter().map(String::as_str).collect::<Vec<_>>())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        let start = Instant::now();
+        let (mut writes, mut last) = (0usize, None);
+        loop {
+            let ino = inode(&ckpt);
+            if ino.is_some() && ino != last {
+                writes += 1;
+                last = ino;
+            }
+            let due = match when {
+                When::Checkpoints(n) => writes >= n,
+                When::After(d) => start.elapsed() >= d,
+            };
+            if due || child.try_wait().unwrap().is_some() {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(2));
+        }
+        let finished = child.try_wait().unwrap().is_some();
+        child.kill().ok(); // SIGKILL
+        child.wait().unwrap();
+        assert!(!finished, "run {i} finished before the kill; make it longer");
+        // A killed run resumes (or, killed before its first checkpoint, restarts) to the same
+        // bytes as the uninterrupted run, and leaves no temporary file behind.
+        call(&args(&s(&out), true));
+        let got = std::fs::read(out.join("model.safetensors")).unwrap();
+        assert!(got == want, "kill {i}: resumed model differs from the uninterrupted run");
+        assert!(temps(&out).is_empty(), "kill {i}: temporary files left: {:?}", temps(&out));
+    }
+
+    // A temporary file of a dead writer (a kill during a checkpoint write) is removed at start.
+    let out = t.join("k0");
+    std::fs::write(out.join(".checkpoint.safetensors.tmp4294967290"), b"partial").unwrap();
+    let log = call(&args(&s(&out), true));
+    assert!(log.contains("already finished"));
+    assert!(temps(&out).is_empty(), "{:?}", temps(&out));
+}
+
+#[test]
+fn nan_stop_keeps_a_finite_checkpoint() {
+    let tmp = tempdir();
+    let t = tmp.path();
+    let data = s(&tiny_data(&t.join("data"), 10, 1, false));
+    let out = s(&t.join("nan"));
+    let args = [
+        "train",
+        "baseline",
+        "--out",
+        &out,
+        "--data",
+        &data,
+        "--train-per-class",
+        "10",
+        "--test-per-class",
+        "1",
+        "--epochs",
+        "2",
+        "--batch-size",
+        "10",
+        "--checkpoint-every",
+        "1",
+        "--lr",
+        "1000",
+        "--device",
+        "cpu",
+    ];
+    let (code, _, err) = run(&args);
+    assert_eq!(code, 1, "{err}");
+    let line = err.lines().find(|l| l.starts_with("error: ")).unwrap();
+    assert!(line.contains("training stopped") && line.contains("last good checkpoint"), "{line}");
+    // The checkpoint it names holds finite weights and optimiser state, and loads.
+    let ckpt = t.join("nan/checkpoint.safetensors");
+    let tf = TensorFile::read(&ckpt).unwrap();
+    assert_eq!(eio::validate::bad_tensor(&tf.tensors), None);
+    eio::model::Model::load(&ckpt, tch::Device::Cpu).unwrap();
+    assert!(std::fs::read_to_string(t.join("nan/train.log")).unwrap().contains("training stopped"));
+}
