@@ -53,10 +53,11 @@ pub fn clean_stale_temps(dir: &Path) -> Result<usize> {
     for e in rd.flatten() {
         let name = e.file_name().to_string_lossy().into_owned();
         if let Some(pid) = temp_pid(&name) {
-            if !pid_alive(pid) && e.file_type().is_ok_and(|t| t.is_file()) {
-                if std::fs::remove_file(e.path()).is_ok() {
-                    removed += 1;
-                }
+            if !pid_alive(pid)
+                && e.file_type().is_ok_and(|t| t.is_file())
+                && std::fs::remove_file(e.path()).is_ok()
+            {
+                removed += 1;
             }
         }
     }

@@ -162,7 +162,7 @@ fn bad_inputs_get_one_clear_error() {
     let status = Command::new("mkfifo").arg(t.join("fifo/test/cat/zz.jpg")).status().unwrap();
     assert!(status.success());
     let m = t.join("m");
-    ok(&train_args(&s(&m), &data, &[]));
+    ok(&train_args(&s(&m), data, &[]));
     let model = leak(s(&m.join("model.safetensors")));
     let nan = t.join("nan.safetensors");
     tamper(Path::new(&model), &nan, "layer1.0.conv1.weight", |w| poison(w, f64::NAN), |_| {});
