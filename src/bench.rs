@@ -26,8 +26,13 @@ fn sync(device: Device) {
 }
 
 /// Mean milliseconds of `f` over `iters` runs after 3 warm-up runs (CUDA-synchronised).
-pub fn time_ms(iters: usize, device: Device, mut f: impl FnMut()) -> f64 {
-    for _ in 0..3 {
+pub fn time_ms(iters: usize, device: Device, f: impl FnMut()) -> f64 {
+    time_ms_warm(iters, 3, device, f)
+}
+
+/// Mean milliseconds of `f` over `iters` runs after `warm` warm-up runs (CUDA-synchronised).
+pub fn time_ms_warm(iters: usize, warm: usize, device: Device, mut f: impl FnMut()) -> f64 {
+    for _ in 0..warm {
         f();
     }
     sync(device);
@@ -100,6 +105,57 @@ pub fn timings(batch: usize, iters: usize, device: Device) -> Result<Vec<Timing>
             infer_ms,
             pgd50_images_per_sec: batch as f64 / (pgd_ms / 1e3),
         });
+    }
+    Ok(rows)
+}
+
+/// Milliseconds of one training step (method step plus optimiser step) of every training
+/// method at its defaults (EIO: n = 2, p = 3, 10 distillation steps; DVERGE, ADP, GAL, TRS: 3
+/// members), on `batch` random images, mean of `iters` after one warm-up step.
+pub fn method_timings(batch: usize, iters: usize, device: Device) -> Result<Vec<(String, f64)>> {
+    let mut rows = Vec::new();
+    tch::manual_seed(0);
+    let x = Tensor::rand([batch as i64, 3, 32, 32], (Kind::Float, device));
+    let y = Tensor::randint(10, [batch as i64], (Kind::Int64, device));
+    for method in [
+        MethodConfig::Baseline,
+        MethodConfig::RgnWarmup,
+        MethodConfig::Eio(EioConfig::default()),
+        MethodConfig::Eio(EioConfig { adv: Some(AdvTerm::default()), ..Default::default() }),
+        MethodConfig::Dverge(DvergeConfig::default()),
+        MethodConfig::Adp(AdpConfig::default()),
+        MethodConfig::Gal(GalConfig::default()),
+        MethodConfig::Trs(TrsConfig::default()),
+        MethodConfig::Adv(AdvTerm::default()),
+    ] {
+        let spec = TrainSpec::defaults(method);
+        let label = match &spec.method {
+            MethodConfig::Eio(c) if c.adv.is_some() => "eio+advt".to_string(),
+            m => m.name().to_string(),
+        };
+        let label = format!("{label} ({} member(s))", spec.members);
+        let model = Model::new(&spec.model_spec(), device, Seed(0))?;
+        let mut m = spec.build()?;
+        let mut opt = Optimizer::new(&model, spec.optim.clone());
+        let batch = Batch {
+            x: x.shallow_clone(),
+            y: y.shallow_clone(),
+            target: Some((x.flip([0]), y.flip([0]))),
+        };
+        let mut step = 0;
+        let mut failed = None;
+        let ms = time_ms_warm(iters, 1, device, || {
+            opt.zero_grad();
+            match m.step(&model, &batch, StepAt { epoch: 0, step, seed: Seed(1) }) {
+                Ok(_) => opt.step(spec.optim.lr),
+                Err(e) => failed = Some(e),
+            }
+            step += 1;
+        });
+        if let Some(e) = failed {
+            return Err(e);
+        }
+        rows.push((label, ms));
     }
     Ok(rows)
 }

@@ -13,6 +13,8 @@ use tch::Tensor;
 use crate::error::{Error, Result};
 use crate::seed::{Rng, Seed, Stream};
 
+mod jpeg;
+
 /// Side of a CIFAR image.
 pub const SIDE: usize = 32;
 /// Bytes of one CHW image.
@@ -334,24 +336,35 @@ fn read_dir_sorted(dir: &Path) -> Result<Vec<PathBuf>> {
     Ok(v)
 }
 
-fn decode_one(path: &Path, out: &mut [u8]) -> Result<()> {
+/// Decodes an image file to HWC RGB bytes: `(width, height, pixels)`. Baseline JPEGs decode
+/// exactly as PIL / libjpeg-turbo decode them (see `data/jpeg.rs`); other JPEGs and PNGs go
+/// through the `image` crate (PNG is lossless, so its pixels agree with PIL's too).
+pub fn decode_image(path: &Path) -> Result<(usize, usize, Vec<u8>)> {
     // A FIFO or device named like an image would block or never end: regular files only.
     if !std::fs::metadata(path).map_err(|e| Error::io(path, e))?.is_file() {
         return Err(Error::data(path, "not a regular file (expected a .png/.jpg image)"));
     }
     let bytes = std::fs::read(path).map_err(|e| Error::io(path, e))?;
+    if bytes.starts_with(&[0xFF, 0xD8]) {
+        // Corrupt files fall through to the `image` crate, which reports what is wrong.
+        if let Ok(Some(img)) = jpeg::decode(&bytes) {
+            return Ok(img);
+        }
+    }
     let img = image::load_from_memory(&bytes)
         .map_err(|e| Error::data(path, format!("cannot decode image: {e}")))?
         .to_rgb8();
-    if img.width() as usize != SIDE || img.height() as usize != SIDE {
-        return Err(Error::data(
-            path,
-            format!("image is {}x{}, expected 32x32", img.width(), img.height()),
-        ));
+    Ok((img.width() as usize, img.height() as usize, img.into_raw()))
+}
+
+fn decode_one(path: &Path, out: &mut [u8]) -> Result<()> {
+    let (w, h, rgb) = decode_image(path)?;
+    if w != SIDE || h != SIDE {
+        return Err(Error::data(path, format!("image is {w}x{h}, expected 32x32")));
     }
-    for (i, p) in img.pixels().enumerate() {
+    for (i, p) in rgb.chunks_exact(3).enumerate() {
         for c in 0..3 {
-            out[c * SIDE * SIDE + i] = p.0[c];
+            out[c * SIDE * SIDE + i] = p[c];
         }
     }
     Ok(())

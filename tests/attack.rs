@@ -654,3 +654,70 @@ fn transfer_sets_round_trip_and_resume() {
     mixed.extend(transfer_files(&other).unwrap());
     assert!(transfer_eval(&surrogate, &mixed, 2, Device::Cpu).is_err());
 }
+
+#[test]
+fn whitebox_per_image_and_saved_examples_agree_with_the_report() {
+    let dir = crate::util::tempdir();
+    let d = |f: &str| dir.path().join(f).to_str().unwrap().to_string();
+    let model = crate::util::official_rgn();
+    let model = model.to_str().unwrap();
+    let (ok, _, err) = crate::util::eio(&[
+        "attack",
+        "whitebox",
+        "--model",
+        model,
+        "--first-per-class",
+        "2",
+        "--eps",
+        "0.01,0.03",
+        "--steps",
+        "3",
+        "--restarts",
+        "2",
+        "--seed",
+        "1",
+        "--per-image",
+        &d("p.csv"),
+        "--save-adv",
+        &d("adv"),
+        "--json",
+        &d("wb.json"),
+    ]);
+    assert!(ok, "{err}");
+    let report: eio::eval::whitebox::WhiteboxReport =
+        serde_json::from_str(&std::fs::read_to_string(d("wb.json")).unwrap()).unwrap();
+    let csv = std::fs::read_to_string(d("p.csv")).unwrap();
+    let rows: Vec<Vec<&str>> = csv.lines().skip(1).map(|l| l.split(',').collect()).collect();
+    assert_eq!(rows.len(), 20);
+    let frac = |col: usize| rows.iter().filter(|r| r[col] == "1").count() as f64 / 20.0;
+    assert_eq!(frac(3), report.clean_accuracy);
+    assert_eq!(frac(4), report.rows[0].robust_accuracy);
+    assert_eq!(frac(5), report.rows[1].robust_accuracy);
+    // The saved examples are a transfer set: judged by the attacked model itself they give the
+    // white-box accuracy back, and they lie in the eps ball of the clean images.
+    let (ok, _, err) = crate::util::eio(&[
+        "attack",
+        "transfer-eval",
+        "--model",
+        model,
+        "--set",
+        &d("adv"),
+        "--json",
+        &d("te.json"),
+    ]);
+    assert!(ok, "{err}");
+    let te: eio::eval::transfer::TransferEvalReport =
+        serde_json::from_str(&std::fs::read_to_string(d("te.json")).unwrap()).unwrap();
+    assert_eq!(te.clean_accuracy, report.clean_accuracy);
+    for r in &report.rows {
+        assert_eq!(te.accuracy(r.eps), Some(r.robust_accuracy), "eps {}", r.eps);
+    }
+    let f = eio::model::io::TensorFile::read(
+        &dir.path().join("adv/eio-official-rgn_eps0.03.safetensors"),
+    )
+    .unwrap();
+    let clean = f.tensors["images"].to_kind(tch::Kind::Float) / 255.0;
+    let adv = &f.tensors["adv.pgd.ce.0"];
+    let dist = (adv - clean).abs().max().double_value(&[]);
+    assert!(dist <= 0.03 + 1e-5, "{dist}");
+}

@@ -19,7 +19,10 @@ fn plain() -> ModelSpec {
 }
 
 fn rgn(copies: usize, augment: Augment, share_conv: bool) -> ModelSpec {
-    ModelSpec { arch: ArchConfig { copies, augment, share_conv, relu_slope: 0.0 }, members: 1 }
+    ModelSpec {
+        arch: ArchConfig { copies, augment, share_conv, ..ArchConfig::plain() },
+        members: 1,
+    }
 }
 
 /// Gives every BatchNorm non-trivial running statistics so eval-mode comparisons mean something.
@@ -208,7 +211,12 @@ fn official_import_matches_pytorch() {
     let (m, _) = Model::load(&official_rgn(), Device::Cpu).unwrap();
     assert_eq!(
         m.spec.arch,
-        ArchConfig { copies: 2, augment: Augment::Conv3x3, share_conv: true, relu_slope: 0.0 }
+        ArchConfig {
+            copies: 2,
+            augment: Augment::Conv3x3,
+            share_conv: true,
+            ..ArchConfig::plain()
+        }
     );
     assert_eq!(m.gates(), 19);
     let x = probe_input(2);

@@ -4,6 +4,8 @@ mod attack;
 mod eio_train;
 mod foundation;
 mod golden;
+mod interop;
 mod methods;
 mod reliability;
+mod reproduce;
 mod util;

@@ -15,10 +15,12 @@ use eio::attack::{AttackConfig, AttackLoss};
 use eio::data::{Dataset, Split};
 use eio::eval::report::Report;
 use eio::eval::transfer::{
-    transfer_eval, transfer_files, transfer_gen_with, Named, TransferGenConfig,
+    save_examples, transfer_eval, transfer_files, transfer_gen_with, Named, TransferFile,
+    TransferGenConfig, TransferVersion,
 };
 use eio::eval::transferability::{members, transferability, TransferabilityConfig};
-use eio::eval::whitebox::{named_attack, whitebox, WhiteboxConfig};
+use eio::eval::whitebox::{named_attack, whitebox_detailed, WhiteboxConfig};
+use eio::model::io::write_atomic;
 use eio::model::{Model, Routing, Target};
 use eio::seed::Seed;
 
@@ -27,7 +29,7 @@ pub enum AttackCommand {
     /// White-box attack with restarts over a list of eps; an image is robust only if correct
     /// under every restart (defaults: PGD, eps 0.01..0.07, 50 steps of eps/5, 5 restarts, CE;
     /// --attack fgsm|apgd|mpgd for FGSM, APGD or momentum PGD).
-    Whitebox(WhiteboxArgs),
+    Whitebox(Box<WhiteboxArgs>),
     /// Craft adversarial examples on surrogate models and store them (paper suite: momentum PGD
     /// x3 restarts, M-DI2-FGSM, SGM; CE and CW; 100 steps of eps/5; eps 0.01..0.07).
     TransferGen(TransferGenArgs),
@@ -41,7 +43,7 @@ pub enum AttackCommand {
 
 pub fn run(cmd: AttackCommand) -> Result<()> {
     match cmd {
-        AttackCommand::Whitebox(a) => run_whitebox(a),
+        AttackCommand::Whitebox(a) => run_whitebox(*a),
         AttackCommand::TransferGen(a) => run_transfer_gen(a),
         AttackCommand::TransferEval(a) => run_transfer_eval(a),
         AttackCommand::Transferability(a) => run_transferability(a),
@@ -217,6 +219,15 @@ pub struct WhiteboxArgs {
     flags: WhiteboxFlags,
     #[command(flatten)]
     out: OutputArgs,
+    /// Per-image results as CSV: index in the test split, label, clean prediction,
+    /// clean_correct, robust_eps<e> (1 = correct clean and under every restart at eps e).
+    #[arg(long, value_name = "FILE")]
+    per_image: Option<PathBuf>,
+    /// Save each image's adversarial example per eps (the restart that fooled the model, else
+    /// the last one) as transfer files DIR/<model>_eps<e>.safetensors, which `eio attack
+    /// transfer-eval --set DIR` and Python readers take (format: docs/attacks.md).
+    #[arg(long, value_name = "DIR")]
+    save_adv: Option<PathBuf>,
 }
 
 impl WhiteboxFlags {
@@ -254,6 +265,9 @@ impl WhiteboxFlags {
 
 fn run_whitebox(a: WhiteboxArgs) -> Result<()> {
     a.out.check()?;
+    if let Some(p) = &a.per_image {
+        check_new_output(p, a.out.force)?;
+    }
     let cfg = a.flags.apply(load_config(a.config.as_deref())?)?;
     cfg.validate()?;
     let device = a.target.device.device()?;
@@ -264,7 +278,50 @@ fn run_whitebox(a: WhiteboxArgs) -> Result<()> {
     let target = Target::new(&model, routing, seed)?;
     let (test, idx) = a.images.select(seed)?;
     let data = test.select(&idx);
-    let report = whitebox(&target, &data, &cfg, device, seed)?;
+    let stem: String = a
+        .target
+        .model
+        .file_stem()
+        .map_or("model".into(), |s| s.to_string_lossy().into_owned())
+        .chars()
+        .map(|c| if c.is_ascii_alphanumeric() || c == '-' || c == '_' { c } else { '_' })
+        .collect();
+    let adv_file = |dir: &Path, eps: f64| dir.join(format!("{stem}_eps{eps}.safetensors"));
+    if let Some(dir) = &a.save_adv {
+        std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+        for &e in &cfg.eps {
+            check_new_output(&adv_file(dir, e), a.out.force)?;
+        }
+    }
+    let (report, detail) =
+        whitebox_detailed(&target, &data, &cfg, device, seed, a.save_adv.is_some())?;
+    if let Some(p) = &a.per_image {
+        write_atomic(p, detail.to_csv(&cfg.eps, &idx).as_bytes())?;
+        eprintln!("wrote {}", p.display());
+    }
+    if let Some(dir) = &a.save_adv {
+        for (k, (&eps, adv)) in cfg.eps.iter().zip(&detail.adversarial).enumerate() {
+            let attack = cfg.restart_attack(eps);
+            let version = TransferVersion {
+                key: format!("adv.{}.{}.0", attack.name(), attack.loss()),
+                attack: attack.name().into(),
+                loss: attack.loss(),
+                restart: 0,
+                config: cfg.attack.at_eps(eps),
+                surrogate_fooled: Some(1.0 - report.rows[k].robust_accuracy),
+            };
+            let file = TransferFile {
+                surrogate: stem.clone(),
+                eps,
+                seed: seed.0,
+                images: data.len(),
+                versions: vec![version.clone()],
+            };
+            let path = adv_file(dir, eps);
+            save_examples(&path, &test, &idx, &file, vec![(version.key, adv.shallow_clone())])?;
+            eprintln!("wrote {}", path.display());
+        }
+    }
     println!(
         "white-box {} ({describe}): {} images, {}",
         a.target.model.display(),

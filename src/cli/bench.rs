@@ -24,6 +24,10 @@ pub struct BenchArgs {
     /// every training method run there; exits 1 when a check fails.
     #[arg(long)]
     check: bool,
+    /// Instead of the model rows: ms per training step of every method at its defaults
+    /// (iterations: --iters / 10, at least 1).
+    #[arg(long, conflicts_with = "check")]
+    methods: bool,
     /// Also write the rows as JSON to this file.
     #[arg(long, value_name = "FILE")]
     json: Option<PathBuf>,
@@ -49,6 +53,23 @@ pub fn run(a: BenchArgs) -> Result<()> {
         let bad: Vec<&str> = rows.iter().filter(|r| !r.ok).map(|r| r.what.as_str()).collect();
         if !bad.is_empty() {
             bail!("device check failed on {device:?}: {}", bad.join(", "));
+        }
+        return Ok(());
+    }
+    if a.methods {
+        let iters = (a.iters / 10).max(1);
+        println!(
+            "eio bench --methods: batch {}, {iters} iteration(s), device {device:?}, {} threads",
+            a.batch_size,
+            tch::get_num_threads()
+        );
+        println!("{:<36} {:>14}", "method", "ms per step");
+        let rows = eio::bench::method_timings(a.batch_size, iters, device)?;
+        for (name, ms) in &rows {
+            println!("{name:<36} {ms:>14.1}");
+        }
+        if let Some(f) = &a.json {
+            super::write_json(f, &rows)?;
         }
         return Ok(());
     }

@@ -3,8 +3,8 @@
 mod attack;
 mod bench;
 mod config;
-mod demo;
 mod model;
+mod reproduce;
 mod stability;
 mod train;
 
@@ -46,9 +46,9 @@ enum Command {
     Import(model::ImportArgs),
     /// Write a plain ResNet-20 holding the weights of one RGN path (PyTorch layout).
     Derive(model::DeriveArgs),
-    /// The main job on embedded defaults: baseline ResNet-20 and RGN warm-up on a CIFAR-10
-    /// subset, then clean evaluation (fixed, random and derived paths) as a table.
-    Demo(demo::DemoArgs),
+    /// Reproduce the paper's comparison from a preset: train every arm, craft the transfer set,
+    /// evaluate every model, write summary.json (resumable; --only runs some jobs).
+    Reproduce(reproduce::ReproduceArgs),
     /// Time train steps, input-gradient steps and inference for ResNet-20 and an RGN.
     Bench(bench::BenchArgs),
     /// Derive K random paths of an RGN, fine-tune each (or not), and report the clean and
@@ -65,8 +65,8 @@ pub fn run(cli: Cli) -> Result<()> {
         Command::Import(a) => model::import(a),
         Command::Derive(a) => model::derive(a),
         Command::Bench(a) => bench::run(a),
+        Command::Reproduce(a) => reproduce::run_cmd(a),
         Command::Attack(c) => attack::run(c),
-        Command::Demo(a) => demo::run(a),
         Command::Stability(a) => stability::run(a),
     }
 }

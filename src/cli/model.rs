@@ -122,7 +122,8 @@ pub fn eval(a: EvalArgs) -> Result<()> {
 
 #[derive(Debug, Args)]
 pub struct ImportArgs {
-    /// Foreign checkpoint (safetensors): EIO RGN (net.model.*) or DVERGE-layout ResNet-20(s).
+    /// Foreign checkpoint (safetensors or torch.save .pt/.pth/.pth.tar): EIO RGN (net.model.*),
+    /// DVERGE-layout or option-A (akamaster) ResNet-20(s).
     #[arg(long, value_name = "FILE")]
     input: PathBuf,
     /// eio model file to write.
@@ -131,18 +132,30 @@ pub struct ImportArgs {
     /// Overwrite --output if it exists.
     #[arg(long)]
     force: bool,
+    /// Channel means the model expects, for a state dict without normalizer buffers (with
+    /// --std); a file's own buffers or spec must agree. Default: CIFAR-10's.
+    #[arg(long, value_name = "R,G,B", requires = "std")]
+    mean: Option<String>,
+    /// Channel standard deviations the model expects (with --mean).
+    #[arg(long, value_name = "R,G,B", requires = "mean")]
+    std: Option<String>,
 }
 
 pub fn import(a: ImportArgs) -> Result<()> {
     check_new_output(&a.output, a.force)?;
-    let (model, _) = Model::load(&a.input, tch::Device::Cpu)?;
+    let norm = match (&a.mean, &a.std) {
+        (Some(m), Some(s)) => Some(eio::model::Normalization::parse(m, s)?),
+        _ => None,
+    };
+    let (model, _) = Model::load_with(&a.input, tch::Device::Cpu, norm)?;
     let mut extra = TensorFile::default();
     extra.meta.insert("eio.imported_from".into(), a.input.display().to_string());
     model.save(&a.output, extra)?;
     println!(
-        "imported {} -> {}: {} member(s), {} gated blocks, {} copies, augment {}, {} conv",
+        "imported {} -> {} ({}): {} member(s), {} gated blocks, {} copies, augment {}, {} conv",
         a.input.display(),
         a.output.display(),
+        eio::model::io::describe(&model.spec),
         model.spec.members,
         model.gates(),
         model.spec.arch.copies,

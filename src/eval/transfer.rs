@@ -422,10 +422,7 @@ pub fn transfer_gen_with(
                     }
                 }
             }
-            let mut out = TensorFile::default();
-            out.tensors.insert("images".into(), images_u8.shallow_clone());
-            out.tensors.insert("labels".into(), y.shallow_clone());
-            out.tensors.insert("index".into(), index_t.shallow_clone());
+            let mut out = transfer_header(&images_u8, &y, &index_t);
             let mut done_versions = Vec::new();
             for mut v in versions {
                 let label = format!("transfer/{}/eps={eps}/{}", s.name, v.key);
@@ -457,10 +454,8 @@ pub fn transfer_gen_with(
                 images: n,
                 versions: done_versions,
             };
-            out.meta.insert(TRANSFER_KEY.into(), serde_json::to_string(&file).expect("serialises"));
             out.meta.insert(PLAN_KEY.into(), serde_json::to_string(&plan).expect("serialises"));
-            out.meta.insert("eio.version".into(), env!("CARGO_PKG_VERSION").into());
-            out.write(&path)?;
+            write_transfer(out, &file, &path)?;
             files.push(TransferFileReport { path, skipped: false, file });
         }
     }
@@ -546,6 +541,45 @@ fn check_stored(
         }
     }
     Ok(())
+}
+
+/// The tensors every transfer file starts with: the clean images as exact u8, their labels and
+/// their indices in the source split.
+fn transfer_header(images_u8: &Tensor, labels: &Tensor, index: &Tensor) -> TensorFile {
+    let mut out = TensorFile::default();
+    out.tensors.insert("images".into(), images_u8.shallow_clone());
+    out.tensors.insert("labels".into(), labels.shallow_clone());
+    out.tensors.insert("index".into(), index.shallow_clone());
+    out
+}
+
+/// Adds `file` as the metadata of `out` (header plus versions) and writes it to `path`.
+fn write_transfer(mut out: TensorFile, file: &TransferFile, path: &Path) -> Result<()> {
+    out.meta.insert(TRANSFER_KEY.into(), serde_json::to_string(file).expect("serialises"));
+    out.meta.insert("eio.version".into(), env!("CARGO_PKG_VERSION").into());
+    out.write(path)
+}
+
+/// Writes adversarial examples made elsewhere (e.g. the white-box protocol's, one version per
+/// file) as a transfer file, so `transfer_eval` and Python readers take them like a transfer
+/// set: `data`'s images at `index` (clean), and `versions` (key, `[N,3,32,32]` f32 images)
+/// described by `file`.
+pub fn save_examples(
+    path: &Path,
+    data: &Dataset,
+    index: &[usize],
+    file: &TransferFile,
+    versions: Vec<(String, Tensor)>,
+) -> Result<()> {
+    let subset = data.select(index);
+    let (x, y) = subset.tensors();
+    let images_u8 = (&x * 255.0).round().to_kind(Kind::Uint8);
+    let index_t = Tensor::from_slice(&index.iter().map(|&i| i as i64).collect::<Vec<_>>());
+    let mut out = transfer_header(&images_u8, &y, &index_t);
+    for (k, t) in versions {
+        out.tensors.insert(k, t.to_device(Device::Cpu).to_kind(Kind::Float));
+    }
+    write_transfer(out, file, path)
 }
 
 /// The `.safetensors` files of a transfer-set folder, sorted by name.

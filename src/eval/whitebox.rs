@@ -18,11 +18,11 @@ judged with one random forward per adversarial image.
 use std::time::Instant;
 
 use serde::{Deserialize, Serialize};
-use tch::Device;
+use tch::{Device, Tensor};
 
 use super::aggregate::fraction;
 use super::report::{csv_field, Report};
-use super::run::{attack_and_judge, clean_correct, where_true};
+use super::run::{attack_and_judge, where_true};
 use crate::attack::{ApgdConfig, AttackConfig, AttackLoss, FgsmConfig, PgdConfig};
 use crate::data::Dataset;
 use crate::error::{Error, Result};
@@ -196,12 +196,64 @@ pub fn whitebox(
     device: Device,
     seed: Seed,
 ) -> Result<WhiteboxReport> {
+    Ok(whitebox_detailed(target, data, cfg, device, seed, false)?.0)
+}
+
+/// Per-image results of the white-box protocol.
+#[derive(Debug)]
+pub struct WhiteboxDetail {
+    /// True labels.
+    pub labels: Vec<i64>,
+    /// Clean predictions.
+    pub predictions: Vec<i64>,
+    /// `robust[k][i]`: image `i` is classified correctly clean and under every restart at
+    /// `eps[k]`.
+    pub robust: Vec<Vec<bool>>,
+    /// Per eps, when asked for: each image's adversarial example (`[N,3,32,32]`, CPU): the one
+    /// of the restart that fooled the target, else the last restart's; the clean image for
+    /// images misclassified clean (they are not attacked).
+    pub adversarial: Vec<Tensor>,
+}
+
+impl WhiteboxDetail {
+    /// One CSV row per image: `index,label,prediction,clean_correct,robust_eps<e>...`, with
+    /// `index` each image's index in its source split.
+    pub fn to_csv(&self, eps: &[f64], index: &[usize]) -> String {
+        let mut s = String::from("index,label,prediction,clean_correct");
+        for e in eps {
+            s += &format!(",robust_eps{e}");
+        }
+        s.push('\n');
+        for (i, (l, p)) in self.labels.iter().zip(&self.predictions).enumerate() {
+            s += &format!("{},{l},{p},{}", index[i], u8::from(l == p));
+            for r in &self.robust {
+                s += &format!(",{}", u8::from(r[i]));
+            }
+            s.push('\n');
+        }
+        s
+    }
+}
+
+/// [`whitebox`], with per-image results and, with `keep_adv`, the adversarial examples.
+pub fn whitebox_detailed(
+    target: &dyn Classifier,
+    data: &Dataset,
+    cfg: &WhiteboxConfig,
+    device: Device,
+    seed: Seed,
+    keep_adv: bool,
+) -> Result<(WhiteboxReport, WhiteboxDetail)> {
     cfg.validate()?;
     crate::validate::check_classes(data)?;
     let start = Instant::now();
     let (x, y) = data.tensors();
     let n = data.len();
-    let clean = clean_correct(target, (&x, &y), cfg.batch, device)?;
+    let predictions = Vec::<i64>::try_from(super::predict(target, &x, cfg.batch, device))?;
+    let labels = Vec::<i64>::try_from(&y)?;
+    let clean: Vec<bool> = predictions.iter().zip(&labels).map(|(p, l)| p == l).collect();
+    let mut detail =
+        WhiteboxDetail { labels, predictions, robust: Vec::new(), adversarial: Vec::new() };
     let runs = cfg.runs();
     let total = (cfg.eps.len() * runs * n) as u64;
     let mut progress = Progress::new(total, "white-box");
@@ -212,6 +264,7 @@ pub fn whitebox(
         let attack = cfg.restart_attack(eps);
         let mut robust = clean.clone();
         let mut after = Vec::new();
+        let mut adv_all = keep_adv.then(|| x.copy());
         for r in 0..runs {
             let idx = where_true(&robust);
             let label = format!("whitebox/eps={eps}/restart={r}");
@@ -229,19 +282,26 @@ pub fn whitebox(
                 cfg.batch,
                 device,
                 (seed, &label),
-                false,
+                keep_adv,
                 |k| {
                     pos += k as u64;
                     progress.update(pos + skipped, &msg);
                 },
             )?;
             pos = base + n as u64;
+            if let (Some(all), Some(adv)) = (&mut adv_all, &judged.adv) {
+                if !idx.is_empty() {
+                    let _ = all.index_copy_(0, &Tensor::from_slice(&idx), adv);
+                }
+            }
             for (&i, &ok) in idx.iter().zip(&judged.correct[0]) {
                 robust[i as usize] &= ok;
             }
             after.push(fraction(&robust));
         }
         let robust_count = robust.iter().filter(|&&b| b).count();
+        detail.adversarial.extend(adv_all);
+        detail.robust.push(robust.clone());
         rows.push(WhiteboxRow {
             eps,
             robust_accuracy: fraction(&robust),
@@ -251,7 +311,7 @@ pub fn whitebox(
         });
     }
     progress.finish();
-    Ok(WhiteboxReport {
+    let report = WhiteboxReport {
         images: n,
         clean_accuracy: fraction(&clean),
         rows,
@@ -260,5 +320,6 @@ pub fn whitebox(
         config: cfg.clone(),
         seed: seed.0,
         seconds: start.elapsed().as_secs_f64(),
-    })
+    };
+    Ok((report, detail))
 }

@@ -1,6 +1,11 @@
 //! Model files: safetensors with the eio model spec in the metadata, written atomically; readers
-//! for the released Ensemble-in-One RGN checkpoint and for DVERGE-layout ResNet-20 state dicts;
-//! derivation of a plain ResNet-20 from one route of an RGN.
+//! for the released Ensemble-in-One RGN checkpoint and for ResNet-20 state dicts (DVERGE layout,
+//! option-A akamaster layout), stored as safetensors or as PyTorch `torch.save` files (see
+//! [`super::pth`]); derivation of a plain ResNet-20 from one route of an RGN.
+//!
+//! Input normalisation travels with the model: an eio file's spec carries it (CIFAR-10's when
+//! left out), a foreign state dict's `normalizer.mean` / `normalizer.std` buffers are honoured,
+//! and a requested normalisation that disagrees with the one a file carries is an error.
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::Path;
@@ -8,7 +13,7 @@ use std::path::Path;
 use safetensors::tensor::{Dtype, TensorView};
 use tch::{Device, Kind, Tensor};
 
-use super::{ArchConfig, Augment, Model, ModelSpec, Route};
+use super::{pth, ArchConfig, Augment, Model, ModelSpec, Normalization, Route, Shortcut};
 use crate::error::{Error, Result};
 use crate::seed::Seed;
 
@@ -156,15 +161,61 @@ impl Model {
         file.write(path)
     }
 
-    /// Loads an eio model file, the released EIO RGN checkpoint or a DVERGE-layout ResNet-20
-    /// state dict (an ensemble when keys carry `model_{i}.` / `member{i}.` prefixes).
-    /// Returns the model and what the file held besides it (optimiser state, metadata).
+    /// Loads an eio model file, the released EIO RGN checkpoint or a ResNet-20 state dict
+    /// (DVERGE or option-A layout; an ensemble when keys carry `model_{i}.` / `member{i}.`
+    /// prefixes), stored as safetensors or as a PyTorch `torch.save` file. Returns the model and
+    /// what the file held besides it (optimiser state, metadata).
     pub fn load(path: &Path, device: Device) -> Result<(Model, TensorFile)> {
-        let mut file = TensorFile::read(path)?;
+        Model::load_with(path, device, None)
+    }
+
+    /// [`Model::load`] with a requested input normalisation: it is used for a foreign state
+    /// dict that carries none, and it must agree with the one an eio file or a state dict's
+    /// `normalizer.*` buffers carry (else an error names both). Without a request, a foreign
+    /// file without `normalizer.*` buffers gets CIFAR-10's statistics.
+    pub fn load_with(
+        path: &Path,
+        device: Device,
+        normalization: Option<Normalization>,
+    ) -> Result<(Model, TensorFile)> {
+        if let Some(n) = &normalization {
+            n.validate()?;
+        }
+        let mut file = read_model_file(path)?;
+        let mismatch = |carried: &Normalization, want: &Normalization, how: &str| {
+            Error::checkpoint(
+                path,
+                format!(
+                    "{how} normalisation {carried}, but {want} was requested; drop the request \
+                     or convert the model"
+                ),
+            )
+        };
         let spec = match file.meta.get(SPEC_KEY) {
-            Some(json) => serde_json::from_str::<ModelSpec>(json)
-                .map_err(|e| Error::checkpoint(path, format!("bad '{SPEC_KEY}' metadata: {e}")))?,
-            None => convert_foreign(path, &mut file)?,
+            Some(json) => {
+                let spec = serde_json::from_str::<ModelSpec>(json).map_err(|e| {
+                    Error::checkpoint(path, format!("bad '{SPEC_KEY}' metadata: {e}"))
+                })?;
+                let carried = spec.arch.normalization();
+                match normalization {
+                    Some(want) if !carried.matches(&want) => {
+                        return Err(mismatch(&carried, &want, "the model's spec carries"))
+                    }
+                    _ => spec,
+                }
+            }
+            None => {
+                let (spec, carried) = convert_foreign(path, &mut file)?;
+                let n = match (carried, normalization) {
+                    (Some(c), Some(w)) if !c.matches(&w) => {
+                        return Err(mismatch(&c, &w, "the file's normalizer buffers carry"))
+                    }
+                    (Some(c), _) => c,
+                    (None, Some(w)) => w,
+                    (None, None) => Normalization::CIFAR10,
+                };
+                ModelSpec { arch: spec.arch.with_normalization(n), ..spec }
+            }
         };
         crate::validate::check_weights(path, &file.tensors)?;
         let model = Model::new(&spec, device, Seed(0))?;
@@ -209,8 +260,7 @@ impl Model {
     /// A plain ResNet-20 (or ensemble of them) holding the weights of `route` of each member.
     pub fn derive(&self, route: &Route) -> Result<Model> {
         route.check(self.gates(), self.spec.arch.copies.max(1))?;
-        let arch = ArchConfig { relu_slope: self.spec.arch.relu_slope, ..ArchConfig::plain() };
-        let spec = ModelSpec { arch, members: self.spec.members };
+        let spec = ModelSpec { arch: self.plain_arch(), members: self.spec.members };
         let plain = Model::new(&spec, self.device(), Seed(0))?;
         let src = self.vs.variables();
         let _guard = tch::no_grad_guard();
@@ -220,6 +270,17 @@ impl Model {
             var.copy_(t);
         }
         Ok(plain)
+    }
+
+    /// The plain ResNet-20 a route of this network derives: same activation, shortcuts and
+    /// normalisation, no gates.
+    fn plain_arch(&self) -> ArchConfig {
+        ArchConfig {
+            copies: 1,
+            augment: Augment::None,
+            share_conv: false,
+            ..self.spec.arch.clone()
+        }
     }
 
     /// Member `i` of an ensemble as a model of its own.
@@ -248,7 +309,7 @@ impl Model {
                 "derive an ensemble of routes from a single RGN, not an ensemble",
             ));
         }
-        let spec = ModelSpec { arch: ArchConfig::plain(), members: routes.len() };
+        let spec = ModelSpec { arch: self.plain_arch(), members: routes.len() };
         let out = Model::new(&spec, self.device(), Seed(0))?;
         let dst = out.vs.variables();
         let _guard = tch::no_grad_guard();
@@ -265,18 +326,26 @@ impl Model {
 
 /// A model spec in words, e.g. `ensemble of 3 x plain ResNet-20`.
 pub fn describe(spec: &ModelSpec) -> String {
-    let net = if spec.arch.is_plain() && spec.arch.relu_slope != 0.0 {
-        format!("plain ResNet-20 (leaky ReLU {})", spec.arch.relu_slope)
-    } else if spec.arch.is_plain() {
+    let a = &spec.arch;
+    let mut net = if a.is_plain() {
         "plain ResNet-20".to_string()
     } else {
         format!(
             "ResNet-20 RGN (copies {}, augment {}, {} conv)",
-            spec.arch.copies,
-            spec.arch.augment,
-            if spec.arch.share_conv { "shared" } else { "independent" }
+            a.copies,
+            a.augment,
+            if a.share_conv { "shared" } else { "independent" }
         )
     };
+    if a.relu_slope != 0.0 {
+        net = format!("{net} (leaky ReLU {})", a.relu_slope);
+    }
+    if a.shortcut == Shortcut::Identity {
+        net = format!("{net} (option-A identity shortcuts)");
+    }
+    if a.normalization() != Normalization::CIFAR10 {
+        net = format!("{net} (normalisation {})", a.normalization());
+    }
     if spec.members > 1 {
         format!("ensemble of {} x {net}", spec.members)
     } else {
@@ -284,21 +353,78 @@ pub fn describe(spec: &ModelSpec) -> String {
     }
 }
 
-/// Renames the tensors of a foreign checkpoint to eio names and infers its spec.
-fn convert_foreign(path: &Path, file: &mut TensorFile) -> Result<ModelSpec> {
+/// Reads a model file as named tensors and metadata: safetensors, or a PyTorch `torch.save`
+/// file (zip or legacy format). Anything else is an error that says what the file looks like.
+pub fn read_model_file(path: &Path) -> Result<TensorFile> {
+    let mut head = [0u8; 16];
+    let n = {
+        use std::io::Read;
+        let mut f = std::fs::File::open(path).map_err(|e| Error::io(path, e))?;
+        f.read(&mut head).map_err(|e| Error::io(path, e))?
+    };
+    let head = &head[..n];
+    match pth::sniff(head) {
+        pth::Format::Zip | pth::Format::Pickle => {
+            Ok(TensorFile { tensors: pth::read(path)?, meta: BTreeMap::new() })
+        }
+        pth::Format::Other => TensorFile::read(path).map_err(|e| match e {
+            Error::Checkpoint { path, msg } if msg.starts_with("not a safetensors file") => {
+                Error::checkpoint(
+                    path,
+                    format!(
+                        "{}; eio reads safetensors files and PyTorch torch.save state dicts \
+                         (other files: convert with `python -m eio_torch convert IN OUT`, see \
+                         python/README.md)",
+                        what_is(head)
+                    ),
+                )
+            }
+            e => e,
+        }),
+    }
+}
+
+/// What a file that is neither safetensors nor `torch.save` looks like, from its first bytes.
+fn what_is(head: &[u8]) -> &'static str {
+    if head.starts_with(b"\x89HDF") {
+        "an HDF5 file (Keras / h5py), not a safetensors file"
+    } else if head.starts_with(b"\x93NUMPY") {
+        "a NumPy .npy array, not a safetensors file"
+    } else if head.starts_with(b"\x08") && head.get(1).is_some_and(|&b| b < 16) {
+        "probably an ONNX model (protobuf), not a safetensors file"
+    } else if head.is_empty() {
+        "an empty file, not a safetensors file"
+    } else if head.iter().all(|b| b.is_ascii_graphic() || b.is_ascii_whitespace()) {
+        "a text file, not a safetensors file"
+    } else {
+        "not a safetensors file (unknown format)"
+    }
+}
+
+/// Renames the tensors of a foreign checkpoint to eio names and infers its spec and the input
+/// normalisation its `normalizer.*` buffers carry (`None` when it has none).
+fn convert_foreign(
+    path: &Path,
+    file: &mut TensorFile,
+) -> Result<(ModelSpec, Option<Normalization>)> {
     let tensors = std::mem::take(&mut file.tensors);
     if tensors.keys().any(|k| k.starts_with("net.model.")) {
         return convert_official_rgn(path, tensors, file);
     }
     // DVERGE / PyTorch layout, possibly wrapped (module.), possibly an ensemble (model_{i}.).
     let mut members: BTreeMap<usize, BTreeMap<String, Tensor>> = BTreeMap::new();
+    let mut norms: BTreeMap<usize, [Option<[f64; 3]>; 2]> = BTreeMap::new();
     for (k, t) in tensors {
         let k = k.strip_prefix("module.").unwrap_or(&k).to_string();
         let (member, rest) = match split_member(&k) {
             Some((i, rest)) => (i, rest.to_string()),
             None => (usize::MAX, k.clone()),
         };
-        if rest.starts_with("normalizer.") || rest.ends_with("num_batches_tracked") {
+        if rest.ends_with("num_batches_tracked") {
+            continue;
+        }
+        if let Some(which) = normalizer_key(&rest) {
+            norms.entry(member).or_default()[which] = Some(channel_values(path, &k, &t)?);
             continue;
         }
         let rest = pytorch_to_eio(&rest);
@@ -311,6 +437,15 @@ fn convert_foreign(path: &Path, file: &mut TensorFile) -> Result<ModelSpec> {
              dict (conv1.weight, layer1.0.conv1.weight, ...)",
         ));
     }
+    // Option A (akamaster) has no weights in its shape-changing shortcuts.
+    let shortcut = if members.values().all(|m| {
+        m.contains_key("layer2.0.conv1.weight") && !m.contains_key("layer2.0.shortcut.0.weight")
+    }) {
+        Shortcut::Identity
+    } else {
+        Shortcut::Projection
+    };
+    let normalization = member_normalization(path, &members, &norms)?;
     let n = members.len();
     if n == 1 {
         file.tensors = members.into_values().next().unwrap_or_default();
@@ -325,7 +460,81 @@ fn convert_foreign(path: &Path, file: &mut TensorFile) -> Result<ModelSpec> {
             file.tensors.extend(m.into_iter().map(|(k, t)| (format!("member{j}.{k}"), t)));
         }
     }
-    Ok(ModelSpec { arch: ArchConfig::plain(), members: n })
+    let arch = ArchConfig { shortcut, ..ArchConfig::plain() };
+    Ok((ModelSpec { arch, members: n }, normalization))
+}
+
+/// Which statistic a state-dict key holds: 0 = mean, 1 = std (`normalizer.mean`, ...).
+fn normalizer_key(k: &str) -> Option<usize> {
+    let (module, stat) = k.rsplit_once('.')?;
+    if !matches!(module, "normalizer" | "normalize" | "norm_layer") {
+        return None;
+    }
+    match stat {
+        "mean" | "mu" => Some(0),
+        "std" | "sigma" => Some(1),
+        _ => None,
+    }
+}
+
+/// The three channel values of a normaliser buffer (`[3]` or `[1,3,1,1]`). Single-precision
+/// values are read as the shortest decimal that rounds to them (`0.4914f32` -> `0.4914`), so a
+/// buffer holding CIFAR-10's constants yields exactly [`Normalization::CIFAR10`].
+fn channel_values(path: &Path, key: &str, t: &Tensor) -> Result<[f64; 3]> {
+    let v: Vec<f64> = if t.kind() == Kind::Double {
+        Vec::try_from(&t.flatten(0, -1)).unwrap_or_default()
+    } else {
+        let f: Vec<f32> = Vec::try_from(&t.to_kind(Kind::Float).flatten(0, -1)).unwrap_or_default();
+        f.iter().map(|x| x.to_string().parse().unwrap_or(f64::NAN)).collect()
+    };
+    v.try_into().map_err(|v: Vec<f64>| {
+        Error::checkpoint(path, format!("'{key}' has {} values, expected 3 channels", v.len()))
+    })
+}
+
+/// The one normalisation the members' buffers carry; members that disagree, or a buffer without
+/// its partner, are errors.
+fn member_normalization(
+    path: &Path,
+    members: &BTreeMap<usize, BTreeMap<String, Tensor>>,
+    norms: &BTreeMap<usize, [Option<[f64; 3]>; 2]>,
+) -> Result<Option<Normalization>> {
+    let mut found: Option<(usize, Normalization)> = None;
+    for (&m, stats) in norms {
+        let name = |m: usize| if m == usize::MAX { String::new() } else { format!("model_{m}.") };
+        let (Some(mean), Some(std)) = (stats[0], stats[1]) else {
+            return Err(Error::checkpoint(
+                path,
+                format!("{}normalizer carries only one of mean and std", name(m)),
+            ));
+        };
+        let n = Normalization { mean, std };
+        match &found {
+            Some((m0, n0)) if !n0.matches(&n) => {
+                return Err(Error::checkpoint(
+                    path,
+                    format!(
+                        "ensemble members normalise differently ({}normalizer: {n0}; {}normalizer: \
+                         {n}); eio ensembles share one normalisation",
+                        name(*m0),
+                        name(m)
+                    ),
+                ))
+            }
+            Some(_) => {}
+            None => found = Some((m, n)),
+        }
+    }
+    if found.is_some() && members.keys().any(|m| !norms.contains_key(m)) {
+        return Err(Error::checkpoint(
+            path,
+            "some ensemble members carry normalizer buffers and others do not",
+        ));
+    }
+    if let Some((_, n)) = &found {
+        n.validate().map_err(|e| Error::checkpoint(path, e.to_string()))?;
+    }
+    Ok(found.map(|(_, n)| n))
 }
 
 fn split_member(k: &str) -> Option<(usize, &str)> {
@@ -345,14 +554,15 @@ fn convert_official_rgn(
     path: &Path,
     tensors: BTreeMap<String, Tensor>,
     file: &mut TensorFile,
-) -> Result<ModelSpec> {
+) -> Result<(ModelSpec, Option<Normalization>)> {
     let mut copies = 0usize;
+    let mut stats: [Option<[f64; 3]>; 2] = [None, None];
     let mut gated_slots = std::collections::BTreeSet::new();
     let mut convs: BTreeMap<String, Vec<(usize, Tensor)>> = BTreeMap::new();
     for (k, t) in tensors {
         let Some(k) = k.strip_prefix("net.model.") else {
-            if k.starts_with("net.normalizer.") {
-                check_normalizer(path, &k, &t)?;
+            if let Some(which) = k.strip_prefix("net.").and_then(normalizer_key) {
+                stats[which] = Some(channel_values(path, &k, &t)?);
                 continue;
             }
             return Err(Error::checkpoint(
@@ -404,10 +614,15 @@ fn convert_official_rgn(
         19 if !gated_slots.iter().any(|s| s.contains("downsample")) => Augment::Conv3x3,
         k => Augment::Top(k),
     };
-    Ok(ModelSpec {
-        arch: ArchConfig { copies, augment, share_conv: share, relu_slope: 0.0 },
+    let spec = ModelSpec {
+        arch: ArchConfig { copies, augment, share_conv: share, ..ArchConfig::plain() },
         members: 1,
-    })
+    };
+    let norms = BTreeMap::from([(usize::MAX, stats)]);
+    let members = BTreeMap::from([(usize::MAX, BTreeMap::new())]);
+    let normalization =
+        if stats == [None, None] { None } else { member_normalization(path, &members, &norms)? };
+    Ok((spec, normalization))
 }
 
 /// Renames the EIO-code / DVERGE-code layer names (`fc`, `downsample`) to eio's (`linear`,
@@ -431,16 +646,4 @@ fn slot_names(slot: &str) -> (String, String) {
         None => slot.replace("conv", "bn"),
     };
     (slot.to_string(), bn)
-}
-
-fn check_normalizer(path: &Path, key: &str, t: &Tensor) -> Result<()> {
-    let want = if key.ends_with("mean") { super::resnet::MEAN } else { super::resnet::STD };
-    let got: Vec<f64> = Vec::try_from(&t.to_kind(Kind::Double).flatten(0, -1)).unwrap_or_default();
-    if got.len() != 3 || got.iter().zip(want).any(|(a, b)| (a - b).abs() > 1e-4) {
-        return Err(Error::checkpoint(
-            path,
-            format!("'{key}' = {got:?}, but eio models normalise with {want:?}"),
-        ));
-    }
-    Ok(())
 }

@@ -5,6 +5,7 @@
 //! are logits (for an ensemble, the log of the averaged softmax).
 
 pub mod io;
+pub mod pth;
 pub mod resnet;
 pub mod route;
 
@@ -75,6 +76,93 @@ impl From<Augment> for String {
     }
 }
 
+/// How a block adds its input where the shape changes (stride 2, more channels): the two
+/// options of He et al. (arXiv:1512.03385, Sec. 3.3) used by CIFAR ResNet-20s.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Shortcut {
+    /// Option B: a strided 1x1 convolution and BatchNorm (`shortcut.0`, `shortcut.1`), as in
+    /// DVERGE's and the Ensemble-in-One code.
+    #[default]
+    Projection,
+    /// Option A: the input subsampled by 2 and zero-padded with the new channels, no weights,
+    /// as in akamaster/pytorch_resnet_cifar10 (`resnet.py`, `LambdaLayer`).
+    Identity,
+}
+
+impl FromStr for Shortcut {
+    type Err = Error;
+    fn from_str(s: &str) -> Result<Self> {
+        match s {
+            "projection" | "b" | "B" => Ok(Shortcut::Projection),
+            "identity" | "a" | "A" => Ok(Shortcut::Identity),
+            _ => Err(Error::config(format!(
+                "unknown shortcut '{s}': expected projection (option B) or identity (option A)"
+            ))),
+        }
+    }
+}
+
+/// Per-channel input normalisation `(x - mean) / std`, the first operation of every network.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Normalization {
+    /// Channel means (R, G, B) of [0,1] inputs.
+    pub mean: [f64; 3],
+    /// Channel standard deviations (R, G, B).
+    pub std: [f64; 3],
+}
+
+impl Normalization {
+    /// The CIFAR-10 statistics eio trains with (DVERGE's and the EIO code's constants).
+    pub const CIFAR10: Normalization = Normalization { mean: resnet::MEAN, std: resnet::STD };
+
+    /// Parses `mean` and `std` written as three comma-separated numbers each (`0.5,0.5,0.5`).
+    pub fn parse(mean: &str, std: &str) -> Result<Self> {
+        let triple = |name: &str, s: &str| -> Result<[f64; 3]> {
+            let v: Vec<f64> = s
+                .split(',')
+                .map(|x| x.trim().parse::<f64>())
+                .collect::<std::result::Result<_, _>>()
+                .map_err(|_| {
+                    Error::config(format!("{name} '{s}': expected three numbers a,b,c"))
+                })?;
+            v.try_into()
+                .map_err(|_| Error::config(format!("{name} '{s}': expected three numbers a,b,c")))
+        };
+        let n = Normalization { mean: triple("mean", mean)?, std: triple("std", std)? };
+        n.validate()?;
+        Ok(n)
+    }
+
+    /// Checks the values are finite and the deviations positive.
+    pub fn validate(&self) -> Result<()> {
+        if self.mean.iter().chain(&self.std).any(|x| !x.is_finite())
+            || self.std.iter().any(|&s| s <= 0.0)
+        {
+            return Err(Error::config(format!(
+                "normalisation {self} is not usable: values must be finite and std positive"
+            )));
+        }
+        Ok(())
+    }
+
+    /// True when `other` agrees to within the precision files store (f32).
+    pub fn matches(&self, other: &Normalization) -> bool {
+        self.mean
+            .iter()
+            .chain(&self.std)
+            .zip(other.mean.iter().chain(&other.std))
+            .all(|(a, b)| (a - b).abs() <= 1e-6 * a.abs().max(b.abs()).max(1.0))
+    }
+}
+
+impl fmt::Display for Normalization {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let j = |v: &[f64; 3]| v.map(|x| format!("{x}")).join(",");
+        write!(f, "mean {} std {}", j(&self.mean), j(&self.std))
+    }
+}
+
 /// Architecture of one network: ResNet-20, gated or not.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -89,21 +177,70 @@ pub struct ArchConfig {
     /// of files when 0, so plain models keep their metadata.
     #[serde(default, skip_serializing_if = "is_zero")]
     pub relu_slope: f64,
+    /// Shortcut of the blocks that change shape; `identity` (option A) needs a plain network.
+    /// Left out of files when `projection`.
+    #[serde(default, skip_serializing_if = "is_projection")]
+    pub shortcut: Shortcut,
+    /// Channel means subtracted from the [0,1] input (see [`Normalization`]). Left out of files
+    /// when CIFAR-10's, so existing files keep their metadata.
+    #[serde(default = "cifar_mean", skip_serializing_if = "is_cifar_mean")]
+    pub mean: [f64; 3],
+    /// Channel standard deviations dividing the input. Left out of files when CIFAR-10's.
+    #[serde(default = "cifar_std", skip_serializing_if = "is_cifar_std")]
+    pub std: [f64; 3],
 }
 
 fn is_zero(x: &f64) -> bool {
     *x == 0.0
 }
 
+fn is_projection(s: &Shortcut) -> bool {
+    *s == Shortcut::Projection
+}
+
+fn cifar_mean() -> [f64; 3] {
+    resnet::MEAN
+}
+
+fn cifar_std() -> [f64; 3] {
+    resnet::STD
+}
+
+fn is_cifar_mean(m: &[f64; 3]) -> bool {
+    *m == resnet::MEAN
+}
+
+fn is_cifar_std(s: &[f64; 3]) -> bool {
+    *s == resnet::STD
+}
+
 impl ArchConfig {
     /// Plain ResNet-20.
     pub fn plain() -> Self {
-        ArchConfig { copies: 1, augment: Augment::None, share_conv: false, relu_slope: 0.0 }
+        ArchConfig {
+            copies: 1,
+            augment: Augment::None,
+            share_conv: false,
+            relu_slope: 0.0,
+            shortcut: Shortcut::Projection,
+            mean: resnet::MEAN,
+            std: resnet::STD,
+        }
     }
 
     /// The paper's RGN: `copies` independent copies in all 21 slots.
     pub fn rgn(copies: usize) -> Self {
-        ArchConfig { copies, augment: Augment::All, share_conv: false, relu_slope: 0.0 }
+        ArchConfig { copies, augment: Augment::All, ..ArchConfig::plain() }
+    }
+
+    /// The input normalisation.
+    pub fn normalization(&self) -> Normalization {
+        Normalization { mean: self.mean, std: self.std }
+    }
+
+    /// The same architecture with input normalisation `n`.
+    pub fn with_normalization(self, n: Normalization) -> Self {
+        ArchConfig { mean: n.mean, std: n.std, ..self }
     }
 
     /// True when the network has no gated block.
@@ -122,7 +259,13 @@ impl ArchConfig {
                 self.relu_slope
             )));
         }
-        Ok(())
+        if self.shortcut == Shortcut::Identity && !self.is_plain() {
+            return Err(Error::config(
+                "identity (option-A) shortcuts are supported for plain ResNet-20s only (copies 1 \
+                 or augment none): an RGN gates the projection shortcuts",
+            ));
+        }
+        self.normalization().validate()
     }
 }
 

@@ -6,11 +6,15 @@
 //! `layer{2,3}.0.shortcut.{0,1}`, `linear`. A plain ResNet-20 is the network with no gated block.
 //! An augmented (gated) conv+BN slot holds its `n` copies under `<name>.<i>`: `layer1.0.conv1.1`
 //! is copy 1 of that conv. With shared convolutions only the BatchNorms are copied.
+//!
+//! With `shortcut = identity` (option A of He et al.) the blocks that change shape add their
+//! input subsampled by 2 and zero-padded with the new channels, and have no `shortcut` weights:
+//! the layout of akamaster/pytorch_resnet_cifar10 (`resnet.py`, `option='A'`).
 
 use tch::nn;
 use tch::Tensor;
 
-use super::{ArchConfig, Augment};
+use super::{ArchConfig, Augment, Shortcut};
 use crate::model::route::Route;
 
 /// CIFAR-10 channel means, applied inside the model.
@@ -89,6 +93,8 @@ struct Block {
     c1: ConvBn,
     c2: ConvBn,
     shortcut: Option<ConvBn>,
+    /// Option-A shortcut: channels of zeros added on each side of the subsampled input.
+    pad: i64,
 }
 
 /// Where to stop a forward pass: feature layer 1..=20 (20 = logits), before or after its ReLU.
@@ -154,10 +160,13 @@ impl Net {
                 let bp = p / format!("layer{}", stage + 1) / i;
                 let c1 = make(&(&bp / "conv1"), &(&bp / "bn1"), cin, width, 3, stride);
                 let c2 = make(&(&bp / "conv2"), &(&bp / "bn2"), width, width, 3, 1);
-                let shortcut = (stride != 1 || cin != width).then(|| {
+                let reshape = stride != 1 || cin != width;
+                let projection = arch.shortcut == Shortcut::Projection;
+                let shortcut = (reshape && projection).then(|| {
                     let sp = &bp / "shortcut";
                     make(&(&sp / "0"), &(&sp / "1"), cin, width, 1, stride)
                 });
+                let pad = if reshape && !projection { (width - cin) / 2 } else { 0 };
                 let b = blocks.len();
                 seen = seen.max(c1.gate.map_or(0, |g| g + 1));
                 gates_through[2 + 2 * b] = seen;
@@ -165,7 +174,7 @@ impl Net {
                     seen = seen.max(s.gate.map_or(0, |g| g + 1));
                 }
                 gates_through[3 + 2 * b] = seen;
-                blocks.push(Block { c1, c2, shortcut });
+                blocks.push(Block { c1, c2, shortcut, pad });
                 cin = width;
             }
         }
@@ -189,11 +198,11 @@ impl Net {
             arch: arch.clone(),
             gates: next_gate,
             gates_through,
-            mean: Tensor::from_slice(&MEAN)
+            mean: Tensor::from_slice(&arch.mean)
                 .to_kind(tch::Kind::Float)
                 .view([1, 3, 1, 1])
                 .to_device(dev),
-            std: Tensor::from_slice(&STD)
+            std: Tensor::from_slice(&arch.std)
                 .to_kind(tch::Kind::Float)
                 .view([1, 3, 1, 1])
                 .to_device(dev),
@@ -306,6 +315,10 @@ impl Net {
             }
             let short = match &block.shortcut {
                 Some(s) => s.forward(&h, route, train),
+                None if block.pad > 0 => h
+                    .slice(2, 0, None, 2)
+                    .slice(3, 0, None, 2)
+                    .constant_pad_nd([0, 0, 0, 0, block.pad, block.pad]),
                 None => h.shallow_clone(),
             };
             let pre2 = branch + short;

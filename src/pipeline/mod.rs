@@ -1,8 +1,9 @@
 //! Experiments that chain training, derivation and evaluation: deriving plain models from an
-//! RGN ([`derive`](mod@derive)), the stability of derived paths ([`stability`]) and the demo job
-//! ([`demo`]). Each returns a serialisable report; the command line only maps flags onto them.
+//! RGN ([`derive`](mod@derive)), the stability of derived paths ([`stability`]) and the whole
+//! comparison of the paper from a preset ([`reproduce`], results in [`summary`]). Each returns a
+//! serialisable report; the command line only maps flags onto them.
 
-pub mod demo;
 pub mod derive;
+pub mod reproduce;
 pub mod stability;
 pub mod summary;

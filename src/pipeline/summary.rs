@@ -96,3 +96,30 @@ pub struct Curve {
     /// Epoch records (as in the run's `metrics.csv`).
     pub epochs: Vec<EpochRecord>,
 }
+
+impl Summary {
+    /// The models as a plain-text table: clean, white-box and black-box accuracy (%).
+    pub fn table(&self) -> String {
+        let pct = |v: f64| if v.is_nan() { "-".to_string() } else { format!("{:.1}", 100.0 * v) };
+        let mut head = format!("{:<32} {:>6}", "model", "clean");
+        for e in &self.eps_whitebox {
+            head += &format!(" {:>8}", format!("wb {e}"));
+        }
+        for e in &self.eps_blackbox {
+            head += &format!(" {:>8}", format!("bb {e}"));
+        }
+        let mut out = head + "\n";
+        for m in &self.models {
+            let mut line = format!("{:<32} {:>6}", m.name, pct(m.clean));
+            for k in 0..self.eps_whitebox.len() {
+                line += &format!(" {:>8}", m.whitebox.get(k).map_or("-".into(), |v| pct(*v)));
+            }
+            for k in 0..self.eps_blackbox.len() {
+                line += &format!(" {:>8}", m.blackbox.get(k).map_or("-".into(), |v| pct(*v)));
+            }
+            out += &line;
+            out.push('\n');
+        }
+        out
+    }
+}

@@ -1,0 +1,922 @@
+/*!
+The paper's comparison in one resumable command (`eio reproduce --preset NAME --out DIR`): train
+every arm a [`Preset`] lists, derive and fine-tune the EIO model, craft the black-box transfer
+set once from baseline surrogate ensembles, evaluate every model (clean, white-box, black-box;
+whole ensembles and one selected member, as the paper's Fig. 9), transferability matrices and
+the stability of derived paths, then write `summary.json` (see [`super::summary`]).
+
+The work is a [`Plan`]: a list of [`Job`]s, each with the files it reads and writes, saved as
+`DIR/plan.toml`. A job whose outputs exist is skipped, so a rerun continues where it stopped
+(training runs also resume inside an epoch from their checkpoints). `only` runs a subset of the
+jobs by name, so a plan can be spread over machines and the folders merged: every job's result
+is a file under `DIR`.
+*/
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+use tch::Device;
+
+use super::summary::{Curve, MatrixResult, ModelResult, StabilityResult, Summary};
+use crate::attack::{AttackConfig, AttackLoss};
+use crate::data::Dataset;
+use crate::error::{Error, Result};
+use crate::eval::transfer::{
+    transfer_eval, transfer_files, transfer_gen, Named, TransferGenConfig,
+};
+use crate::eval::transferability::{members, transferability, TransferabilityConfig};
+use crate::eval::whitebox::{whitebox, WhiteboxConfig};
+use crate::model::io::{write_atomic, TensorFile};
+use crate::model::{Model, Route, Target};
+use crate::seed::{Seed, Stream};
+use crate::train::adv::AdvTerm;
+use crate::train::dverge::DvergeConfig;
+use crate::train::eio::EioConfig;
+use crate::train::{fit, git_rev, EpochRecord, MethodConfig, RunDir, TrainSpec};
+
+/// An arm of the comparison: one trained model family.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Arm {
+    /// Independently trained baseline ensemble (also DVERGE's starting point).
+    Baseline,
+    /// Ensemble-in-One: RGN warm-up, diversification, derived path (fine-tuned when the preset
+    /// fine-tunes).
+    Eio,
+    /// EIO with the adversarial term (Eq. 5).
+    EioAdvt,
+    /// DVERGE from the baseline ensemble.
+    Dverge,
+    /// DVERGE+AdvT.
+    DvergeAdvt,
+    /// ADP.
+    Adp,
+    /// GAL.
+    Gal,
+    /// TRS.
+    Trs,
+    /// PGD adversarial training of one ResNet-20.
+    Adv,
+}
+
+/// Sizes of a reproduction.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Preset {
+    /// Name (`smoke`, `demo`, `cpu`, `gpu`, `paper`).
+    pub name: String,
+    /// Master seed.
+    pub seed: u64,
+    /// Training batch size.
+    pub batch_size: usize,
+    /// Train on the first N images of each class (`None` = all 50,000).
+    pub train_per_class: Option<usize>,
+    /// Evaluate on the first N test images of each class (100 = the paper's 1,000 images).
+    pub eval_per_class: usize,
+    /// Per-epoch test accuracy of training runs on the first N test images of each class.
+    pub test_per_class: usize,
+    /// Epochs of baselines, RGN warm-up, ADP, GAL, TRS and adversarial training.
+    pub epochs: usize,
+    /// Epochs of EIO and DVERGE diversification.
+    pub div_epochs: usize,
+    /// Fine-tuning epochs of the derived EIO path (0 = none).
+    pub finetune_epochs: usize,
+    /// Distillation steps (paper 10).
+    pub distill_steps: usize,
+    /// Members of the baseline, DVERGE, ADP, GAL and TRS ensembles.
+    pub members: usize,
+    /// Sizes of the surrogate baseline ensembles of the black-box protocol (paper 3, 5, 8).
+    pub surrogates: Vec<usize>,
+    /// The arms trained and compared.
+    pub arms: Vec<Arm>,
+    /// White-box radii.
+    pub eps_whitebox: Vec<f64>,
+    /// White-box PGD steps (paper 50, step eps/5).
+    pub whitebox_steps: usize,
+    /// White-box restarts (paper 5).
+    pub whitebox_restarts: usize,
+    /// Black-box radii.
+    pub eps_blackbox: Vec<f64>,
+    /// Steps of every transfer attack (paper 100, step eps/5).
+    pub transfer_steps: usize,
+    /// Images of each transferability matrix (paper 1,000), at eps 0.03.
+    pub transferability_images: usize,
+    /// Derived paths of the stability check (paper 8; 0 = skip).
+    pub stability_paths: usize,
+}
+
+impl Preset {
+    /// The named preset.
+    pub fn named(name: &str) -> Result<Preset> {
+        let all = [
+            Arm::Baseline,
+            Arm::Eio,
+            Arm::EioAdvt,
+            Arm::Dverge,
+            Arm::DvergeAdvt,
+            Arm::Adp,
+            Arm::Gal,
+            Arm::Trs,
+            Arm::Adv,
+        ];
+        let paper_eps = vec![0.01, 0.02, 0.03, 0.04, 0.05, 0.06, 0.07];
+        Ok(match name {
+            // CI: every job kind on a few images, in well under 2 minutes.
+            "smoke" => Preset {
+                name: name.into(),
+                seed: 1,
+                batch_size: 10,
+                train_per_class: Some(2),
+                eval_per_class: 1,
+                test_per_class: 1,
+                epochs: 1,
+                div_epochs: 1,
+                finetune_epochs: 1,
+                distill_steps: 1,
+                members: 2,
+                surrogates: vec![2],
+                arms: vec![Arm::Baseline, Arm::Eio, Arm::Dverge, Arm::Adp],
+                eps_whitebox: vec![0.01, 0.03],
+                whitebox_steps: 2,
+                whitebox_restarts: 1,
+                eps_blackbox: vec![0.03],
+                transfer_steps: 2,
+                transferability_images: 5,
+                stability_paths: 2,
+            },
+            // scripts/demo: baseline against EIO on a CIFAR-10 subset, 2 cores.
+            "demo" => Preset {
+                name: name.into(),
+                seed: 1,
+                batch_size: 128,
+                train_per_class: Some(200),
+                eval_per_class: 20,
+                test_per_class: 20,
+                epochs: 6,
+                div_epochs: 1,
+                finetune_epochs: 1,
+                distill_steps: 5,
+                members: 2,
+                surrogates: vec![2],
+                arms: vec![Arm::Baseline, Arm::Eio],
+                eps_whitebox: vec![0.01, 0.02, 0.03],
+                whitebox_steps: 10,
+                whitebox_restarts: 1,
+                eps_blackbox: vec![0.03],
+                transfer_steps: 10,
+                transferability_images: 100,
+                stability_paths: 0,
+            },
+            // results/eio-cpu's scale with every arm: a long background run on 2 cores.
+            "cpu" => Preset {
+                name: name.into(),
+                seed: 1,
+                batch_size: 128,
+                train_per_class: None,
+                eval_per_class: 100,
+                test_per_class: 100,
+                epochs: 15,
+                div_epochs: 2,
+                finetune_epochs: 3,
+                distill_steps: 10,
+                members: 3,
+                surrogates: vec![3],
+                arms: all.to_vec(),
+                eps_whitebox: vec![0.01, 0.02, 0.03],
+                whitebox_steps: 50,
+                whitebox_restarts: 5,
+                eps_blackbox: vec![0.01, 0.03, 0.05, 0.07],
+                transfer_steps: 100,
+                transferability_images: 1000,
+                stability_paths: 8,
+            },
+            // About 10 minutes of one H100/H200: the cpu preset with fewer epochs.
+            "gpu" => Preset {
+                name: name.into(),
+                epochs: 10,
+                div_epochs: 2,
+                finetune_epochs: 2,
+                surrogates: vec![3],
+                arms: vec![Arm::Baseline, Arm::Eio, Arm::Dverge, Arm::Adp, Arm::Gal, Arm::Adv],
+                stability_paths: 4,
+                ..Preset::named("cpu")?
+            },
+            // The published protocol: 200 + 200 epochs, N = 3, surrogates of 3, 5 and 8.
+            "paper" => Preset {
+                name: name.into(),
+                seed: 0,
+                batch_size: 128,
+                train_per_class: None,
+                eval_per_class: 100,
+                test_per_class: 1000,
+                epochs: 200,
+                div_epochs: 200,
+                finetune_epochs: 40,
+                distill_steps: 10,
+                members: 3,
+                surrogates: vec![3, 5, 8],
+                arms: all.to_vec(),
+                eps_whitebox: vec![0.01, 0.02, 0.03],
+                whitebox_steps: 50,
+                whitebox_restarts: 5,
+                eps_blackbox: paper_eps,
+                transfer_steps: 100,
+                transferability_images: 1000,
+                stability_paths: 8,
+            },
+            _ => {
+                return Err(Error::config(format!(
+                    "unknown preset '{name}': expected smoke, demo, cpu, gpu or paper"
+                )))
+            }
+        })
+    }
+
+    /// The white-box protocol.
+    pub fn whitebox(&self) -> WhiteboxConfig {
+        WhiteboxConfig {
+            eps: self.eps_whitebox.clone(),
+            attack: AttackConfig::paper_whitebox(1.0)
+                .with_steps(self.whitebox_steps)
+                .with_restarts(self.whitebox_restarts),
+            ..WhiteboxConfig::default()
+        }
+    }
+
+    /// The transfer-set generation (the paper's suite, CE and CW losses).
+    pub fn transfer(&self) -> TransferGenConfig {
+        TransferGenConfig {
+            eps: self.eps_blackbox.clone(),
+            losses: vec![AttackLoss::CrossEntropy, AttackLoss::cw()],
+            attacks: AttackConfig::paper_transfer_suite(1.0)
+                .into_iter()
+                .map(|a| a.with_steps(self.transfer_steps))
+                .collect(),
+            ..TransferGenConfig::default()
+        }
+    }
+
+    fn spec(&self, method: MethodConfig, members: usize, epochs: usize) -> TrainSpec {
+        let mut s = TrainSpec::defaults(method);
+        if s.members > 1 || matches!(s.method, MethodConfig::Baseline) {
+            s.members = members;
+        }
+        s.train.seed = self.seed;
+        s.train.epochs = epochs;
+        s.train.batch_size = self.batch_size;
+        s.train.train_per_class = self.train_per_class;
+        s.train.test_per_class = Some(self.test_per_class);
+        s.train.checkpoint_every = 50;
+        s
+    }
+}
+
+/// What a job does.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "kebab-case")]
+pub enum JobKind {
+    /// A training run into `runs/<name>`, from `init` (a model file under the output folder)
+    /// when given.
+    Train {
+        /// The run's configuration.
+        spec: Box<TrainSpec>,
+        /// Starting weights.
+        init: Option<String>,
+    },
+    /// A plain model from one random path (from `seed`) of the RGN `rgn`.
+    Derive {
+        /// The RGN file.
+        rgn: String,
+        /// Seed of the path.
+        seed: u64,
+    },
+    /// The transfer set, from the surrogate ensembles.
+    TransferGen {
+        /// Surrogate model files.
+        surrogates: Vec<String>,
+    },
+    /// Clean, white-box and black-box accuracy of one model (or one member of it).
+    Evaluate {
+        /// Display name.
+        name: String,
+        /// Method of the model.
+        method: String,
+        /// Adversarial training was part of the method.
+        adv_training: bool,
+        /// The model file.
+        model: String,
+        /// Evaluate this member alone.
+        member: Option<usize>,
+        /// Training runs the model needed (for its cost).
+        runs: Vec<String>,
+    },
+    /// The transferability matrix of an ensemble's members or an RGN's paths.
+    Transferability {
+        /// Display name.
+        name: String,
+        /// The model file.
+        model: String,
+    },
+    /// The stability of derived paths of an RGN.
+    Stability {
+        /// The RGN file.
+        rgn: String,
+    },
+}
+
+/// One job of a plan.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Job {
+    /// Unique name, e.g. `train/baseline`, `eval/eio-finetune`.
+    pub name: String,
+    /// What it does.
+    #[serde(flatten)]
+    pub kind: JobKind,
+    /// Files it writes, relative to the output folder; all present = done.
+    pub outputs: Vec<String>,
+}
+
+/// The jobs of a reproduction, in an order that satisfies their inputs.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Plan {
+    /// The sizes.
+    pub preset: Preset,
+    /// The jobs.
+    pub jobs: Vec<Job>,
+}
+
+fn run_model(name: &str) -> String {
+    format!("runs/{name}/model.safetensors")
+}
+
+impl Plan {
+    /// The plan of `preset`.
+    pub fn new(preset: Preset) -> Plan {
+        let p = &preset;
+        let mut jobs = Vec::new();
+        let train = |jobs: &mut Vec<Job>, name: &str, spec: TrainSpec, init: Option<String>| {
+            jobs.push(Job {
+                name: format!("train/{name}"),
+                kind: JobKind::Train { spec: Box::new(spec), init },
+                outputs: vec![run_model(name), format!("runs/{name}/history.json")],
+            });
+        };
+        let eval = |jobs: &mut Vec<Job>,
+                    key: &str,
+                    name: String,
+                    method: &str,
+                    advt: bool,
+                    model: String,
+                    member: Option<usize>,
+                    runs: Vec<&str>| {
+            jobs.push(Job {
+                name: format!("eval/{key}"),
+                kind: JobKind::Evaluate {
+                    name,
+                    method: method.into(),
+                    adv_training: advt,
+                    model,
+                    member,
+                    runs: runs.into_iter().map(String::from).collect(),
+                },
+                outputs: vec![format!("eval/{key}.json")],
+            });
+        };
+        let n = p.members;
+        let needs_baseline =
+            p.arms.iter().any(|a| matches!(a, Arm::Baseline | Arm::Dverge | Arm::DvergeAdvt));
+        if needs_baseline {
+            train(&mut jobs, "baseline", p.spec(MethodConfig::Baseline, n, p.epochs), None);
+        }
+        // Surrogates: independent baseline ensembles with seeds of their own.
+        for &k in &p.surrogates {
+            let mut s = p.spec(MethodConfig::Baseline, k, p.epochs);
+            s.train.seed = p.seed + 100 + k as u64;
+            train(&mut jobs, &format!("surrogate{k}"), s, None);
+        }
+        let eio_arms: Vec<(Arm, &str)> = [(Arm::Eio, "eio"), (Arm::EioAdvt, "eio-advt")]
+            .into_iter()
+            .filter(|(a, _)| p.arms.contains(a))
+            .collect();
+        if !eio_arms.is_empty() {
+            train(&mut jobs, "rgn-warmup", p.spec(MethodConfig::RgnWarmup, 1, p.epochs), None);
+        }
+        for (arm, key) in &eio_arms {
+            let mut cfg = EioConfig::default();
+            cfg.distill.steps = p.distill_steps;
+            cfg.distill.step_size = cfg.distill.eps / p.distill_steps as f64;
+            if *arm == Arm::EioAdvt {
+                cfg.adv = Some(AdvTerm::default());
+            }
+            let spec = p.spec(MethodConfig::Eio(cfg), 1, p.div_epochs);
+            train(&mut jobs, key, spec, Some(run_model("rgn-warmup")));
+            let derived = format!("models/{key}-derived.safetensors");
+            jobs.push(Job {
+                name: format!("derive/{key}"),
+                kind: JobKind::Derive { rgn: run_model(key), seed: p.seed },
+                outputs: vec![derived.clone()],
+            });
+            let advt = *arm == Arm::EioAdvt;
+            let label = if advt { "EIO+AdvT" } else { "EIO" };
+            if p.finetune_epochs > 0 {
+                let mut ft = TrainSpec::finetune();
+                ft.train = p.spec(MethodConfig::Baseline, 1, p.finetune_epochs).train;
+                let ft_name = format!("{key}-finetune");
+                train(&mut jobs, &ft_name, ft, Some(derived.clone()));
+                eval(
+                    &mut jobs,
+                    &ft_name,
+                    format!("{label} (derived, fine-tuned)"),
+                    "eio",
+                    advt,
+                    run_model(&ft_name),
+                    None,
+                    vec!["rgn-warmup", key, &ft_name],
+                );
+            }
+            eval(
+                &mut jobs,
+                &format!("{key}-derived"),
+                format!("{label} (derived)"),
+                "eio",
+                advt,
+                derived,
+                None,
+                vec!["rgn-warmup", key],
+            );
+        }
+        let ensembles: Vec<(Arm, &str, &str, MethodConfig)> = vec![
+            (
+                Arm::Dverge,
+                "dverge",
+                "DVERGE",
+                MethodConfig::Dverge(DvergeConfig {
+                    distill: crate::distill::DistillConfig {
+                        steps: p.distill_steps,
+                        step_size: 0.07 / p.distill_steps as f64,
+                        ..crate::distill::DistillConfig::dverge()
+                    },
+                    ..Default::default()
+                }),
+            ),
+            (
+                Arm::DvergeAdvt,
+                "dverge-advt",
+                "DVERGE+AdvT",
+                MethodConfig::Dverge(DvergeConfig {
+                    distill: crate::distill::DistillConfig {
+                        steps: p.distill_steps,
+                        step_size: 0.07 / p.distill_steps as f64,
+                        ..crate::distill::DistillConfig::dverge()
+                    },
+                    adv: Some(AdvTerm::default()),
+                    ..Default::default()
+                }),
+            ),
+            (Arm::Adp, "adp", "ADP", MethodConfig::Adp(Default::default())),
+            (Arm::Gal, "gal", "GAL", MethodConfig::Gal(Default::default())),
+            (Arm::Trs, "trs", "TRS", MethodConfig::Trs(Default::default())),
+        ];
+        if p.arms.contains(&Arm::Baseline) {
+            eval(
+                &mut jobs,
+                "baseline",
+                format!("baseline (ensemble of {n})"),
+                "baseline",
+                false,
+                run_model("baseline"),
+                None,
+                vec!["baseline"],
+            );
+            eval(
+                &mut jobs,
+                "baseline-member0",
+                format!("baseline (1 of {n})"),
+                "baseline",
+                false,
+                run_model("baseline"),
+                Some(0),
+                vec!["baseline"],
+            );
+        }
+        for (arm, key, label, method) in ensembles {
+            if !p.arms.contains(&arm) {
+                continue;
+            }
+            let method_name = method.name();
+            let from_baseline = matches!(arm, Arm::Dverge | Arm::DvergeAdvt);
+            let epochs = if from_baseline { p.div_epochs } else { p.epochs };
+            let init = from_baseline.then(|| run_model("baseline"));
+            train(&mut jobs, key, p.spec(method, n, epochs), init);
+            let runs: Vec<&str> = if from_baseline { vec!["baseline", key] } else { vec![key] };
+            let advt = key.ends_with("advt");
+            eval(
+                &mut jobs,
+                key,
+                format!("{label} (ensemble of {n})"),
+                method_name,
+                advt,
+                run_model(key),
+                None,
+                runs.clone(),
+            );
+            eval(
+                &mut jobs,
+                &format!("{key}-member0"),
+                format!("{label} (1 of {n})"),
+                method_name,
+                advt,
+                run_model(key),
+                Some(0),
+                runs,
+            );
+        }
+        if p.arms.contains(&Arm::Adv) {
+            train(
+                &mut jobs,
+                "adv",
+                p.spec(MethodConfig::Adv(AdvTerm::default()), 1, p.epochs),
+                None,
+            );
+            eval(
+                &mut jobs,
+                "adv",
+                "PGD-AT (1 model)".into(),
+                "adv",
+                true,
+                run_model("adv"),
+                None,
+                vec!["adv"],
+            );
+        }
+        // The transfer set depends only on the surrogates; evaluations read it.
+        let pos = jobs.iter().position(|j| j.name.starts_with("eval/")).unwrap_or(jobs.len());
+        jobs.insert(
+            pos,
+            Job {
+                name: "transfer-gen".into(),
+                kind: JobKind::TransferGen {
+                    surrogates: p
+                        .surrogates
+                        .iter()
+                        .map(|k| run_model(&format!("surrogate{k}")))
+                        .collect(),
+                },
+                outputs: vec!["transfer/report.json".into()],
+            },
+        );
+        if p.transferability_images > 0 {
+            for (key, name) in [("baseline", "baseline"), ("dverge", "DVERGE"), ("eio", "EIO")] {
+                let has = match key {
+                    "eio" => p.arms.contains(&Arm::Eio),
+                    "baseline" => p.arms.contains(&Arm::Baseline),
+                    _ => p.arms.contains(&Arm::Dverge),
+                };
+                if has {
+                    jobs.push(Job {
+                        name: format!("transferability/{key}"),
+                        kind: JobKind::Transferability { name: name.into(), model: run_model(key) },
+                        outputs: vec![format!("eval/transferability-{key}.json")],
+                    });
+                }
+            }
+        }
+        if p.stability_paths > 0 && p.arms.contains(&Arm::Eio) {
+            jobs.push(Job {
+                name: "stability".into(),
+                kind: JobKind::Stability { rgn: run_model("eio") },
+                outputs: vec!["stability/report.json".into()],
+            });
+        }
+        Plan { preset, jobs }
+    }
+
+    /// The job names, in order.
+    pub fn names(&self) -> Vec<&str> {
+        self.jobs.iter().map(|j| j.name.as_str()).collect()
+    }
+}
+
+/// The data a reproduction uses.
+pub struct Data {
+    /// Training split (the preset's subset).
+    pub train: Dataset,
+    /// Test split (all of it).
+    pub test: Dataset,
+}
+
+/// What one evaluation job writes.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Evaluation {
+    /// The model's row of the summary.
+    pub result: ModelResult,
+}
+
+fn read_json<T: serde::de::DeserializeOwned>(path: &Path) -> Result<T> {
+    let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
+    serde_json::from_str(&text).map_err(|e| Error::config(format!("{}: {e}", path.display())))
+}
+
+fn write_json(path: &Path, v: &impl Serialize) -> Result<()> {
+    if let Some(d) = path.parent() {
+        std::fs::create_dir_all(d).map_err(|e| Error::io(d, e))?;
+    }
+    let text =
+        serde_json::to_string_pretty(v).map_err(|e| Error::config(format!("internal: {e}")))?;
+    write_atomic(path, text.as_bytes())
+}
+
+/// Runs the jobs of `plan` (those named in `only`, or all) that are not done, in `out`, then
+/// writes `summary.json` from every finished job's files and returns the summary.
+pub fn run(
+    plan: &Plan,
+    out: &Path,
+    only: &[String],
+    data: &Data,
+    device: Device,
+    command: &str,
+) -> Result<Summary> {
+    for name in only {
+        if !plan.jobs.iter().any(|j| &j.name == name) {
+            return Err(Error::config(format!(
+                "--only {name}: no such job; the plan has {}",
+                plan.names().join(", ")
+            )));
+        }
+    }
+    std::fs::create_dir_all(out).map_err(|e| Error::io(out, e))?;
+    let text = toml::to_string(plan).map_err(|e| Error::config(format!("internal: plan: {e}")))?;
+    write_atomic(&out.join("plan.toml"), text.as_bytes())?;
+    let p = &plan.preset;
+    let eval_set = data.test.first_per_class(p.eval_per_class);
+    let test = data.test.first_per_class(p.test_per_class);
+    let seed = Seed(p.seed);
+    for (k, job) in plan.jobs.iter().enumerate() {
+        if !only.is_empty() && !only.contains(&job.name) {
+            continue;
+        }
+        if job.outputs.iter().all(|o| out.join(o).exists()) {
+            eprintln!("[{}/{}] {}: done", k + 1, plan.jobs.len(), job.name);
+            continue;
+        }
+        eprintln!("[{}/{}] {}", k + 1, plan.jobs.len(), job.name);
+        let t0 = std::time::Instant::now();
+        match &job.kind {
+            JobKind::Train { spec, init } => {
+                let name = job.name.trim_start_matches("train/");
+                let dir = out.join("runs").join(name);
+                let mut model = match init {
+                    Some(f) => Model::load(&out.join(f), device)?.0,
+                    None => Model::new(&spec.model_spec(), device, Seed(spec.train.seed))?,
+                };
+                let text = spec.to_toml()?;
+                let mut method = spec.build()?;
+                let train = match spec.train.train_per_class {
+                    Some(n) => data.train.first_per_class(n),
+                    None => data.train.clone(),
+                };
+                let rd = RunDir { dir: dir.clone(), resume: true, force: false };
+                let history = fit(
+                    &mut model,
+                    method.as_mut(),
+                    &spec.train,
+                    &spec.optim,
+                    &text,
+                    &train,
+                    &test,
+                    &rd,
+                )?;
+                write_json(&dir.join("history.json"), &history)?;
+            }
+            JobKind::Derive { rgn, seed: s } => {
+                let (m, _) = Model::load(&out.join(rgn), device)?;
+                let route = Route::random(
+                    m.gates(),
+                    m.spec.arch.copies,
+                    &mut Seed(*s).rng(Stream::Route, 0, 0),
+                );
+                let mut extra = TensorFile::default();
+                extra.meta.insert("eio.derived_from".into(), rgn.clone());
+                extra.meta.insert("eio.path".into(), route.to_string());
+                let file = out.join(&job.outputs[0]);
+                std::fs::create_dir_all(file.parent().expect("under out"))
+                    .map_err(|e| Error::io(&file, e))?;
+                m.derive(&route)?.save(&file, extra)?;
+            }
+            JobKind::TransferGen { surrogates } => {
+                let models: Vec<Model> = surrogates
+                    .iter()
+                    .map(|f| Ok(Model::load(&out.join(f), device)?.0))
+                    .collect::<Result<_>>()?;
+                let targets: Vec<Target> = models.iter().map(Target::fixed_zero).collect();
+                let named: Vec<Named> = targets
+                    .iter()
+                    .zip(surrogates)
+                    .map(|(t, f)| {
+                        Named::new(
+                            f.trim_start_matches("runs/").trim_end_matches("/model.safetensors"),
+                            t as &dyn crate::model::Classifier,
+                        )
+                    })
+                    .collect();
+                let index: Vec<usize> = (0..eval_set.len()).collect();
+                let rep = transfer_gen(
+                    &named,
+                    &eval_set,
+                    &index,
+                    &p.transfer(),
+                    &out.join("transfer"),
+                    device,
+                    seed,
+                )?;
+                write_json(&out.join(&job.outputs[0]), &rep)?;
+            }
+            JobKind::Evaluate { name, method, adv_training, model, member, runs } => {
+                let (m, _) = Model::load(&out.join(model), device)?;
+                let m = match member {
+                    Some(i) => m.member(*i)?,
+                    None => m,
+                };
+                let target = Target::fixed_zero(&m);
+                let wb = whitebox(&target, &eval_set, &p.whitebox(), device, seed)?;
+                let files = transfer_files(&out.join("transfer"))?;
+                let bb = transfer_eval(&target, &files, 500, device)?;
+                let (mut secs, mut epochs) = (0.0, 0);
+                for r in runs {
+                    let h: Vec<EpochRecord> =
+                        read_json(&out.join("runs").join(r).join("history.json"))?;
+                    secs += h.iter().map(|e| e.train_secs).sum::<f64>();
+                    epochs += h.len();
+                }
+                let result = ModelResult {
+                    name: name.clone(),
+                    method: method.clone(),
+                    members: if member.is_some() { 1 } else { m.nets.len() },
+                    selected: *member,
+                    adv_training: *adv_training,
+                    file: model.clone(),
+                    clean: wb.clean_accuracy,
+                    whitebox: wb.rows.iter().map(|r| r.robust_accuracy).collect(),
+                    blackbox: p
+                        .eps_blackbox
+                        .iter()
+                        .map(|e| bb.accuracy(*e).unwrap_or(f64::NAN))
+                        .collect(),
+                    train_secs: secs,
+                    train_epochs: epochs,
+                };
+                write_json(&out.join(&job.outputs[0]), &Evaluation { result })?;
+            }
+            JobKind::Transferability { name, model } => {
+                let (m, _) = Model::load(&out.join(model), device)?;
+                let parts = members(&m, name, p.members.max(3), seed)?;
+                let targets: Vec<(String, Target)> =
+                    parts.iter().map(|(n, m)| (n.clone(), Target::fixed_zero(m))).collect();
+                let named: Vec<Named> = targets
+                    .iter()
+                    .map(|(n, t)| Named::new(n.clone(), t as &dyn crate::model::Classifier))
+                    .collect();
+                let cfg = TransferabilityConfig {
+                    images: p.transferability_images,
+                    attack: p.whitebox().attack,
+                    ..TransferabilityConfig::default()
+                };
+                let rep = transferability(&named, None, &eval_set, &cfg, device, seed)?;
+                let res = MatrixResult {
+                    name: name.clone(),
+                    labels: rep.members.clone(),
+                    eps: cfg.eps,
+                    success: rep.success.clone(),
+                };
+                write_json(&out.join(&job.outputs[0]), &res)?;
+            }
+            JobKind::Stability { rgn } => {
+                let cfg = super::stability::StabilityConfig {
+                    paths: p.stability_paths,
+                    seed: p.seed,
+                    test_per_class: p.eval_per_class,
+                    whitebox: p.whitebox(),
+                    references: Vec::new(),
+                };
+                super::stability::stability(
+                    &out.join(rgn),
+                    &cfg,
+                    None,
+                    &data.test,
+                    &out.join("stability"),
+                    device,
+                )?;
+            }
+        }
+        eprintln!("{}: {:.1}s", job.name, t0.elapsed().as_secs_f64());
+    }
+    let summary = summarise(plan, out, command)?;
+    write_json(&out.join("summary.json"), &summary)?;
+    for m in summary.models.iter().filter(|m| m.members == 1 && m.selected.is_none()) {
+        let key = m.file.trim_start_matches("runs/").trim_start_matches("models/");
+        let key = key.trim_end_matches(".safetensors").trim_end_matches("/model");
+        write_json(
+            &out.join("robustbench").join(format!("{key}.json")),
+            &robustbench(&summary, m),
+        )?;
+    }
+    Ok(summary)
+}
+
+/// A single model's result in RobustBench's model-card format (`model_info/cifar10/Linf/*.json`
+/// of RobustBench), so it can be set beside the leaderboard. eio's robust accuracy is PGD's (the
+/// preset's white-box attack at eps 8/255 when evaluated there, else the largest eps), not
+/// AutoAttack's: `autoattack_acc` stays empty and `footnote` names the attack.
+pub fn robustbench(summary: &Summary, m: &ModelResult) -> serde_json::Value {
+    let target = 8.0 / 255.0;
+    let k = summary
+        .eps_whitebox
+        .iter()
+        .position(|e| (e - target).abs() < 1e-4)
+        .unwrap_or(summary.eps_whitebox.len().saturating_sub(1));
+    let robust = m.whitebox.get(k).copied();
+    let eps = summary.eps_whitebox.get(k).copied();
+    serde_json::json!({
+        "name": m.name,
+        "link": "",
+        "authors": "",
+        "additional_data": false,
+        "number_forward_passes": 1,
+        "dataset": "cifar10",
+        "venue": "",
+        "architecture": "ResNet-20",
+        "threat_model": "Linf",
+        "eps": eps.map(|e| format!("{e}")),
+        "clean_acc": format!("{:.2}", 100.0 * m.clean),
+        "reported": "",
+        "autoattack_acc": null,
+        "robust_acc": robust.map(|r| format!("{:.2}", 100.0 * r)),
+        "footnote": format!(
+            "eio {} preset '{}', seed {}: {} on the first {} test images; robust_acc is not AutoAttack",
+            summary.git, summary.preset, summary.seed, summary.whitebox_attack, summary.images
+        ),
+    })
+}
+
+/// The summary of what the jobs of `plan` have written in `out` so far.
+pub fn summarise(plan: &Plan, out: &Path, command: &str) -> Result<Summary> {
+    let p = &plan.preset;
+    let mut s = Summary {
+        preset: p.name.clone(),
+        seed: p.seed,
+        git: git_rev().into(),
+        command: command.into(),
+        images: 10 * p.eval_per_class,
+        eps_whitebox: p.eps_whitebox.clone(),
+        eps_blackbox: p.eps_blackbox.clone(),
+        whitebox_attack: p.whitebox().describe(),
+        blackbox_protocol: format!(
+            "transfer from baseline ensembles of {:?} ResNet-20s: momentum PGD (3 starts), M-DI2-FGSM, SGM, each with CE and CW, {} steps of eps/5; robust = correct on every version",
+            p.surrogates, p.transfer_steps
+        ),
+        ..Summary::default()
+    };
+    let mut curves: BTreeMap<String, Curve> = BTreeMap::new();
+    for job in &plan.jobs {
+        let path = out.join(&job.outputs[0]);
+        match &job.kind {
+            JobKind::Evaluate { .. } if path.exists() => {
+                s.models.push(read_json::<Evaluation>(&path)?.result);
+            }
+            JobKind::Transferability { .. } if path.exists() => {
+                s.transferability.push(read_json(&path)?);
+            }
+            JobKind::Stability { .. } if path.exists() => {
+                let rep: super::stability::StabilityReport = read_json(&path)?;
+                s.stability = Some(StabilityResult {
+                    eps: rep.eps.clone(),
+                    paths: rep
+                        .rows
+                        .iter()
+                        .filter(|r| r.route.is_some())
+                        .map(|r| (r.clean, r.robust.clone()))
+                        .collect(),
+                });
+            }
+            JobKind::Train { spec, .. } => {
+                let h = out.join(&job.outputs[1]);
+                if h.exists() {
+                    let name = job.name.trim_start_matches("train/").to_string();
+                    curves.insert(
+                        name.clone(),
+                        Curve { name, method: spec.method.name().into(), epochs: read_json(&h)? },
+                    );
+                }
+            }
+            _ => {}
+        }
+    }
+    s.training = curves.into_values().collect();
+    Ok(s)
+}
+
+/// The folder a preset's reproduction is committed under.
+pub fn results_dir(preset: &str) -> PathBuf {
+    PathBuf::from(format!("results/reproduce-{preset}"))
+}

@@ -1,0 +1,210 @@
+"""Test support for tests/interop.rs: independent PyTorch definitions of the ResNet-20 layouts
+eio reads, saved with torch.save, and their logits on the probe input (tests/util.rs).
+
+    scripts/python tests/interop.py akamaster DIR   # option-A ResNet-20, akamaster checkpoint
+    scripts/python tests/interop.py dverge DIR      # DVERGE-layout ensemble with normalizers
+
+Each prints one JSON object on stdout.
+"""
+import argparse
+import json
+import os
+import sys
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+
+def probe_input(n):
+    i = torch.arange(n * 3 * 32 * 32, dtype=torch.float64)
+    return ((i * 7919) % 251 / 250.0).float().view(n, 3, 32, 32)
+
+
+def randomise_bn(model, gen):
+    """Non-trivial BatchNorm statistics and affine parameters, so eval-mode BN is exercised."""
+    for m in model.modules():
+        if isinstance(m, nn.BatchNorm2d):
+            n = m.num_features
+            m.running_mean.copy_(0.1 * torch.randn(n, generator=gen))
+            m.running_var.copy_(0.5 + torch.rand(n, generator=gen))
+            m.weight.data.copy_(1 + 0.1 * torch.randn(n, generator=gen))
+            m.bias.data.copy_(0.1 * torch.randn(n, generator=gen))
+
+
+# --- akamaster/pytorch_resnet_cifar10 layout (resnet.py, option A) ----------------------------
+
+class LambdaLayer(nn.Module):
+    def __init__(self, f):
+        super().__init__()
+        self.f = f
+
+    def forward(self, x):
+        return self.f(x)
+
+
+class BlockA(nn.Module):
+    def __init__(self, cin, planes, stride):
+        super().__init__()
+        self.conv1 = nn.Conv2d(cin, planes, 3, stride, 1, bias=False)
+        self.bn1 = nn.BatchNorm2d(planes)
+        self.conv2 = nn.Conv2d(planes, planes, 3, 1, 1, bias=False)
+        self.bn2 = nn.BatchNorm2d(planes)
+        self.shortcut = nn.Sequential()
+        if stride != 1 or cin != planes:
+            self.shortcut = LambdaLayer(
+                lambda x: F.pad(x[:, :, ::2, ::2], (0, 0, 0, 0, planes // 4, planes // 4)))
+
+    def forward(self, x):
+        out = F.relu(self.bn1(self.conv1(x)))
+        out = self.bn2(self.conv2(out))
+        return F.relu(out + self.shortcut(x))
+
+
+class ResNetA(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.conv1 = nn.Conv2d(3, 16, 3, 1, 1, bias=False)
+        self.bn1 = nn.BatchNorm2d(16)
+        cin, layers = 16, []
+        for planes, stride in [(16, 1), (32, 2), (64, 2)]:
+            blocks = []
+            for s in [stride, 1, 1]:
+                blocks.append(BlockA(cin, planes, s))
+                cin = planes
+            layers.append(nn.Sequential(*blocks))
+        self.layer1, self.layer2, self.layer3 = layers
+        self.linear = nn.Linear(64, 10)
+
+    def forward(self, x):
+        out = F.relu(self.bn1(self.conv1(x)))
+        out = self.layer3(self.layer2(self.layer1(out)))
+        out = F.avg_pool2d(out, out.size()[3]).view(out.size(0), -1)
+        return self.linear(out)
+
+
+# --- DVERGE layout (models/resnet.py: projection shortcuts, normalizer buffers) --------------
+
+class Normalizer(nn.Module):
+    def __init__(self, mean, std):
+        super().__init__()
+        self.register_buffer("mean", torch.tensor(mean))
+        self.register_buffer("std", torch.tensor(std))
+
+    def forward(self, x):
+        return (x - self.mean.view(1, 3, 1, 1)) / self.std.view(1, 3, 1, 1)
+
+
+class BlockB(nn.Module):
+    def __init__(self, cin, planes, stride):
+        super().__init__()
+        self.conv1 = nn.Conv2d(cin, planes, 3, stride, 1, bias=False)
+        self.bn1 = nn.BatchNorm2d(planes)
+        self.conv2 = nn.Conv2d(planes, planes, 3, 1, 1, bias=False)
+        self.bn2 = nn.BatchNorm2d(planes)
+        self.shortcut = nn.Sequential()
+        if stride != 1 or cin != planes:
+            self.shortcut = nn.Sequential(nn.Conv2d(cin, planes, 1, stride, bias=False),
+                                          nn.BatchNorm2d(planes))
+
+    def forward(self, x):
+        out = F.relu(self.bn1(self.conv1(x)))
+        out = self.bn2(self.conv2(out))
+        return F.relu(out + self.shortcut(x))
+
+
+class ResNetB(nn.Module):
+    def __init__(self, mean, std):
+        super().__init__()
+        self.normalizer = Normalizer(mean, std)
+        self.conv1 = nn.Conv2d(3, 16, 3, 1, 1, bias=False)
+        self.bn1 = nn.BatchNorm2d(16)
+        cin, layers = 16, []
+        for planes, stride in [(16, 1), (32, 2), (64, 2)]:
+            blocks = []
+            for s in [stride, 1, 1]:
+                blocks.append(BlockB(cin, planes, s))
+                cin = planes
+            layers.append(nn.Sequential(*blocks))
+        self.layer1, self.layer2, self.layer3 = layers
+        self.linear = nn.Linear(64, 10)
+
+    def forward(self, x):
+        out = F.relu(self.bn1(self.conv1(self.normalizer(x))))
+        out = self.layer3(self.layer2(self.layer1(out)))
+        out = F.adaptive_avg_pool2d(out, 1).flatten(1)
+        return self.linear(out)
+
+
+def akamaster(out_dir):
+    """An option-A ResNet-20 saved as akamaster's trainer does (`module.` prefix from
+    DataParallel, under 'state_dict'), in the zip and the legacy torch.save formats; the model
+    expects ImageNet normalisation applied outside it, as akamaster's data loader does."""
+    torch.manual_seed(20)
+    gen = torch.Generator().manual_seed(21)
+    net = ResNetA()
+    randomise_bn(net, gen)
+    net.eval()
+    mean, std = [0.485, 0.456, 0.406], [0.229, 0.224, 0.225]
+    sd = {"module." + k: v for k, v in net.state_dict().items()}
+    ckpt = {"epoch": 3, "state_dict": sd, "best_prec1": 91.25}
+    zip_path = os.path.join(out_dir, "akamaster.th")
+    legacy_path = os.path.join(out_dir, "akamaster_legacy.th")
+    torch.save(ckpt, zip_path)
+    torch.save(ckpt, legacy_path, _use_new_zipfile_serialization=False)
+    x = probe_input(2)
+    with torch.no_grad():
+        logits = net((x - torch.tensor(mean).view(1, 3, 1, 1)) / torch.tensor(std).view(1, 3, 1, 1))
+    return {"zip": zip_path, "legacy": legacy_path, "mean": mean, "std": std,
+            "logits": logits.tolist()}
+
+
+def dverge(out_dir):
+    """A DVERGE-layout ensemble of two ResNet-20s with normalizer buffers (mean/std 0.5) saved as
+    {'model_0': sd, 'model_1': sd}; the same single model inside a training checkpoint with an
+    optimiser state and an argparse.Namespace; and an ensemble whose members disagree."""
+    import argparse as ap
+    torch.manual_seed(30)
+    gen = torch.Generator().manual_seed(31)
+    half = [0.5, 0.5, 0.5]
+    nets = [ResNetB(half, half) for _ in range(2)]
+    for n in nets:
+        randomise_bn(n, gen)
+        n.eval()
+    # Storage layouts torch.save keeps: a non-contiguous (transposed) weight and two parameters
+    # that are slices of one storage.
+    nets[0].linear.weight.data = nets[0].linear.weight.data.t().contiguous().t()
+    shared = torch.cat([nets[1].bn1.weight.data, nets[1].bn1.bias.data])
+    nets[1].bn1.weight.data, nets[1].bn1.bias.data = shared[:16], shared[16:]
+    ens_path = os.path.join(out_dir, "dverge_ensemble.pt")
+    torch.save({f"model_{i}": n.state_dict() for i, n in enumerate(nets)}, ens_path)
+    x = probe_input(2)
+    with torch.no_grad():
+        logp = torch.stack([n(x).log_softmax(-1) for n in nets])
+        ens = torch.logsumexp(logp, 0) - torch.log(torch.tensor(2.0))
+    opt = torch.optim.SGD(nets[0].parameters(), lr=0.1, momentum=0.9)
+    nets[0](probe_input(2)).sum().backward()
+    opt.step()  # momentum buffers in the optimiser state; the weights changed
+    nets[0].zero_grad()
+    ckpt_path = os.path.join(out_dir, "dverge_checkpoint.pth.tar")
+    torch.save({"epoch": 7, "net": nets[0].state_dict(), "optimizer": opt.state_dict(),
+                "args": ap.Namespace(lr=0.1, arch="ResNet20")}, ckpt_path)
+    odd = ResNetB([0.4914, 0.4822, 0.4465], [0.2023, 0.1994, 0.2010])
+    mixed_path = os.path.join(out_dir, "dverge_mixed.pt")
+    torch.save({"model_0": nets[1].state_dict(), "model_1": odd.state_dict()}, mixed_path)
+    with torch.no_grad():
+        single = nets[0](x)
+    return {"ensemble": ens_path, "checkpoint": ckpt_path, "mixed": mixed_path,
+            "ensemble_logits": ens.tolist(), "checkpoint_logits": single.tolist()}
+
+
+def main():
+    p = argparse.ArgumentParser()
+    p.add_argument("what", choices=["akamaster", "dverge"])
+    p.add_argument("dir")
+    a = p.parse_args()
+    json.dump({"akamaster": akamaster, "dverge": dverge}[a.what](a.dir), sys.stdout)
+
+
+if __name__ == "__main__":
+    main()
