@@ -340,6 +340,10 @@ fn read_dir_sorted(dir: &Path) -> Result<Vec<PathBuf>> {
 /// exactly as PIL / libjpeg-turbo decode them (see `data/jpeg.rs`); other JPEGs and PNGs go
 /// through the `image` crate (PNG is lossless, so its pixels agree with PIL's too).
 pub fn decode_image(path: &Path) -> Result<(usize, usize, Vec<u8>)> {
+    // A FIFO or device named like an image would block or never end: regular files only.
+    if !std::fs::metadata(path).map_err(|e| Error::io(path, e))?.is_file() {
+        return Err(Error::data(path, "not a regular file (expected a .png/.jpg image)"));
+    }
     let bytes = std::fs::read(path).map_err(|e| Error::io(path, e))?;
     if bytes.starts_with(&[0xFF, 0xD8]) {
         // Corrupt files fall through to the `image` crate, which reports what is wrong.

@@ -5,16 +5,17 @@ use std::path::PathBuf;
 /// Errors returned by the eio library.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
-    /// A file could not be read or written.
-    #[error("{path}: {source}")]
+    /// A file could not be read or written. The OS error is part of the message, not a
+    /// `source`, so that error chains (`{:#}`) print it once.
+    #[error("{}: {}", path.display(), err)]
     Io {
         /// The file.
         path: PathBuf,
         /// The underlying I/O error.
-        source: std::io::Error,
+        err: std::io::Error,
     },
     /// A data set file or folder is missing, empty or malformed.
-    #[error("{path}: {msg}")]
+    #[error("{}: {msg}", path.display())]
     Data {
         /// The offending file or folder.
         path: PathBuf,
@@ -22,7 +23,7 @@ pub enum Error {
         msg: String,
     },
     /// A checkpoint is missing keys, has wrong shapes, or is not an eio/PyTorch model.
-    #[error("{path}: {msg}")]
+    #[error("{}: {msg}", path.display())]
     Checkpoint {
         /// The checkpoint file.
         path: PathBuf,
@@ -40,7 +41,13 @@ pub enum Error {
     Report(String),
     /// An error reported by libtorch.
     #[error("libtorch: {0}")]
-    Tch(#[from] tch::TchError),
+    Tch(tch::TchError),
+}
+
+impl From<tch::TchError> for Error {
+    fn from(e: tch::TchError) -> Self {
+        Error::Tch(e)
+    }
 }
 
 /// Result with the library's [`Error`].
@@ -49,7 +56,7 @@ pub type Result<T> = std::result::Result<T, Error>;
 impl Error {
     /// An I/O error on `path`.
     pub fn io(path: impl Into<PathBuf>, source: std::io::Error) -> Self {
-        Error::Io { path: path.into(), source }
+        Error::Io { path: path.into(), err: source }
     }
     /// A data error on `path`.
     pub fn data(path: impl Into<PathBuf>, msg: impl Into<String>) -> Self {

@@ -16,6 +16,7 @@ pub mod data;
 pub mod distill;
 pub mod error;
 pub mod eval;
+pub mod fsx;
 pub mod model;
 pub mod optim;
 pub mod pipeline;
@@ -23,5 +24,6 @@ pub mod progress;
 pub mod report;
 pub mod seed;
 pub mod train;
+pub mod validate;
 
 pub use error::{Error, Result};

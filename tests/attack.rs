@@ -547,6 +547,7 @@ fn transfer_eval_applies_all_or_nothing_on_a_hand_made_file() {
         ("adv.mpgd.ce.1", "mpgd", 1, [0.9, 0.8, 0.7, 0.2]),    // image 2 broken
         ("adv.sgm.ce.0", "sgm", 0, [0.9, 0.8, 0.1, 0.2]),      // nothing broken
     ];
+    // Radius 0.6: every hand-made version lies within it (transfer-eval checks the eps ball).
     let mut f = TensorFile::default();
     f.tensors.insert("images".into(), (&clean * 255.0).round().to_kind(Kind::Uint8));
     f.tensors.insert("labels".into(), labels);
@@ -556,19 +557,19 @@ fn transfer_eval_applies_all_or_nothing_on_a_hand_made_file() {
         f.tensors.insert(key.into(), img(&vals));
         meta_versions.push(serde_json::json!({
             "key": key, "attack": attack, "loss": "ce", "restart": restart,
-            "config": PgdConfig::default(),
+            "config": PgdConfig { eps: 0.6, step_size: 0.12, ..PgdConfig::default() },
         }));
     }
     let meta = serde_json::json!({
-        "surrogate": "hand", "eps": 0.03, "seed": 0, "images": 4, "versions": meta_versions,
+        "surrogate": "hand", "eps": 0.6, "seed": 0, "images": 4, "versions": meta_versions,
     });
     f.meta.insert(TRANSFER_KEY.into(), meta.to_string());
     let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("hand_eps0.03.safetensors");
+    let path = dir.path().join("hand_eps0.6.safetensors");
     f.write(&path).unwrap();
     let r = transfer_eval(&Threshold, &[path], 3, Device::Cpu).unwrap();
     assert_eq!(r.clean_accuracy, 1.0);
-    assert_eq!(r.accuracy(0.03), Some(0.5));
+    assert_eq!(r.accuracy(0.6), Some(0.5));
     let acc = |attack: &str| {
         r.rows
             .iter()
@@ -577,7 +578,7 @@ fn transfer_eval_applies_all_or_nothing_on_a_hand_made_file() {
     };
     assert_eq!((acc("mpgd").robust_accuracy, acc("mpgd").versions), (0.5, 2));
     assert_eq!((acc("sgm").robust_accuracy, acc("sgm").versions), (1.0, 1));
-    assert!(r.to_csv().lines().nth(1).unwrap().starts_with("0.03,all,all,all,3,4,"));
+    assert!(r.to_csv().lines().nth(1).unwrap().starts_with("0.6,all,all,all,3,4,"));
 }
 
 #[test]

@@ -6,6 +6,7 @@ mod foundation;
 mod golden;
 mod interop;
 mod methods;
+mod reliability;
 mod report;
 mod reproduce;
 mod util;

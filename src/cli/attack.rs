@@ -15,7 +15,7 @@ use eio::attack::{AttackConfig, AttackLoss};
 use eio::data::{Dataset, Split};
 use eio::eval::report::Report;
 use eio::eval::transfer::{
-    save_examples, transfer_eval, transfer_files, transfer_gen, Named, TransferFile,
+    save_examples, transfer_eval, transfer_files, transfer_gen_with, Named, TransferFile,
     TransferGenConfig, TransferVersion,
 };
 use eio::eval::transferability::{members, transferability, TransferabilityConfig};
@@ -57,7 +57,7 @@ pub struct ImagesArgs {
     #[arg(long, default_value_t = 1000, value_name = "N", value_parser = super::positive)]
     images: usize,
     /// Use the first N test images of each class instead of a random draw.
-    #[arg(long, value_name = "N", value_parser = super::positive)]
+    #[arg(long, value_name = "N", value_parser = super::positive, conflicts_with = "images")]
     first_per_class: Option<usize>,
     #[command(flatten)]
     data: DataArgs,
@@ -385,6 +385,9 @@ pub struct TransferGenArgs {
     /// Where to compute.
     #[arg(long, value_enum, default_value_t = DeviceArg::Auto)]
     device: DeviceArg,
+    /// Replace files of --out made with other settings (by default they are an error).
+    #[arg(long)]
+    force: bool,
 }
 
 impl TransferGenFlags {
@@ -417,6 +420,9 @@ fn run_transfer_gen(a: TransferGenArgs) -> Result<()> {
     for s in &a.surrogates {
         let (name, file) =
             s.split_once('=').with_context(|| format!("--surrogate '{s}': expected NAME=FILE"))?;
+        if name.trim().is_empty() || file.is_empty() {
+            bail!("--surrogate '{s}': expected NAME=FILE with a non-empty name and file");
+        }
         let (model, _) = Model::load(Path::new(file), device)?;
         models.push((name.to_string(), model));
     }
@@ -424,7 +430,7 @@ fn run_transfer_gen(a: TransferGenArgs) -> Result<()> {
     let named: Vec<Named> =
         models.iter().zip(&targets).map(|((n, _), t)| Named::new(n.clone(), t)).collect();
     let (test, idx) = a.images.select(seed)?;
-    let report = transfer_gen(&named, &test, &idx, &cfg, &a.out, device, seed)?;
+    let report = transfer_gen_with(&named, &test, &idx, &cfg, &a.out, device, seed, a.force)?;
     println!(
         "transfer set in {}: {} images, {} files, {:.0}s",
         a.out.display(),

@@ -150,11 +150,13 @@ pub fn parsed<T: std::str::FromStr<Err = eio::Error>>(s: &str) -> std::result::R
     s.parse().map_err(|e: eio::Error| e.to_string())
 }
 
-/// Refuses to replace an existing output file unless `force`.
+/// Refuses to replace an existing output file unless `force`, and an output that cannot be
+/// written (checked before the work that produces it).
 pub fn check_new_output(path: &Path, force: bool) -> Result<()> {
     if path.exists() && !force {
         bail!("{} already exists: pass --force to overwrite it", path.display());
     }
+    eio::fsx::check_writable(path)?;
     Ok(())
 }
 

@@ -187,13 +187,13 @@ pub struct DeriveArgs {
     /// Screening set for --best-of: this many training images drawn with --seed (a seeded
     /// random subset of the 50,000 training images, which the RGN was trained on: it ranks
     /// paths, it is not a held-out estimate; test images are never used).
-    #[arg(long, value_name = "N", default_value_t = 1000, value_parser = super::positive)]
+    #[arg(long, value_name = "N", default_value_t = 1000, value_parser = super::positive, requires = "best_of")]
     val_images: usize,
     /// Screening PGD radius (L-infinity, pixel units).
-    #[arg(long, value_name = "EPS", default_value_t = 0.01)]
+    #[arg(long, value_name = "EPS", default_value_t = 0.01, requires = "best_of")]
     val_eps: f64,
     /// Screening PGD steps (of eps/4, uniform random start, eval-mode BatchNorm, one run).
-    #[arg(long, value_name = "N", default_value_t = 10, value_parser = super::positive)]
+    #[arg(long, value_name = "N", default_value_t = 10, value_parser = super::positive, requires = "best_of")]
     val_steps: usize,
     /// Seed of random paths and of the screening set.
     #[arg(long, default_value_t = 0)]

@@ -41,6 +41,9 @@ pub struct StabilityArgs {
     /// Also checkpoint fine-tuning runs every N steps.
     #[arg(long, value_name = "N", value_parser = super::positive)]
     checkpoint_every: Option<usize>,
+    /// Replace the report (report.json, report.md) of a finished run in --out.
+    #[arg(long)]
+    force: bool,
     /// Also evaluate these models (plain, ensembles, or RGNs on the all-zero path) on the same
     /// images with the same attack, e.g. the baseline.
     #[arg(long = "reference", value_name = "FILE")]
@@ -80,6 +83,17 @@ struct FinetuneOverrides<'a> {
 }
 
 pub fn run(a: StabilityArgs) -> Result<()> {
+    super::check_new_output(&a.out.join("report.json"), a.force)?;
+    if a.finetune_epochs == 0
+        && (a.finetune_config.is_some()
+            || a.train_per_class.is_some()
+            || a.checkpoint_every.is_some())
+    {
+        anyhow::bail!(
+            "--finetune-config, --train-per-class and --checkpoint-every set the fine-tuning: \
+             give --finetune-epochs N (N >= 1) with them"
+        );
+    }
     let cfg = StabilityConfig {
         paths: a.paths,
         seed: a.seed,
@@ -107,6 +121,8 @@ pub fn run(a: StabilityArgs) -> Result<()> {
             a.finetune_config.as_deref(),
             &FinetuneOverrides { train: &flags },
         )?;
+        ft.train.validate()?;
+        ft.optim.validate()?;
         let train = a.data.load(Split::Train, None)?;
         Some((ft, train))
     } else {

@@ -12,7 +12,7 @@ use super::aggregate::Spread;
 use crate::data::Dataset;
 use crate::error::{Error, Result};
 use crate::model::route::sample_distinct;
-use crate::model::{Model, Route, Routing, Target};
+use crate::model::{Model, Route, Routing, Target, MAX_PATHS};
 use crate::seed::{Seed, Stream};
 
 /// How the evaluated model is routed.
@@ -68,6 +68,14 @@ pub fn clean_eval(
     seed: Seed,
     mut each: impl FnMut(&CleanRow),
 ) -> Result<CleanReport> {
+    crate::validate::check_classes(test)?;
+    if let Routings::Paths(k) = routings {
+        if *k > MAX_PATHS {
+            return Err(Error::config(format!(
+                "--paths {k}: at most {MAX_PATHS} random paths are evaluated one by one"
+            )));
+        }
+    }
     let gated = model.gates() > 0;
     let list: Vec<(String, Routing)> = match routings {
         Routings::Fixed(r) => {

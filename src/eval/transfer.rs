@@ -312,10 +312,36 @@ pub fn transfer_gen(
     device: Device,
     seed: Seed,
 ) -> Result<TransferGenReport> {
+    transfer_gen_with(surrogates, data, index, cfg, out_dir, device, seed, false)
+}
+
+/// [`transfer_gen`]; a file in `out_dir` made with other settings (another plan) is an error
+/// unless `force`, which replaces it.
+#[allow(clippy::too_many_arguments)]
+pub fn transfer_gen_with(
+    surrogates: &[Named],
+    data: &Dataset,
+    index: &[usize],
+    cfg: &TransferGenConfig,
+    out_dir: &Path,
+    device: Device,
+    seed: Seed,
+    force: bool,
+) -> Result<TransferGenReport> {
     cfg.validate()?;
+    crate::validate::check_classes(data)?;
     if surrogates.is_empty() {
         return Err(Error::config("transfer generation needs at least one surrogate"));
     }
+    if let Some(s) = surrogates.iter().find(|s| s.name.trim().is_empty()) {
+        return Err(Error::config(format!(
+            "surrogate name '{}' is empty: name each surrogate (NAME=FILE)",
+            s.name
+        )));
+    }
+    crate::fsx::check_dir_writable(out_dir)?;
+    let _lock = crate::fsx::RunLock::acquire(out_dir)?;
+    crate::fsx::clean_stale_temps(out_dir)?;
     if let Some(&bad) = index.iter().find(|&&i| i >= data.len()) {
         return Err(Error::config(format!(
             "image index {bad} out of range (data has {})",
@@ -342,8 +368,36 @@ pub fn transfer_gen(
     let mut progress = Progress::new(total, "transfer-gen");
     let mut pos = 0u64;
     let mut files = Vec::new();
+    let mut jobs = Vec::new();
     for s in surrogates {
         for &eps in &cfg.eps {
+            let path = out_dir.join(format!("{}_eps{eps}.safetensors", file_stem(&s.name)));
+            let plan = Plan {
+                surrogate: s.name.clone(),
+                eps,
+                seed: seed.0,
+                images: n,
+                fingerprint: print.to_string(),
+                versions: cfg.versions(eps),
+            };
+            // Before any work: a file made with other settings is replaced only with `force`.
+            if path.exists() && !force {
+                let planned = read_metadata(&path).ok().and_then(|m| {
+                    m.get(PLAN_KEY).and_then(|j| serde_json::from_str::<Plan>(j).ok())
+                });
+                if planned.as_ref() != Some(&plan) {
+                    return Err(Error::data(
+                        &path,
+                        "already exists, made with other settings (surrogate, images, seed or \
+                         attacks): pass --force to replace it, or use another --out folder",
+                    ));
+                }
+            }
+            jobs.push((s, eps));
+        }
+    }
+    for (s, eps) in jobs {
+        {
             let path = out_dir.join(format!("{}_eps{eps}.safetensors", file_stem(&s.name)));
             let versions = cfg.versions(eps);
             let plan = Plan {
@@ -413,6 +467,82 @@ pub fn transfer_gen(
         seed: seed.0,
         seconds: start.elapsed().as_secs_f64(),
     })
+}
+
+/// Checks what a transfer file stores before it is scored: labels in range, the metadata
+/// consistent with the file (image count, one eps for the file, its plan and every version), and
+/// every adversarial version finite, in [0,1] and within eps of the clean images.
+fn check_stored(
+    path: &Path,
+    tf: &TensorFile,
+    meta: &TransferFile,
+    x: &Tensor,
+    labels: &Tensor,
+    n: i64,
+) -> Result<()> {
+    let bad = |msg: String| Err(Error::data(path, msg));
+    if !matches!(labels.kind(), Kind::Int64 | Kind::Int | Kind::Uint8 | Kind::Int8) {
+        return bad(format!("labels have kind {:?}, expected integers", labels.kind()));
+    }
+    if n > 0 {
+        let (lo, hi) = (labels.min().int64_value(&[]), labels.max().int64_value(&[]));
+        if lo < 0 || hi >= crate::model::NUM_CLASSES as i64 {
+            return bad(format!(
+                "labels range over {lo}..={hi}, expected 0..={}",
+                crate::model::NUM_CLASSES - 1
+            ));
+        }
+    }
+    if meta.images as i64 != n {
+        return bad(format!("metadata says {} images, the file holds {n}", meta.images));
+    }
+    if !meta.eps.is_finite() || meta.eps < 0.0 {
+        return bad(format!("metadata eps {} is not a radius", meta.eps));
+    }
+    let plan = tf.meta.get(PLAN_KEY).and_then(|j| serde_json::from_str::<Plan>(j).ok());
+    if let Some(p) = plan.filter(|p| p.eps != meta.eps || p.images != meta.images) {
+        return bad(format!(
+            "metadata contradicts itself: eps {} and {} images, but its plan says eps {} and {} \
+             images",
+            meta.eps, meta.images, p.eps, p.images
+        ));
+    }
+    for v in &meta.versions {
+        let e = crate::attack::Attack::eps(&v.config);
+        if (e - meta.eps).abs() > 1e-9 {
+            return bad(format!(
+                "version '{}' was made at eps {e}, but the file says eps {}",
+                v.key, meta.eps
+            ));
+        }
+        let Some(adv) = tf.tensors.get(&v.key) else {
+            return bad(format!("missing tensor '{}'", v.key));
+        };
+        if adv.size() != x.size() {
+            return bad(format!("tensor '{}' has shape {:?}", v.key, adv.size()));
+        }
+        let adv = adv.to_kind(Kind::Float);
+        if n == 0 {
+            continue;
+        }
+        if adv.isfinite().all().int64_value(&[]) == 0 {
+            return bad(format!("tensor '{}' holds NaN or infinite values", v.key));
+        }
+        let (lo, hi) = (adv.min().double_value(&[]), adv.max().double_value(&[]));
+        if lo < 0.0 || hi > 1.0 {
+            return bad(format!("tensor '{}' has pixels in [{lo}, {hi}], expected [0,1]", v.key));
+        }
+        // The clean images are stored as u8: a writer that attacked unrounded images may be
+        // half a grey level further from the stored ones.
+        let dist = (&adv - x).abs().max().double_value(&[]);
+        if dist > meta.eps + 0.5 / 255.0 + 1e-6 {
+            return bad(format!(
+                "tensor '{}' lies {dist:.6} from the clean images, outside the eps {} ball",
+                v.key, meta.eps
+            ));
+        }
+    }
+    Ok(())
 }
 
 /// The tensors every transfer file starts with: the clean images as exact u8, their labels and
@@ -595,6 +725,7 @@ pub fn transfer_eval(
             }
         };
         let x = images.to_kind(Kind::Float) / 255.0;
+        check_stored(path, &tf, &meta, &x, labels, n)?;
         let clean = match &reference {
             None => {
                 let c = clean_correct(target, (&x, labels), batch, device)?;

@@ -124,6 +124,12 @@ pub fn members(
     seed: Seed,
 ) -> Result<Vec<(String, Model)>> {
     if model.gates() > 0 {
+        if paths > crate::model::MAX_MEMBERS {
+            return Err(Error::config(format!(
+                "--paths {paths}: at most {} paths are compared",
+                crate::model::MAX_MEMBERS
+            )));
+        }
         let mut rng = seed.rng(Stream::Route, 0, 0);
         (0..paths)
             .map(|_| {
@@ -151,6 +157,7 @@ pub fn transferability(
     seed: Seed,
 ) -> Result<TransferabilityReport> {
     cfg.validate()?;
+    crate::validate::check_classes(data)?;
     if members.is_empty() {
         return Err(Error::config("the transferability matrix needs at least one member"));
     }

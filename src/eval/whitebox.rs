@@ -245,6 +245,7 @@ pub fn whitebox_detailed(
     keep_adv: bool,
 ) -> Result<(WhiteboxReport, WhiteboxDetail)> {
     cfg.validate()?;
+    crate::validate::check_classes(data)?;
     let start = Instant::now();
     let (x, y) = data.tensors();
     let n = data.len();

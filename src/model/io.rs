@@ -8,7 +8,7 @@
 //! and a requested normalisation that disagrees with the one a file carries is an error.
 
 use std::collections::{BTreeMap, HashMap};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use safetensors::tensor::{Dtype, TensorView};
 use tch::{Device, Kind, Tensor};
@@ -110,31 +110,33 @@ impl TensorFile {
         let meta: HashMap<String, String> = self.meta.clone().into_iter().collect();
         let bytes =
             safetensors::serialize(views, &Some(meta)).map_err(|e| Error::config(e.to_string()))?;
-        write_atomic(path, &bytes)
+        write_atomic(path, &sorted_header(bytes))
     }
 }
 
-/// Writes `bytes` to `path` through a temporary file and a rename, so readers never see a
-/// partial file and an interrupted write leaves the old file intact.
-pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
-    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-        std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
+/// The safetensors `bytes` with the keys of their JSON header in sorted order (the metadata is a
+/// hash map in the safetensors crate, so its order changes from run to run): the same tensors
+/// and metadata always give the same bytes, which `md5sum` can compare.
+fn sorted_header(bytes: Vec<u8>) -> Vec<u8> {
+    let Some(len) = bytes.get(..8).map(|b| u64::from_le_bytes(b.try_into().expect("8 bytes")))
+    else {
+        return bytes;
+    };
+    let end = 8 + len as usize;
+    // serde_json's map (without `preserve_order`) is a BTreeMap: parsing sorts the keys.
+    let Ok(v) = serde_json::from_slice::<serde_json::Value>(&bytes[8..end]) else { return bytes };
+    let mut header = serde_json::to_vec(&v).expect("JSON serialises");
+    while header.len() % 8 != 0 {
+        header.push(b' ');
     }
-    let mut tmp = PathBuf::from(path);
-    let name = format!(
-        ".{}.tmp{}",
-        path.file_name().map(|n| n.to_string_lossy()).unwrap_or_default(),
-        std::process::id()
-    );
-    tmp.set_file_name(name);
-    {
-        use std::io::Write;
-        let mut f = std::fs::File::create(&tmp).map_err(|e| Error::io(&tmp, e))?;
-        f.write_all(bytes).map_err(|e| Error::io(&tmp, e))?;
-        f.sync_all().map_err(|e| Error::io(&tmp, e))?;
-    }
-    std::fs::rename(&tmp, path).map_err(|e| Error::io(path, e))
+    let mut out = Vec::with_capacity(bytes.len());
+    out.extend_from_slice(&(header.len() as u64).to_le_bytes());
+    out.extend_from_slice(&header);
+    out.extend_from_slice(&bytes[end..]);
+    out
 }
+
+pub use crate::fsx::write_atomic;
 
 impl Model {
     /// The model's tensors by name (BatchNorms get `num_batches_tracked` so that PyTorch's
@@ -215,6 +217,7 @@ impl Model {
                 ModelSpec { arch: spec.arch.with_normalization(n), ..spec }
             }
         };
+        crate::validate::check_weights(path, &file.tensors)?;
         let model = Model::new(&spec, device, Seed(0))?;
         model.fill_from(path, &mut file)?;
         Ok((model, file))

@@ -269,6 +269,17 @@ impl ArchConfig {
     }
 }
 
+/// Number of classes every eio model classifies (CIFAR-10).
+pub const NUM_CLASSES: usize = 10;
+
+/// Most member networks one model may hold (ensembles, derived path ensembles): bounds memory
+/// before anything is allocated.
+pub const MAX_MEMBERS: usize = 64;
+
+/// Most random paths a command evaluates or screens one by one (`eval --paths`, `stability -k`,
+/// `derive --best-of`): bounds the time and the memory of the path list.
+pub const MAX_PATHS: usize = 4096;
+
 /// What a model file holds: `members` networks of one architecture (1 = a single network).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -301,6 +312,12 @@ impl Model {
         spec.arch.validate()?;
         if spec.members == 0 {
             return Err(Error::config("an ensemble needs at least one member"));
+        }
+        if spec.members > MAX_MEMBERS {
+            return Err(Error::config(format!(
+                "an ensemble of {} members: at most {MAX_MEMBERS} are supported",
+                spec.members
+            )));
         }
         // libtorch draws initial weights from its one global generator: hold a lock while
         // seeding it and drawing, so that models built at the same time in other threads

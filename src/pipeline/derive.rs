@@ -108,6 +108,24 @@ pub fn derive(
     device: Device,
     seed: Seed,
 ) -> Result<DeriveReport> {
+    let (keep, candidates) = match choice {
+        PathChoice::Distinct(k) => (*k, *k),
+        PathChoice::BestOf { candidates, keep } => (*keep, *candidates),
+        _ => (1, 1),
+    };
+    if keep == 0 || keep > crate::model::MAX_MEMBERS {
+        return Err(Error::config(format!(
+            "--paths {keep}: a derived ensemble has 1..={} members",
+            crate::model::MAX_MEMBERS
+        )));
+    }
+    if candidates > crate::model::MAX_PATHS {
+        return Err(Error::config(format!(
+            "--best-of {candidates}: at most {} candidate paths are screened",
+            crate::model::MAX_PATHS
+        )));
+    }
+    crate::fsx::check_writable(output)?;
     let (model, _) = Model::load(source, device)?;
     if model.gates() == 0 {
         return Err(Error::config(format!(

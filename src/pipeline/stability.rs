@@ -177,8 +177,12 @@ pub fn stability(
     out: &Path,
     device: Device,
 ) -> Result<StabilityReport> {
-    if cfg.paths == 0 {
-        return Err(Error::config("stability needs at least one path"));
+    if cfg.paths == 0 || cfg.paths > crate::model::MAX_PATHS {
+        return Err(Error::config(format!(
+            "stability needs 1..={} paths, got {}",
+            crate::model::MAX_PATHS,
+            cfg.paths
+        )));
     }
     cfg.whitebox.validate()?;
     let (rgn, _) = Model::load(rgn_file, device)?;
@@ -196,6 +200,8 @@ pub fn stability(
         serde_json::to_string(&cfg.whitebox).expect("configs serialise")
     );
     std::fs::create_dir_all(out).map_err(|e| Error::io(out, e))?;
+    let _lock = crate::fsx::RunLock::acquire(out)?;
+    crate::fsx::clean_stale_temps(out)?;
     let test = test.first_per_class(cfg.test_per_class);
     let finetune = finetune.map(|(ft, train)| match ft.train.train_per_class {
         Some(n) => (ft, Cow::Owned(train.first_per_class(n))),

@@ -25,6 +25,7 @@ use tch::Tensor;
 use crate::data::{epoch_order, Dataset};
 use crate::error::{Error, Result};
 use crate::eval;
+use crate::fsx::{clean_stale_temps, RunLock};
 use crate::model::io::{write_atomic, TensorFile};
 use crate::model::{Model, Routing, Target};
 use crate::optim::{OptimConfig, Optimizer};
@@ -73,6 +74,15 @@ impl TrainConfig {
         }
         if self.batch_size < 2 {
             return Err(Error::config("batch_size must be at least 2 (BatchNorm needs 2 images)"));
+        }
+        for (key, v) in
+            [("train_per_class", self.train_per_class), ("test_per_class", self.test_per_class)]
+        {
+            if v == Some(0) {
+                return Err(Error::config(format!(
+                    "{key} must be at least 1 (0 would train or evaluate on no image)"
+                )));
+            }
         }
         Ok(())
     }
@@ -195,6 +205,45 @@ impl RunDir {
 
 const STATE_KEY: &str = "eio.run";
 const CONFIG_KEY: &str = "eio.config";
+const DATA_KEY: &str = "eio.data";
+
+/// The files of a run besides its checkpoint: a fresh run never replaces them without `force`.
+const RUN_FILES: [&str; 4] = ["model.safetensors", "metrics.csv", "train.log", "config.toml"];
+
+/// What a run was trained on (checkpoint metadata): sizes, classes and a fingerprint of the
+/// labels and of 64 images spread over each split, so that `--resume` refuses other data.
+fn data_identity(train: &Dataset, test: &Dataset) -> String {
+    let mut h = 0xcbf2_9ce4_8422_2325u64;
+    let mut eat = |bytes: &[u8]| {
+        for &b in bytes {
+            h = (h ^ b as u64).wrapping_mul(0x0100_0000_01b3);
+        }
+    };
+    for d in [train, test] {
+        eat(d.labels());
+        let n = d.len();
+        let idx: Vec<usize> = (0..n.min(64)).map(|i| i * n / n.min(64)).collect();
+        if !idx.is_empty() {
+            let (x, _) = d.batch(&idx, None);
+            let x = (x * 255.0).round().to_kind(tch::Kind::Uint8).flatten(0, -1);
+            eat(&Vec::<u8>::try_from(&x).unwrap_or_default());
+        }
+    }
+    format!(
+        "{} training and {} test images, classes {}, fingerprint {h:016x}",
+        train.len(),
+        test.len(),
+        train.classes.join(",")
+    )
+}
+
+/// The first model variable or optimiser tensor that is not finite, as a sentence.
+fn non_finite(model: &Model, opt: &Optimizer) -> Option<String> {
+    let vars: BTreeMap<String, Tensor> = model.vs.variables().into_iter().collect();
+    let state = opt.state();
+    crate::validate::bad_tensor(vars.iter().chain(state.iter().map(|(k, t)| (k, t))))
+        .map(|(name, why)| format!("tensor '{name}' {why}"))
+}
 
 fn log_line(dir: &Path, line: &str) -> Result<()> {
     let path = dir.join("train.log");
@@ -265,19 +314,47 @@ pub fn fit(
 ) -> Result<Vec<EpochRecord>> {
     cfg.validate()?;
     optim.validate()?;
+    crate::validate::check_classes(train)?;
+    crate::validate::check_classes(test)?;
+    if train.len() < 2 {
+        return Err(Error::config(format!(
+            "{} training image(s): training needs at least 2 (BatchNorm)",
+            train.len()
+        )));
+    }
     let device = model.device();
     let seed = Seed(cfg.seed);
     let mut opt = Optimizer::new(model, optim.clone());
     let ckpt = run.checkpoint();
     let mut state = RunState::default();
-    std::fs::create_dir_all(&run.dir).map_err(|e| Error::io(&run.dir, e))?;
+    // One process per run folder; what killed writers left behind goes first.
+    let _lock = RunLock::acquire(&run.dir)?;
+    clean_stale_temps(&run.dir)?;
+    for f in [run.checkpoint(), run.model()] {
+        crate::fsx::check_writable(&f)?;
+    }
+    let data_id = data_identity(train, test);
     if ckpt.exists() && run.resume {
         let (loaded, file) = Model::load(&ckpt, device)?;
         if loaded.spec != model.spec {
             return Err(Error::checkpoint(
                 &ckpt,
-                "model in the checkpoint differs from the one configured",
+                format!(
+                    "the checkpoint holds: {}; this run is configured for: {} (resume with the \
+                     options the run was started with)",
+                    crate::model::io::describe(&loaded.spec),
+                    crate::model::io::describe(&model.spec)
+                ),
             ));
+        }
+        if let Some(saved) = file.meta.get(DATA_KEY) {
+            if *saved != data_id {
+                return Err(Error::config(format!(
+                    "{}: the run was trained on other data ({saved}) than given now ({data_id}): \
+                     resume with the same --data and --classes, or use a new --out folder",
+                    ckpt.display()
+                )));
+            }
         }
         let saved_cfg = file.meta.get(CONFIG_KEY).cloned().unwrap_or_default();
         if strip_epochs(&saved_cfg) != strip_epochs(config_text) {
@@ -293,6 +370,22 @@ pub fn fit(
         state = serde_json::from_str(file.meta.get(STATE_KEY).map(String::as_str).unwrap_or("{}"))
             .map_err(|e| Error::checkpoint(&ckpt, format!("bad run state: {e}")))?;
         if state.epoch >= cfg.epochs {
+            // A run stopped between its last checkpoint and its model file gets the model now.
+            let model_ok = run.model().is_file()
+                && Model::load(&run.model(), device)
+                    .is_ok_and(|(m, _)| m.spec == model.spec && fingerprint_eq(&m, model));
+            if !model_ok {
+                model.save(&run.model(), TensorFile::default())?;
+                say(
+                    &run.dir,
+                    &format!(
+                        "run in {} had finished {} epochs without its model file: wrote {}",
+                        run.dir.display(),
+                        state.epoch,
+                        run.model().display()
+                    ),
+                )?;
+            }
             say(
                 &run.dir,
                 &format!("run in {} already finished {} epochs", run.dir.display(), state.epoch),
@@ -314,8 +407,27 @@ pub fn fit(
             run.dir.display()
         )));
     } else {
-        for f in ["train.log", "metrics.csv"] {
-            let _ = std::fs::remove_file(run.dir.join(f));
+        // No checkpoint (or --force). Results of an earlier run are never replaced silently:
+        // without --force a model or metrics refuse; a run that stopped before its first
+        // checkpoint (config.toml, train.log) restarts under --resume, appending to its log.
+        let present: Vec<&str> =
+            RUN_FILES.iter().copied().filter(|f| run.dir.join(f).exists()).collect();
+        let results = present.iter().any(|f| ["model.safetensors", "metrics.csv"].contains(f));
+        if !run.force && !present.is_empty() && (!run.resume || results) {
+            return Err(Error::config(format!(
+                "{} holds files of an earlier run ({}) but no checkpoint to resume: pass --force \
+                 to start over (replaces them) or use a new --out folder",
+                run.dir.display(),
+                present.join(", ")
+            )));
+        }
+        if run.force {
+            for f in RUN_FILES.iter().copied().chain(["checkpoint.safetensors"]) {
+                let p = run.dir.join(f);
+                if p.is_file() {
+                    std::fs::remove_file(&p).map_err(|e| Error::io(&p, e))?;
+                }
+            }
         }
         say(
             &run.dir,
@@ -343,9 +455,24 @@ pub fn fit(
             .meta
             .insert(STATE_KEY.into(), serde_json::to_string(state).expect("state serialises"));
         extra.meta.insert(CONFIG_KEY.into(), config_text.to_string());
+        extra.meta.insert(DATA_KEY.into(), data_id.clone());
         extra.meta.insert("eio.git".into(), git_rev().into());
         extra.meta.insert("eio.method".into(), method_name.into());
         model.save(&ckpt, extra)
+    };
+    // The NaN stop: a checkpoint is written only from finite weights, so the last one written is
+    // always a good one to resume or use.
+    let diverged = |why: &str, at: String| -> Error {
+        let msg = format!(
+            "{why} at {at}: training stopped; the last good checkpoint is {}",
+            if ckpt.exists() {
+                ckpt.display().to_string()
+            } else {
+                "none (no checkpoint written yet)".into()
+            }
+        );
+        let _ = log_line(&run.dir, &msg);
+        Error::Diverged(msg)
     };
 
     while state.epoch < cfg.epochs {
@@ -374,15 +501,8 @@ pub fn fit(
             let st = method.step(model, &Batch { x, y, target }, at)?;
             if !st.loss.is_finite() {
                 bar.finish();
-                let msg = format!(
-                    "loss is {} at epoch {} step {}: training stopped; the last good checkpoint is {}",
-                    st.loss,
-                    epoch + 1,
-                    step,
-                    if ckpt.exists() { ckpt.display().to_string() } else { "none (no checkpoint written yet)".into() }
-                );
-                log_line(&run.dir, &msg)?;
-                return Err(Error::Diverged(msg));
+                let at = format!("epoch {} step {step}", epoch + 1);
+                return Err(diverged(&format!("loss is {}", st.loss), at));
             }
             opt.step(lr);
             for (name, v) in &st.terms {
@@ -416,6 +536,10 @@ pub fn fit(
                     partial_terms: term_sums.clone(),
                     history: state.history.clone(),
                 };
+                if let Some(bad) = non_finite(model, &opt) {
+                    bar.finish();
+                    return Err(diverged(&bad, format!("epoch {} step {}", epoch + 1, step + 1)));
+                }
                 save(model, &opt, &st)?;
             }
         }
@@ -452,12 +576,23 @@ pub fn fit(
         state.step = 0;
         state.partial = (0.0, 0, 0, 0.0);
         state.partial_terms.clear();
+        if let Some(bad) = non_finite(model, &opt) {
+            return Err(diverged(&bad, format!("the end of epoch {}", epoch + 1)));
+        }
         save(model, &opt, &state)?;
         write_metrics(&run.dir, &state.history)?;
     }
     model.save(&run.model(), TensorFile::default())?;
     say(&run.dir, &format!("finished: model written to {}", run.model().display()))?;
     Ok(state.history)
+}
+
+/// True when two models of one spec hold the same weights.
+fn fingerprint_eq(a: &Model, b: &Model) -> bool {
+    let va = a.vs.variables();
+    b.vs.variables()
+        .iter()
+        .all(|(k, t)| va.get(k).is_some_and(|u| u.equal(&t.to_device(u.device()))))
 }
 
 /// The configuration text without its `epochs` line, so a run can be extended.
