@@ -1,7 +1,7 @@
 # Sourced by the other scripts: makes the libtorch from the pinned PyPI torch wheel visible to
 # cargo (tch's build script) and to the built binaries. The virtualenv lives in a cache outside
 # the checkout, so fresh clones (CI) reuse it; it is created on first use.
-EIO_TORCH_VERSION=2.13.0
+EIO_TORCH_VERSION=2.11.0
 EIO_CACHE="${EIO_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/eio}"
 EIO_VENV="${EIO_VENV:-$EIO_CACHE/torch-$EIO_TORCH_VERSION}"
 if ! "$EIO_VENV/bin/python" -c "import torch, sys; sys.exit(torch.__version__.split('+')[0] != '$EIO_TORCH_VERSION')" 2>/dev/null; then

@@ -2,7 +2,7 @@
 //! ensembles, pickled modules), normalisation carried by model files, the option-A ResNet-20,
 //! the `eio_torch` Python package (python/), and decoded pixels against PIL.
 //!
-//! Tests that need the project's Python (torch 2.13, from `VIRTUAL_ENV`, which `scripts/test`
+//! Tests that need the project's Python (the pinned torch, from `VIRTUAL_ENV`, which `scripts/test`
 //! sets) skip with a message without it. Their reference models are defined independently in
 //! `tests/interop.py`.
 
@@ -39,7 +39,7 @@ fn max_diff(a: &Tensor, b: &Tensor) -> f64 {
     (a - b).abs().max().double_value(&[])
 }
 
-/// The project's Python (torch 2.13), or `None` (the test then skips).
+/// The project's Python (the pinned torch), or `None` (the test then skips).
 fn python() -> Option<PathBuf> {
     match std::env::var_os("VIRTUAL_ENV") {
         Some(v) => Some(Path::new(&v).join("bin/python")),
