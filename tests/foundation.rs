@@ -562,3 +562,11 @@ fn derived_model_loads_in_pytorch_with_strict_state_dict() {
     let err = (ours - torch_logits).abs().max().double_value(&[]);
     assert!(err < 1e-4, "max error {err}");
 }
+
+#[test]
+fn threads_flag_sets_libtorch_threads() {
+    let (ok, out, err) =
+        crate::util::eio(&["--threads", "1", "bench", "--iters", "1", "--batch-size", "2"]);
+    assert!(ok, "{err}");
+    assert!(out.contains(", 1 threads"), "{out}");
+}

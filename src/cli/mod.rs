@@ -25,6 +25,10 @@ use eio::data::{default_data_dir, Dataset, Split};
 #[derive(Debug, Parser)]
 #[command(name = "eio", version, about, long_about)]
 pub struct Cli {
+    /// CPU threads libtorch uses (default: libtorch's choice, usually one per core; also
+    /// OMP_NUM_THREADS).
+    #[arg(long, global = true, value_name = "N", value_parser = positive)]
+    threads: Option<usize>,
     #[command(subcommand)]
     cmd: Command,
 }
@@ -58,6 +62,9 @@ enum Command {
 
 /// Runs the parsed command.
 pub fn run(cli: Cli) -> Result<()> {
+    if let Some(n) = cli.threads {
+        tch::set_num_threads(n as i32);
+    }
     match cli.cmd {
         Command::Train(c) => train::run(c),
         Command::Finetune(a) => train::finetune(a),

@@ -25,7 +25,8 @@ pub struct RouteArgs {
     /// Evaluate each of K random paths separately (seeded by --seed).
     #[arg(long, value_name = "K", value_parser = super::positive)]
     pub paths: Option<usize>,
-    /// Seed of random paths.
+    /// Master seed: random paths, and in `attack whitebox` also the image draw and the
+    /// attacks' random starts.
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
     /// Use member K (0-based) of an ensemble file on its own (paper Fig. 9: one selected
