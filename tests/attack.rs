@@ -721,3 +721,38 @@ fn whitebox_per_image_and_saved_examples_agree_with_the_report() {
     let dist = (adv - clean).abs().max().double_value(&[]);
     assert!(dist <= 0.03 + 1e-5, "{dist}");
 }
+
+#[test]
+fn eval_per_image_rows_give_the_reported_accuracy() {
+    let dir = crate::util::tempdir();
+    let csv = dir.path().join("p.csv");
+    let json = dir.path().join("e.json");
+    let model = crate::util::official_rgn();
+    let (ok, _, err) = crate::util::eio(&[
+        "eval",
+        "--model",
+        model.to_str().unwrap(),
+        "--test-per-class",
+        "2",
+        "--per-image",
+        csv.to_str().unwrap(),
+        "--json",
+        json.to_str().unwrap(),
+    ]);
+    assert!(ok, "{err}");
+    let text = std::fs::read_to_string(&csv).unwrap();
+    let rows: Vec<Vec<&str>> = text.lines().skip(1).map(|l| l.split(',').collect()).collect();
+    assert_eq!(rows.len(), 20);
+    assert!(rows.iter().all(|r| r.len() == 14));
+    let correct = rows.iter().filter(|r| r[3] == "1").count() as f64 / 20.0;
+    let report: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
+    let acc = report["rows"][0]["accuracy"].as_f64().unwrap();
+    assert_eq!(correct, acc, "{report}");
+    // The prediction is the arg-max of the logits written beside it.
+    for r in &rows {
+        let logits: Vec<f32> = r[4..].iter().map(|v| v.parse().unwrap()).collect();
+        let best = (0..10).max_by(|&a, &b| logits[a].total_cmp(&logits[b])).unwrap();
+        assert_eq!(best.to_string(), r[2]);
+    }
+}

@@ -79,7 +79,11 @@ pub struct EvalArgs {
     /// Also write the numbers to this JSON file.
     #[arg(long, value_name = "FILE")]
     json: Option<PathBuf>,
-    /// Overwrite --json if it exists.
+    /// Per-image results as CSV (index among the evaluated images, label, prediction, correct,
+    /// and the logits), for one path or a plain model or ensemble (not with --paths).
+    #[arg(long, value_name = "FILE", conflicts_with = "paths")]
+    per_image: Option<PathBuf>,
+    /// Overwrite --json / --per-image if they exist.
     #[arg(long)]
     force: bool,
     /// Where to compute.
@@ -88,8 +92,8 @@ pub struct EvalArgs {
 }
 
 pub fn eval(a: EvalArgs) -> Result<()> {
-    if let Some(j) = &a.json {
-        check_new_output(j, a.force)?;
+    for f in [&a.json, &a.per_image].into_iter().flatten() {
+        check_new_output(f, a.force)?;
     }
     let device = a.device.device()?;
     let model = load_model(&a.model, &a.route, device)?;
@@ -117,6 +121,13 @@ pub fn eval(a: EvalArgs) -> Result<()> {
     }
     if let Some(j) = &a.json {
         write_json(j, &report)?;
+    }
+    if let Some(f) = &a.per_image {
+        let routing = routing(&model, &a.route, &a.model)?;
+        let target = eio::model::Target::new(&model, routing, seed)?;
+        let csv = eio::eval::clean::per_image_csv(&target, &test, a.batch_size, device)?;
+        eio::model::io::write_atomic(f, csv.as_bytes())?;
+        eprintln!("wrote {}", f.display());
     }
     Ok(())
 }

@@ -115,3 +115,42 @@ pub fn clean_eval(
         git: crate::train::git_rev().to_string(),
     })
 }
+
+/// One CSV row per image of `data`: `index,label,prediction,correct,logit0..logit9` (index in
+/// `data`, logits of the target's forward in eval mode).
+pub fn per_image_csv(
+    target: &dyn crate::model::Classifier,
+    data: &Dataset,
+    batch: usize,
+    device: tch::Device,
+) -> Result<String> {
+    let (x, y) = data.tensors();
+    let mut logits = Vec::new();
+    let _guard = tch::no_grad_guard();
+    for start in (0..data.len()).step_by(batch.max(1)) {
+        let len = batch.min(data.len() - start) as i64;
+        let xb = x.narrow(0, start as i64, len).to_device(device);
+        logits.push(target.logits(&xb, None).to_device(tch::Device::Cpu));
+    }
+    let k = logits.first().map_or(10, |l| l.size()[1]);
+    let mut s = String::from("index,label,prediction,correct");
+    for c in 0..k {
+        s += &format!(",logit{c}");
+    }
+    s.push('\n');
+    if logits.is_empty() {
+        return Ok(s);
+    }
+    let all = tch::Tensor::cat(&logits, 0).to_kind(tch::Kind::Float);
+    let pred = Vec::<i64>::try_from(all.argmax(-1, false))?;
+    let labels = Vec::<i64>::try_from(&y)?;
+    let vals = Vec::<f32>::try_from(all.flatten(0, -1))?;
+    for (i, (l, p)) in labels.iter().zip(&pred).enumerate() {
+        s += &format!("{i},{l},{p},{}", u8::from(l == p));
+        for v in &vals[i * k as usize..(i + 1) * k as usize] {
+            s += &format!(",{v}");
+        }
+        s.push('\n');
+    }
+    Ok(s)
+}
