@@ -11,12 +11,6 @@ use crate::error::Result;
 use crate::model::{ArchConfig, Classifier, Model, ModelSpec, Route, Target};
 use crate::optim::{OptimConfig, Optimizer};
 use crate::seed::{Seed, Stream};
-use crate::train::adp::AdpConfig;
-use crate::train::adv::AdvTerm;
-use crate::train::dverge::DvergeConfig;
-use crate::train::eio::EioConfig;
-use crate::train::gal::GalConfig;
-use crate::train::trs::TrsConfig;
 use crate::train::{Batch, MethodConfig, StepAt, TrainSpec};
 
 fn sync(device: Device) {
@@ -117,17 +111,7 @@ pub fn method_timings(batch: usize, iters: usize, device: Device) -> Result<Vec<
     tch::manual_seed(0);
     let x = Tensor::rand([batch as i64, 3, 32, 32], (Kind::Float, device));
     let y = Tensor::randint(10, [batch as i64], (Kind::Int64, device));
-    for method in [
-        MethodConfig::Baseline,
-        MethodConfig::RgnWarmup,
-        MethodConfig::Eio(EioConfig::default()),
-        MethodConfig::Eio(EioConfig { adv: Some(AdvTerm::default()), ..Default::default() }),
-        MethodConfig::Dverge(DvergeConfig::default()),
-        MethodConfig::Adp(AdpConfig::default()),
-        MethodConfig::Gal(GalConfig::default()),
-        MethodConfig::Trs(TrsConfig::default()),
-        MethodConfig::Adv(AdvTerm::default()),
-    ] {
+    for method in MethodConfig::every() {
         let spec = TrainSpec::defaults(method);
         let label = match &spec.method {
             MethodConfig::Eio(c) if c.adv.is_some() => "eio+advt".to_string(),
@@ -223,15 +207,7 @@ pub fn device_check(device: Device) -> Result<Vec<CheckRow>> {
             ok: d <= 1e-2,
         });
     }
-    for method in [
-        MethodConfig::RgnWarmup,
-        MethodConfig::Eio(EioConfig { adv: Some(AdvTerm::default()), ..Default::default() }),
-        MethodConfig::Dverge(DvergeConfig::default()),
-        MethodConfig::Adp(AdpConfig::default()),
-        MethodConfig::Gal(GalConfig::default()),
-        MethodConfig::Trs(TrsConfig::default()),
-        MethodConfig::Adv(AdvTerm::default()),
-    ] {
+    for method in MethodConfig::every() {
         let spec = TrainSpec::defaults(method);
         let model = Model::new(&spec.model_spec(), device, Seed(2))?;
         let mut m = spec.build()?;

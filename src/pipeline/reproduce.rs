@@ -21,12 +21,14 @@ use tch::Device;
 use super::summary::{Curve, MatrixResult, ModelResult, StabilityResult, Summary};
 use crate::attack::{AttackConfig, AttackLoss};
 use crate::data::Dataset;
+use crate::distill::DistillConfig;
 use crate::error::{Error, Result};
 use crate::eval::transfer::{
     transfer_eval, transfer_files, transfer_gen, Named, TransferGenConfig,
 };
 use crate::eval::transferability::{members, transferability, TransferabilityConfig};
 use crate::eval::whitebox::{whitebox, WhiteboxConfig};
+use crate::fsx::{read_json, write_json};
 use crate::model::io::{write_atomic, TensorFile};
 use crate::model::{ArchConfig, Model, Route, Target};
 use crate::seed::{Seed, Stream};
@@ -257,6 +259,16 @@ impl Preset {
         }
     }
 
+    /// `base` with the preset's number of distillation steps, each of eps / steps (the
+    /// published 10 steps of 0.007 at eps 0.07).
+    fn distill(&self, base: DistillConfig) -> DistillConfig {
+        DistillConfig {
+            steps: self.distill_steps,
+            step_size: base.eps / self.distill_steps as f64,
+            ..base
+        }
+    }
+
     fn spec(&self, method: MethodConfig, members: usize, epochs: usize) -> TrainSpec {
         let mut s = TrainSpec::defaults(method);
         if s.members > 1 || matches!(s.method, MethodConfig::Baseline) {
@@ -408,9 +420,8 @@ impl Plan {
             train(&mut jobs, "rgn-warmup", p.spec(MethodConfig::RgnWarmup, 1, p.epochs), None);
         }
         for (arm, key) in &eio_arms {
-            let mut cfg = EioConfig::default();
-            cfg.distill.steps = p.distill_steps;
-            cfg.distill.step_size = cfg.distill.eps / p.distill_steps as f64;
+            let mut cfg =
+                EioConfig { distill: p.distill(DistillConfig::eio()), ..Default::default() };
             if *arm == Arm::EioAdvt {
                 cfg.adv = Some(AdvTerm::default());
             }
@@ -457,11 +468,7 @@ impl Plan {
                 "dverge",
                 "DVERGE",
                 MethodConfig::Dverge(DvergeConfig {
-                    distill: crate::distill::DistillConfig {
-                        steps: p.distill_steps,
-                        step_size: 0.07 / p.distill_steps as f64,
-                        ..crate::distill::DistillConfig::dverge()
-                    },
+                    distill: p.distill(DistillConfig::dverge()),
                     ..Default::default()
                 }),
             ),
@@ -470,11 +477,7 @@ impl Plan {
                 "dverge-advt",
                 "DVERGE+AdvT",
                 MethodConfig::Dverge(DvergeConfig {
-                    distill: crate::distill::DistillConfig {
-                        steps: p.distill_steps,
-                        step_size: 0.07 / p.distill_steps as f64,
-                        ..crate::distill::DistillConfig::dverge()
-                    },
+                    distill: p.distill(DistillConfig::dverge()),
                     adv: Some(AdvTerm::default()),
                     ..Default::default()
                 }),
@@ -616,20 +619,6 @@ pub struct Data {
 pub struct Evaluation {
     /// The model's row of the summary.
     pub result: ModelResult,
-}
-
-fn read_json<T: serde::de::DeserializeOwned>(path: &Path) -> Result<T> {
-    let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
-    serde_json::from_str(&text).map_err(|e| Error::config(format!("{}: {e}", path.display())))
-}
-
-fn write_json(path: &Path, v: &impl Serialize) -> Result<()> {
-    if let Some(d) = path.parent() {
-        std::fs::create_dir_all(d).map_err(|e| Error::io(d, e))?;
-    }
-    let text =
-        serde_json::to_string_pretty(v).map_err(|e| Error::config(format!("internal: {e}")))?;
-    write_atomic(path, text.as_bytes())
 }
 
 /// Runs the jobs of `plan` (those named in `only`, or all) that are not done, in `out`, then
@@ -824,7 +813,7 @@ pub fn run(
         eprintln!("{}: {:.1}s", job.name, t0.elapsed().as_secs_f64());
     }
     let summary = summarise(plan, out, command)?;
-    write_json(&out.join("summary.json"), &summary)?;
+    // Writes summary.json beside the page and its CSVs.
     let html = crate::report::write(&summary, out)?;
     eprintln!("report: {}", html.display());
     for m in summary.models.iter().filter(|m| m.members == 1 && m.selected.is_none()) {

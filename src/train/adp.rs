@@ -20,7 +20,7 @@ use serde::{Deserialize, Serialize};
 use tch::{Kind, Tensor};
 
 use super::adv::{against_ensemble, AdvTerm};
-use super::methods::ensemble_correct;
+use super::methods::{ensemble_correct, sum, summed_ce};
 use super::{Batch, Method, StepAt, StepStats};
 use crate::error::{Error, Result};
 use crate::model::{Model, Route};
@@ -112,10 +112,7 @@ impl Method for Adp {
         let route = Route::zeros(0);
         let logits: Vec<Tensor> =
             model.nets.iter().map(|n| n.forward(&batch.x, &route, true)).collect();
-        let ce = logits
-            .iter()
-            .map(|l| l.cross_entropy_for_logits(&batch.y))
-            .fold(Tensor::zeros([], (Kind::Float, batch.x.device())), |a, b| a + b);
+        let ce = sum(logits.iter().map(|l| l.cross_entropy_for_logits(&batch.y)), batch.x.device());
         let (entropy, log_det) = regularisers(&logits, &batch.y, self.cfg.det_offset);
         let mut loss = &ce - &entropy * self.cfg.alpha - &log_det * self.cfg.beta;
         let mut terms = vec![
@@ -124,11 +121,7 @@ impl Method for Adp {
             ("log_det", log_det.double_value(&[])),
         ];
         if let Some(xa) = &xa {
-            let adv = model
-                .nets
-                .iter()
-                .map(|n| n.forward(xa, &route, true).cross_entropy_for_logits(&batch.y))
-                .fold(Tensor::zeros([], (Kind::Float, batch.x.device())), |a, b| a + b);
+            let adv = summed_ce(model, xa, &batch.y);
             terms.push(("adv", adv.double_value(&[])));
             loss += adv;
         }

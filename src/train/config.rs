@@ -58,6 +58,22 @@ impl MethodConfig {
         }
     }
 
+    /// Every method at its defaults, EIO also with its adversarial term (benchmarks, device
+    /// checks, tests).
+    pub fn every() -> Vec<MethodConfig> {
+        vec![
+            MethodConfig::Baseline,
+            MethodConfig::RgnWarmup,
+            MethodConfig::Eio(EioConfig::default()),
+            MethodConfig::Eio(EioConfig { adv: Some(AdvTerm::default()), ..Default::default() }),
+            MethodConfig::Dverge(DvergeConfig::default()),
+            MethodConfig::Adp(AdpConfig::default()),
+            MethodConfig::Gal(GalConfig::default()),
+            MethodConfig::Trs(TrsConfig::default()),
+            MethodConfig::Adv(AdvTerm::default()),
+        ]
+    }
+
     /// The method's adversarial-training term, for the methods that have one.
     pub fn adv_mut(&mut self) -> Option<&mut Option<AdvTerm>> {
         match self {
@@ -254,16 +270,7 @@ mod tests {
 
     #[test]
     fn every_method_round_trips_and_validates() {
-        for m in [
-            MethodConfig::Baseline,
-            MethodConfig::RgnWarmup,
-            MethodConfig::Eio(EioConfig { adv: Some(AdvTerm::default()), ..Default::default() }),
-            MethodConfig::Dverge(DvergeConfig::default()),
-            MethodConfig::Adp(AdpConfig::default()),
-            MethodConfig::Gal(GalConfig::default()),
-            MethodConfig::Trs(TrsConfig::default()),
-            MethodConfig::Adv(AdvTerm::default()),
-        ] {
+        for m in MethodConfig::every() {
             let spec = TrainSpec::defaults(m);
             spec.validate().unwrap();
             let text = spec.to_toml().unwrap();

@@ -104,6 +104,20 @@ pub fn draw_layer(fixed: Option<usize>, per: LayerPer, max: usize, at: StepAt) -
     }
 }
 
+/// Checks the settings EIO and DVERGE share: a fixed layer (when given), the distillation and
+/// the adversarial term (when given).
+pub fn validate(
+    layer: Option<usize>,
+    distill: &DistillConfig,
+    adv: Option<&AdvTerm>,
+) -> Result<()> {
+    if let Some(l) = layer {
+        crate::distill::check_layer(l)?;
+    }
+    distill.validate()?;
+    adv.map_or(Ok(()), AdvTerm::validate)
+}
+
 /// The seed of the random starts (distillation, adversarial examples) of the batch at `at`.
 fn start_seed(at: StepAt) -> Seed {
     Seed(at.seed.derive(Stream::Start, at.epoch as u64, at.step as u64))

@@ -22,7 +22,7 @@ use serde::{Deserialize, Serialize};
 use super::adv::AdvTerm;
 use super::diversify::{self, draw_layer, Branch, LayerPer, Plan};
 use super::{Batch, Method, StepAt, StepStats};
-use crate::distill::{check_layer, DistillConfig};
+use crate::distill::DistillConfig;
 use crate::error::{Error, Result};
 use crate::model::{Model, FEATURE_LAYERS};
 
@@ -56,14 +56,7 @@ impl Default for DvergeConfig {
 impl DvergeConfig {
     /// Checks the values are usable.
     pub fn validate(&self) -> Result<()> {
-        if let Some(l) = self.layer {
-            check_layer(l)?;
-        }
-        self.distill.validate()?;
-        if let Some(a) = &self.adv {
-            a.validate()?;
-        }
-        Ok(())
+        diversify::validate(self.layer, &self.distill, self.adv.as_ref())
     }
 }
 

@@ -37,7 +37,7 @@ use serde::{Deserialize, Serialize};
 use super::adv::AdvTerm;
 use super::diversify::{self, draw_layer, Branch, LayerPer, Plan};
 use super::{Batch, Method, StepAt, StepStats};
-use crate::distill::{check_layer, DistillConfig};
+use crate::distill::DistillConfig;
 use crate::error::{Error, Result};
 use crate::model::route::sample_distinct;
 use crate::model::{Augment, Model, Routing, FEATURE_LAYERS};
@@ -82,14 +82,7 @@ impl EioConfig {
                 self.paths
             )));
         }
-        if let Some(l) = self.layer {
-            check_layer(l)?;
-        }
-        self.distill.validate()?;
-        if let Some(a) = &self.adv {
-            a.validate()?;
-        }
-        Ok(())
+        diversify::validate(self.layer, &self.distill, self.adv.as_ref())
     }
 }
 

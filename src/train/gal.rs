@@ -23,13 +23,13 @@ same batch statistics); BatchNorm running statistics are updated once per batch 
 
 use rand::Rng as _;
 use serde::{Deserialize, Serialize};
-use tch::{Kind, Tensor};
+use tch::Tensor;
 
 use super::adv::{against_ensemble, AdvTerm};
-use super::methods::{ensemble_correct, input_grads, pairs};
+use super::methods::{ensemble_correct, input_grads, pairs, sum, summed_ce};
 use super::{Batch, Method, StepAt, StepStats};
 use crate::error::{Error, Result};
-use crate::model::{Model, Route};
+use crate::model::Model;
 use crate::seed::{Rng, Stream};
 
 /// GAL settings. `Default` = the GAL defaults of the DVERGE code.
@@ -142,8 +142,7 @@ impl Gal {
         let xr = x.detach().set_requires_grad(true);
         let lg = input_grads(model, &xr, y);
         let n = lg.len() as f64;
-        let zero = Tensor::zeros([], (Kind::Float, x.device()));
-        let ce = lg.iter().fold(zero, |a, (l, _, _)| a + l);
+        let ce = sum(lg.iter().map(|(l, _, _)| l.shallow_clone()), x.device());
         let grads: Vec<Tensor> = lg.iter().map(|(_, g, _)| g.shallow_clone()).collect();
         let coh = coherence(&grads);
         GalLoss {
@@ -177,13 +176,8 @@ impl Method for Gal {
         let n = model.nets.len() as f64;
         let mut terms =
             vec![("ce", ce.double_value(&[])), ("coherence", coherence.double_value(&[]))];
-        let route = Route::zeros(0);
         if let Some(xa) = &xa {
-            let adv = model
-                .nets
-                .iter()
-                .map(|m| m.forward(xa, &route, true).cross_entropy_for_logits(&batch.y))
-                .fold(Tensor::zeros([], (Kind::Float, xa.device())), |a, b| a + b);
+            let adv = summed_ce(model, xa, &batch.y);
             terms.push(("adv", adv.double_value(&[])));
             loss += adv / n;
         }

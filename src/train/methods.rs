@@ -44,6 +44,21 @@ pub fn input_grads(model: &Model, x: &Tensor, y: &Tensor) -> Vec<(Tensor, Tensor
         .collect()
 }
 
+/// The sum of scalar tensors `ts` (a zero scalar on `device` when there are none).
+pub fn sum(ts: impl IntoIterator<Item = Tensor>, device: tch::Device) -> Tensor {
+    ts.into_iter().fold(Tensor::zeros([], (Kind::Float, device)), |a, b| a + b)
+}
+
+/// The sum over members of each member's train-mode cross-entropy at `x` along the all-zero
+/// route (the adversarial terms of ADP+AdvT and GAL+AdvT).
+pub fn summed_ce(model: &Model, x: &Tensor, y: &Tensor) -> Tensor {
+    let route = Route::zeros(model.gates());
+    sum(
+        model.nets.iter().map(|n| n.forward(x, &route, true).cross_entropy_for_logits(y)),
+        x.device(),
+    )
+}
+
 /// The pairs `(i, j)`, `i < j`, of `n` members.
 pub fn pairs(n: usize) -> Vec<(usize, usize)> {
     (0..n).flat_map(|i| (i + 1..n).map(move |j| (i, j))).collect()

@@ -22,9 +22,9 @@ gradients `g_i`.
 */
 
 use serde::{Deserialize, Serialize};
-use tch::{Kind, Tensor};
+use tch::Tensor;
 
-use super::methods::{ensemble_correct, input_grads, pairs};
+use super::methods::{ensemble_correct, input_grads, pairs, sum};
 use super::{Batch, Method, StepAt, StepStats};
 use crate::error::{Error, Result};
 use crate::model::Model;
@@ -98,12 +98,25 @@ pub fn magnitude(g: &Tensor) -> Tensor {
 pub fn similarity(grads: &[Tensor]) -> Tensor {
     let p = pairs(grads.len());
     let n = p.len() as f64;
-    p.into_iter()
-        .map(|(i, j)| {
-            Tensor::cosine_similarity(&grads[i], &grads[j], -1, 1e-8).abs().mean(grads[i].kind())
-        })
-        .fold(Tensor::zeros([], (Kind::Float, grads[0].device())), |a, b| a + b)
-        / n
+    let cos = p.into_iter().map(|(i, j)| {
+        Tensor::cosine_similarity(&grads[i], &grads[j], -1, 1e-8).abs().mean(grads[i].kind())
+    });
+    sum(cos, grads[0].device()) / n
+}
+
+/// The smoothness term at `x`: the members' mean gradient [`magnitude`], differentiable in the
+/// weights and in `x` (which must require grad).
+fn smoothness(model: &Model, x: &Tensor, y: &Tensor) -> Tensor {
+    mean_magnitude(input_grads(model, x, y).iter().map(|(_, g, _)| g), x.device())
+}
+
+/// The mean of [`magnitude`] over the members' input gradients `grads`.
+fn mean_magnitude<'a>(
+    grads: impl ExactSizeIterator<Item = &'a Tensor>,
+    device: tch::Device,
+) -> Tensor {
+    let n = grads.len() as f64;
+    sum(grads.map(magnitude), device) / n
 }
 
 /// TRS training of an ensemble.
@@ -128,15 +141,9 @@ impl Trs {
         let noise = crate::attack::uniform_like(x, &mut rng);
         let (lo, hi) = ((x - eps).clamp_min(0.0), (x + eps).clamp_max(1.0));
         let mut adv = (x + (noise * 2.0 - 1.0) * eps).clamp(0.0, 1.0).detach();
-        let n = model.nets.len() as f64;
         for _ in 0..self.cfg.steps {
             let xr = adv.detach().set_requires_grad(true);
-            let m = input_grads(model, &xr, y)
-                .iter()
-                .fold(Tensor::zeros([], (Kind::Float, x.device())), |a, (_, g, _)| {
-                    a + magnitude(g)
-                })
-                / n;
+            let m = smoothness(model, &xr, y);
             let g = Tensor::run_backward(&[&m], &[&xr], false, false).pop().expect("one gradient");
             let _guard = tch::no_grad_guard();
             adv = (adv + g.sign() * (eps / 3.0)).clamp_tensor(Some(&lo), Some(&hi));
@@ -155,11 +162,9 @@ impl Method for Trs {
             return Err(Error::config("TRS trains an ensemble of at least 2 plain ResNet-20s"));
         }
         let (x, y) = (&batch.x, &batch.y);
-        let n = model.nets.len() as f64;
         let xr = x.detach().set_requires_grad(true);
         let lg = input_grads(model, &xr, y);
-        let zero = || Tensor::zeros([], (Kind::Float, x.device()));
-        let ce = lg.iter().fold(zero(), |a, (l, _, _)| a + l);
+        let ce = sum(lg.iter().map(|(l, _, _)| l.shallow_clone()), x.device());
         let grads: Vec<Tensor> = lg.iter().map(|(_, g, _)| g.shallow_clone()).collect();
         let cos = similarity(&grads);
         let smooth = if self.cfg.vicinity {
@@ -170,10 +175,10 @@ impl Method for Trs {
             let far =
                 self.vicinity(model, &x.narrow(0, h, b - h), &y.narrow(0, h, b - h), eps, seed);
             let xv = Tensor::cat(&[x.narrow(0, 0, h).detach(), far], 0).set_requires_grad(true);
-            input_grads(model, &xv, y).iter().fold(zero(), |a, (_, g, _)| a + magnitude(g))
+            smoothness(model, &xv, y)
         } else {
-            grads.iter().fold(zero(), |a, g| a + magnitude(g))
-        } / n;
+            mean_magnitude(grads.iter(), x.device())
+        };
         let c = &self.cfg;
         let loss = &ce + (&cos * c.coeff + &smooth * c.lamda) * c.scale;
         loss.backward();
