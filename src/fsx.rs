@@ -113,6 +113,20 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
     Ok(())
 }
 
+/// Writes `value` as pretty-printed JSON to `path` through [`write_atomic`].
+pub fn write_json(path: &Path, value: &impl serde::Serialize) -> Result<()> {
+    let text = serde_json::to_string_pretty(value)
+        .map_err(|e| Error::config(format!("internal: {}: {e}", path.display())))?;
+    write_atomic(path, text.as_bytes())
+}
+
+/// Reads the JSON file `path` (errors name the file).
+pub fn read_json<T: serde::de::DeserializeOwned>(path: &Path) -> Result<T> {
+    let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
+    serde_json::from_str(&text)
+        .map_err(|e| Error::data(path, format!("not the JSON expected: {e}")))
+}
+
 /// Checks that `path` can be written (before long work whose result goes there): its folder
 /// exists or can be created, a file can be created in it, and `path` is not a folder. Leaves no
 /// file behind (the folder stays created).

@@ -10,7 +10,7 @@ mod train;
 
 use std::path::{Path, PathBuf};
 
-use anyhow::{bail, Context, Result};
+use anyhow::{bail, Result};
 use clap::{Args, Parser, Subcommand};
 use serde::Serialize;
 
@@ -169,8 +169,7 @@ pub fn check_new_output(path: &Path, force: bool) -> Result<()> {
 
 /// Writes a JSON report atomically.
 pub fn write_json(path: &Path, value: &impl Serialize) -> Result<()> {
-    let text = serde_json::to_string_pretty(value).context("serialising report")?;
-    eio::model::io::write_atomic(path, text.as_bytes())?;
+    eio::fsx::write_json(path, value)?;
     eprintln!("wrote {}", path.display());
     Ok(())
 }

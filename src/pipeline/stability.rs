@@ -22,6 +22,7 @@ use crate::data::Dataset;
 use crate::error::{Error, Result};
 use crate::eval::aggregate::Spread;
 use crate::eval::whitebox::{whitebox, WhiteboxConfig};
+use crate::fsx::write_json;
 use crate::model::io::{write_atomic, TensorFile};
 use crate::model::route::sample_distinct;
 use crate::model::{Model, Target};
@@ -291,8 +292,7 @@ pub fn stability(
         git: crate::train::git_rev().to_string(),
     };
     write_atomic(&out.join("report.md"), report.markdown().as_bytes())?;
-    let json = serde_json::to_string_pretty(&report).expect("reports serialise");
-    write_atomic(&out.join("report.json"), json.as_bytes())?;
+    write_json(&out.join("report.json"), &report)?;
     Ok(report)
 }
 
@@ -340,7 +340,6 @@ fn evaluate_cached(
         settings: settings.to_string(),
         eval_secs: t.elapsed().as_secs_f64(),
     };
-    let json = serde_json::to_string_pretty(&row).expect("rows serialise");
-    write_atomic(cache, json.as_bytes())?;
+    write_json(cache, &row)?;
     Ok(row)
 }

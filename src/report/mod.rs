@@ -197,10 +197,8 @@ pub fn render(summary: &Summary) -> Result<Report> {
 pub fn write(summary: &Summary, dir: &Path) -> Result<PathBuf> {
     let report = render(summary)?;
     std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
-    let put = |name: &str, text: &str| {
-        let path = dir.join(name);
-        std::fs::write(&path, text).map_err(|e| Error::io(&path, e))
-    };
+    // Through the one atomic write path, like every file eio writes.
+    let put = |name: &str, text: &str| crate::fsx::write_atomic(&dir.join(name), text.as_bytes());
     for table in report.tables() {
         put(&format!("{}.csv", table.id), &table.csv())?;
     }
