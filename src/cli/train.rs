@@ -192,7 +192,21 @@ pub trait MethodFlags: Args + Serialize {
         None
     }
     /// True when no flag was given (nothing to override).
-    fn is_empty(&self) -> bool;
+    fn is_empty(&self) -> bool {
+        none_given(self)
+    }
+}
+
+/// True when `flags` serialise to no value: no flag was given (flag groups count by what they
+/// hold; flags marked `serde(skip)`, the --adv ones, are applied apart and do not count).
+fn none_given(flags: &impl Serialize) -> bool {
+    fn empty(v: &toml::Value) -> bool {
+        match v {
+            toml::Value::Table(t) => t.values().all(empty),
+            _ => false,
+        }
+    }
+    toml::Value::try_from(flags).is_ok_and(|v| empty(&v))
 }
 
 /// The flags of a `eio train <method>` command.
@@ -253,18 +267,6 @@ pub struct DistillFlags {
     #[arg(id = "distill_before_relu", long = "distill-before-relu", value_name = "BOOL")]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub before_relu: Option<bool>,
-}
-
-impl DistillFlags {
-    fn is_empty(&self) -> bool {
-        self.eps.is_none()
-            && self.steps.is_none()
-            && self.step_size.is_none()
-            && self.random_start.is_none()
-            && self.momentum.is_none()
-            && self.bn_train.is_none()
-            && self.before_relu.is_none()
-    }
 }
 
 /// The adversarial-training term ("+AdvT"). Any --adv-* flag turns it on; the flags change the
@@ -372,7 +374,6 @@ pub struct EioFlags {
     #[serde(flatten)]
     pub layer: LayerFlags,
     #[command(flatten)]
-    #[serde(skip_serializing_if = "DistillFlags::is_empty")]
     pub distill: DistillFlags,
     #[command(flatten)]
     #[serde(skip)]
@@ -386,12 +387,6 @@ impl MethodFlags for EioFlags {
     fn adv(&self) -> Option<&AdvFlags> {
         Some(&self.adv)
     }
-    fn is_empty(&self) -> bool {
-        self.paths.is_none()
-            && self.layer.layer_per.is_none()
-            && self.layer.layer.is_none()
-            && self.distill.is_empty()
-    }
 }
 
 /// Overrides of [`DvergeConfig`].
@@ -401,7 +396,6 @@ pub struct DvergeFlags {
     #[serde(flatten)]
     pub layer: LayerFlags,
     #[command(flatten)]
-    #[serde(skip_serializing_if = "DistillFlags::is_empty")]
     pub distill: DistillFlags,
     #[command(flatten)]
     #[serde(skip)]
@@ -414,9 +408,6 @@ impl MethodFlags for DvergeFlags {
     }
     fn adv(&self) -> Option<&AdvFlags> {
         Some(&self.adv)
-    }
-    fn is_empty(&self) -> bool {
-        self.layer.layer_per.is_none() && self.layer.layer.is_none() && self.distill.is_empty()
     }
 }
 
@@ -447,9 +438,6 @@ impl MethodFlags for AdpFlags {
     fn adv(&self) -> Option<&AdvFlags> {
         Some(&self.adv)
     }
-    fn is_empty(&self) -> bool {
-        self.alpha.is_none() && self.beta.is_none() && self.det_offset.is_none()
-    }
 }
 
 /// Overrides of [`GalConfig`].
@@ -478,9 +466,6 @@ impl MethodFlags for GalFlags {
     }
     fn adv(&self) -> Option<&AdvFlags> {
         Some(&self.adv)
-    }
-    fn is_empty(&self) -> bool {
-        self.lambda.is_none() && self.noise_std.is_none() && self.noise_prob.is_none()
     }
 }
 
@@ -521,15 +506,6 @@ impl MethodFlags for TrsFlags {
     fn method() -> MethodConfig {
         MethodConfig::Trs(TrsConfig::default())
     }
-    fn is_empty(&self) -> bool {
-        self.coeff.is_none()
-            && self.lamda.is_none()
-            && self.scale.is_none()
-            && self.vicinity.is_none()
-            && self.init_eps.is_none()
-            && self.adv_eps.is_none()
-            && self.steps.is_none()
-    }
 }
 
 /// Flags of `eio train adv`: the attack it trains on.
@@ -547,17 +523,11 @@ impl MethodFlags for AdvOnlyFlags {
     fn adv(&self) -> Option<&AdvFlags> {
         Some(&self.adv)
     }
-    fn is_empty(&self) -> bool {
-        true
-    }
 }
 
 impl MethodFlags for NoFlags {
     fn method() -> MethodConfig {
         MethodConfig::Baseline
-    }
-    fn is_empty(&self) -> bool {
-        true
     }
 }
 
