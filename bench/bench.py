@@ -3,6 +3,7 @@
 same torch install and thread count as eio.
 
     scripts/python bench/bench.py [--batch-size 128] [--iters 20] [--device cpu|cuda]
+        [--memory-format contiguous|channels-last]
 """
 import argparse
 import time
@@ -29,13 +30,15 @@ def main():
     ap.add_argument("--batch-size", type=int, default=128)
     ap.add_argument("--iters", type=int, default=20)
     ap.add_argument("--device", default="cpu")
+    ap.add_argument("--memory-format", default="contiguous", choices=["contiguous", "channels-last"])
     a = ap.parse_args()
+    fmt = torch.channels_last if a.memory_format == "channels-last" else torch.contiguous_format
     dev = torch.device(a.device)
     sync = torch.cuda.synchronize if dev.type == "cuda" else (lambda: None)
     torch.manual_seed(0)
-    net = ResNet20().to(dev)
+    net = ResNet20().to(dev, memory_format=fmt)
     opt = torch.optim.SGD(net.parameters(), lr=0.01, momentum=0.9, weight_decay=1e-4)
-    x = torch.rand(a.batch_size, 3, 32, 32, device=dev)
+    x = torch.rand(a.batch_size, 3, 32, 32, device=dev).contiguous(memory_format=fmt)
     y = torch.randint(0, 10, (a.batch_size,), device=dev)
 
     def train():
@@ -68,7 +71,7 @@ def main():
             net(xa).argmax(-1)
 
     print(f"pytorch {torch.__version__} bench: batch {a.batch_size}, {a.iters} iterations, "
-          f"device {dev}, {torch.get_num_threads()} threads")
+          f"device {dev}, {torch.get_num_threads()} threads, {a.memory_format}")
     print(f"{'model':<24} {'train ms':>12} {'input-grad ms':>16} {'infer ms':>14} {'PGD-50 img/s':>14}")
     t, g, i = (time_ms(a.iters, f, sync) for f in (train, grad, infer))
     p = a.batch_size / (time_ms(max(1, a.iters // 10), pgd50, sync) / 1e3)

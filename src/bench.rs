@@ -164,15 +164,27 @@ pub fn probe_input(n: usize) -> Tensor {
     Tensor::from_slice(&v).view([n as i64, 3, 32, 32])
 }
 
+fn on_cpu(a: &Tensor, b: &Tensor) -> (Tensor, Tensor) {
+    (a.to_device(Device::Cpu).to_kind(Kind::Double), b.to_device(Device::Cpu).to_kind(Kind::Double))
+}
+
 fn rel(a: &Tensor, b: &Tensor) -> f64 {
-    let a = a.to_device(Device::Cpu).to_kind(Kind::Double);
-    let b = b.to_device(Device::Cpu).to_kind(Kind::Double);
+    let (a, b) = on_cpu(a, b);
     (&a - &b).abs().max().double_value(&[]) / a.abs().max().double_value(&[]).max(1e-12)
+}
+
+/// 1 - cosine similarity. Input gradients are compared by direction: they jump where a
+/// pre-activation lies within rounding of a ReLU kink, which a few of the ~10^6 activations of
+/// a batch do under any change of summation order (layout, device, f32 against f64).
+fn angle(a: &Tensor, b: &Tensor) -> f64 {
+    let (a, b) = on_cpu(a, b);
+    1.0 - ((&a * &b).sum(Kind::Double) / (a.norm() * b.norm()).clamp_min(1e-300)).double_value(&[])
 }
 
 /// Checks that `device` computes what the CPU computes: eval-mode logits and cross-entropy
 /// input gradients of a ResNet-20, an RGN and a 3-member ensemble on fixed images (relative
-/// tolerance 1e-3 for logits, 1e-2 for gradients: cuDNN may pick TF32 or other algorithms), and
+/// tolerance 1e-3 for logits: cuDNN may pick TF32 or other algorithms; gradients within 1e-3
+/// of the CPU's direction, 1 - cosine), and
 /// that two steps of every training method run there with finite losses.
 pub fn device_check(device: Device) -> Result<Vec<CheckRow>> {
     let mut rows = Vec::new();
@@ -199,12 +211,12 @@ pub fn device_check(device: Device) -> Result<Vec<CheckRow>> {
         });
         let gc = loss_and_grad(&tc, &x, &y, AttackLoss::CrossEntropy, None, 1).grad;
         let gd = loss_and_grad(&td, &xd, &yd, AttackLoss::CrossEntropy, None, 1).grad;
-        let d = rel(&gc, &gd);
+        let d = angle(&gc, &gd);
         rows.push(CheckRow {
-            what: format!("{name} input gradient"),
+            what: format!("{name} input gradient (1 - cos)"),
             rel_diff: d,
-            tolerance: 1e-2,
-            ok: d <= 1e-2,
+            tolerance: 1e-3,
+            ok: d <= 1e-3,
         });
     }
     for method in MethodConfig::every() {

@@ -122,8 +122,10 @@ fn gal_double_backprop_matches_finite_differences() {
             let at = |delta: f64| {
                 let set = |v: f64| {
                     tch::no_grad(|| {
-                        let w = w.shallow_clone();
-                        let _ = w.view([-1]).narrow(0, idx, 1).fill_(v);
+                        // Through a copy: the weights may be laid out channels-last.
+                        let f = w.flatten(0, -1).copy();
+                        let _ = f.narrow(0, idx, 1).fill_(v);
+                        w.shallow_clone().copy_(&f.reshape(w.size()));
                     })
                 };
                 set(orig + delta);

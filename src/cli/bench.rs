@@ -56,10 +56,15 @@ pub fn run(a: BenchArgs) -> Result<()> {
         }
         return Ok(());
     }
+    let layout = if eio::model::default_memory_format().channels_last_on(device) {
+        "channels-last"
+    } else {
+        "contiguous"
+    };
     if a.methods {
         let iters = (a.iters / 10).max(1);
         println!(
-            "eio bench --methods: batch {}, {iters} iteration(s), device {device:?}, {} threads",
+            "eio bench --methods: batch {}, {iters} iteration(s), device {device:?}, {} threads, {layout}",
             a.batch_size,
             tch::get_num_threads()
         );
@@ -74,7 +79,7 @@ pub fn run(a: BenchArgs) -> Result<()> {
         return Ok(());
     }
     println!(
-        "eio bench: batch {}, {} iterations, device {:?}, {} threads",
+        "eio bench: batch {}, {} iterations, device {:?}, {} threads, {layout}",
         a.batch_size,
         a.iters,
         device,

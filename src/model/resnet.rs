@@ -118,6 +118,8 @@ pub struct Net {
     gates_through: [usize; FEATURE_LAYERS + 1],
     mean: Tensor,
     std: Tensor,
+    /// Computes in channels-last (set by `Model::set_memory_format` with the weights' layout).
+    pub(crate) channels_last: bool,
 }
 
 /// How a forward pass runs.
@@ -206,6 +208,7 @@ impl Net {
                 .to_kind(tch::Kind::Float)
                 .view([1, 3, 1, 1])
                 .to_device(dev),
+            channels_last: false,
         }
     }
 
@@ -296,7 +299,10 @@ impl Net {
                 _ => None,
             }
         };
-        let x = (x - &self.mean) / &self.std;
+        let mut x = (x - &self.mean) / &self.std;
+        if self.channels_last {
+            x = super::with_layout(&x, true);
+        }
         let pre = self.stem.forward(&x, route, train);
         if let Some(f) = stop(1, &pre) {
             return f;

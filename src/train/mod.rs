@@ -432,12 +432,14 @@ pub fn fit(
         say(
             &run.dir,
             &format!(
-                "eio {} ({}), {} on {} training images; seed {}",
+                "eio {} ({}), {} on {} training images; seed {}; {} on {:?}",
                 env!("CARGO_PKG_VERSION"),
                 git_rev(),
                 method.name(),
                 train.len(),
-                cfg.seed
+                cfg.seed,
+                if model.is_channels_last() { "channels-last" } else { "contiguous" },
+                model.device()
             ),
         )?;
     }
