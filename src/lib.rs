@@ -23,6 +23,7 @@ pub mod pipeline;
 pub mod progress;
 pub mod report;
 pub mod seed;
+pub mod shim;
 pub mod train;
 pub mod validate;
 

@@ -140,6 +140,9 @@ impl OptimConfig {
 #[derive(Debug)]
 pub struct Optimizer {
     cfg: OptimConfig,
+    /// SGD updates all tensors with libtorch's multi-tensor kernels (on CUDA, where launches
+    /// dominate; on the CPU the per-tensor loop computes the same numbers).
+    multi_tensor: bool,
     params: Vec<(String, Tensor)>,
     /// SGD: the momentum buffer; Adam: the first moment.
     bufs: Vec<Tensor>,
@@ -163,7 +166,13 @@ impl Optimizer {
         let adam = cfg.algorithm == Algorithm::Adam;
         let sq = if adam { params.iter().map(|(_, t)| t.zeros_like()).collect() } else { vec![] };
         let steps = if adam { vec![0; params.len()] } else { vec![] };
-        Optimizer { cfg, params, bufs, sq, steps }
+        let multi_tensor = params.first().is_some_and(|(_, t)| t.device().is_cuda());
+        Optimizer { cfg, multi_tensor, params, bufs, sq, steps }
+    }
+
+    /// Chooses the multi-tensor SGD path (default: on CUDA) or the per-tensor loop.
+    pub fn set_multi_tensor(&mut self, on: bool) {
+        self.multi_tensor = on;
     }
 
     /// The settings.
@@ -171,26 +180,48 @@ impl Optimizer {
         &self.cfg
     }
 
-    /// Clears every gradient.
+    /// Drops every gradient (PyTorch's `zero_grad(set_to_none=True)`).
     pub fn zero_grad(&mut self) {
         for (_, p) in &mut self.params {
-            p.zero_grad();
+            crate::shim::grad_reset(p);
         }
     }
 
     /// One update with learning rate `lr`.
     ///
-    /// Tensors that received no gradient this step (absent, or exactly zero after
-    /// [`Optimizer::zero_grad`]) are left untouched, weight decay and state included: that is
-    /// PyTorch's `zero_grad(set_to_none=True)` behaviour, so RGN copies off the sampled routes
-    /// do not move, and a resumed run (where such gradients are absent) matches an
-    /// uninterrupted one.
+    /// Tensors that received no gradient since [`Optimizer::zero_grad`] are left untouched,
+    /// weight decay and state included (PyTorch's behaviour after `set_to_none`): RGN copies off
+    /// the sampled routes do not move, and a resumed run matches an uninterrupted one. Which
+    /// tensors those are is known on the host (an undefined gradient), so a step reads nothing
+    /// back from the device.
     pub fn step(&mut self, lr: f64) {
         let _guard = tch::no_grad_guard();
         let c = &self.cfg;
+        if self.multi_tensor && c.algorithm == Algorithm::Sgd {
+            let (mut ps, mut gs, mut bs) = (Vec::new(), Vec::new(), Vec::new());
+            for ((_, p), buf) in self.params.iter().zip(&self.bufs) {
+                let g = p.grad();
+                if g.defined() {
+                    ps.push(p.shallow_clone());
+                    gs.push(g);
+                    bs.push(buf.shallow_clone());
+                }
+            }
+            crate::shim::foreach_sgd(
+                &mut ps,
+                &gs,
+                &mut bs,
+                lr,
+                c.momentum,
+                c.weight_decay,
+                c.nesterov,
+            )
+            .expect("multi-tensor SGD on tensors of matching shapes");
+            return;
+        }
         for (i, ((_, p), buf)) in self.params.iter_mut().zip(&mut self.bufs).enumerate() {
             let g = p.grad();
-            if !g.defined() || g.abs().max().double_value(&[]) == 0.0 {
+            if !g.defined() {
                 continue;
             }
             let d = if c.weight_decay != 0.0 { &g + &*p * c.weight_decay } else { g };
@@ -279,5 +310,54 @@ mod tests {
         assert_eq!(toml::from_str::<OptimConfig>(&toml::to_string(&a).unwrap()).unwrap(), a);
         assert!(OptimConfig { gamma: -0.1, ..a.clone() }.validate().is_err());
         assert!(OptimConfig { gamma: 0.0, ..a }.validate().is_err());
+    }
+
+    /// Three SGD steps on two tensors, the second taking part only in the first step; returns
+    /// the final values and momentum buffers.
+    fn three_steps(multi_tensor: bool, nesterov: bool) -> Vec<Tensor> {
+        tch::manual_seed(5);
+        let a = Tensor::randn([4, 3], (Kind::Float, tch::Device::Cpu)).set_requires_grad(true);
+        let b = Tensor::randn([5], (Kind::Float, tch::Device::Cpu)).set_requires_grad(true);
+        let params =
+            vec![("a".to_string(), a.shallow_clone()), ("b".to_string(), b.shallow_clone())];
+        let cfg = OptimConfig { nesterov, ..OptimConfig::default() };
+        let mut opt = Optimizer::over(params, cfg);
+        opt.set_multi_tensor(multi_tensor);
+        for step in 0..3 {
+            opt.zero_grad();
+            let loss = if step == 0 {
+                (&a * &a).sum(Kind::Float) + b.sin().sum(Kind::Float)
+            } else {
+                a.exp().sum(Kind::Float)
+            };
+            loss.backward();
+            if step > 0 {
+                assert!(!b.grad().defined(), "zero_grad leaves no gradient behind");
+            }
+            opt.step(0.1);
+        }
+        let mut out = vec![a.detach(), b.detach()];
+        out.extend(opt.state().into_iter().map(|(_, t)| t));
+        out
+    }
+
+    /// The multi-tensor (CUDA) path computes, bit for bit, what the per-tensor loop computes,
+    /// and both leave a tensor without a gradient untouched (its momentum included).
+    #[test]
+    fn multi_tensor_sgd_equals_the_per_tensor_loop() {
+        for nesterov in [false, true] {
+            let (one, many) = (three_steps(false, nesterov), three_steps(true, nesterov));
+            for (x, y) in one.iter().zip(&many) {
+                assert!(x.equal(y), "nesterov {nesterov}: {x:?} vs {y:?}");
+            }
+        }
+        // `b` moved in step 1 only: two steps with b's gradient undefined changed nothing.
+        tch::manual_seed(5);
+        let _a = Tensor::randn([4, 3], (Kind::Float, tch::Device::Cpu));
+        let b0 = Tensor::randn([5], (Kind::Float, tch::Device::Cpu));
+        let g = b0.cos();
+        let buf = &g + &b0 * 1e-4;
+        let want = &b0 - &buf * 0.1;
+        assert!(three_steps(true, false)[1].allclose(&want, 1e-6, 1e-7, false));
     }
 }

@@ -1,0 +1,76 @@
+//! The libtorch entry points eio needs that tch does not bind (`csrc/shim.cpp`, compiled by
+//! build.rs against the libtorch torch-sys links): clearing a gradient, and PyTorch's
+//! multi-tensor SGD update.
+
+use std::ffi::{c_char, c_double, c_int, c_void, CStr};
+
+use tch::Tensor;
+
+use crate::error::{Error, Result};
+
+type CTensor = torch_sys::C_tensor;
+
+extern "C" {
+    fn eio_grad_reset(t: *mut CTensor) -> *mut c_char;
+    fn eio_foreach_sgd(
+        params: *const *mut CTensor,
+        grads: *const *mut CTensor,
+        bufs: *const *mut CTensor,
+        n: c_int,
+        lr: c_double,
+        momentum: c_double,
+        weight_decay: c_double,
+        nesterov: c_int,
+    ) -> *mut c_char;
+    fn free(p: *mut c_void);
+}
+
+/// The shim's error message, if any (it allocates it with malloc; freed here).
+fn check(msg: *mut c_char) -> Result<()> {
+    if msg.is_null() {
+        return Ok(());
+    }
+    // SAFETY: a non-null return is a NUL-terminated string from malloc, owned by us.
+    let text = unsafe { CStr::from_ptr(msg) }.to_string_lossy().into_owned();
+    unsafe { free(msg.cast()) };
+    Err(Error::Tch(tch::TchError::Torch(text)))
+}
+
+/// Drops `t`'s gradient (PyTorch's `zero_grad(set_to_none=True)`): until the next backward
+/// pass reaches `t`, `t.grad()` is undefined, which the host can see without reading the device.
+pub fn grad_reset(t: &mut Tensor) {
+    // SAFETY: the pointer is a live tensor owned by `t`; resetting its grad cannot throw.
+    check(unsafe { eio_grad_reset(t.as_mut_ptr()) }).expect("resetting a gradient");
+}
+
+/// For every i: `d = g + wd * p; buf = m * buf + d; p -= lr * (nesterov ? d + m * buf : buf)`
+/// with libtorch's `_foreach_*` kernels (one launch per operation on CUDA, for all tensors).
+/// The slices have equal lengths; the tensors of index i share a device, shape and kind.
+pub fn foreach_sgd(
+    params: &mut [Tensor],
+    grads: &[Tensor],
+    bufs: &mut [Tensor],
+    lr: f64,
+    momentum: f64,
+    weight_decay: f64,
+    nesterov: bool,
+) -> Result<()> {
+    assert!(params.len() == grads.len() && grads.len() == bufs.len());
+    let p: Vec<*mut CTensor> = params.iter_mut().map(|t| t.as_mut_ptr()).collect();
+    let g: Vec<*mut CTensor> = grads.iter().map(|t| t.as_ptr() as *mut CTensor).collect();
+    let b: Vec<*mut CTensor> = bufs.iter_mut().map(|t| t.as_mut_ptr()).collect();
+    // SAFETY: the pointers are live tensors for the duration of the call; the shim reads the
+    // gradients and updates the parameters and buffers in place, as the tensor API would.
+    check(unsafe {
+        eio_foreach_sgd(
+            p.as_ptr(),
+            g.as_ptr(),
+            b.as_ptr(),
+            p.len() as c_int,
+            lr,
+            momentum,
+            weight_decay,
+            nesterov as c_int,
+        )
+    })
+}
