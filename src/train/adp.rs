@@ -21,7 +21,7 @@ use tch::{Kind, Tensor};
 
 use super::adv::{against_ensemble, AdvTerm};
 use super::methods::{ensemble_correct, sum, summed_ce};
-use super::{Batch, Method, StepAt, StepStats};
+use super::{stat, Batch, Method, StepAt, StepStats};
 use crate::error::{Error, Result};
 use crate::model::{Model, Route};
 
@@ -115,20 +115,17 @@ impl Method for Adp {
         let ce = sum(logits.iter().map(|l| l.cross_entropy_for_logits(&batch.y)), batch.x.device());
         let (entropy, log_det) = regularisers(&logits, &batch.y, self.cfg.det_offset);
         let mut loss = &ce - &entropy * self.cfg.alpha - &log_det * self.cfg.beta;
-        let mut terms = vec![
-            ("ce", ce.double_value(&[])),
-            ("entropy", entropy.double_value(&[])),
-            ("log_det", log_det.double_value(&[])),
-        ];
+        let mut terms =
+            vec![("ce", stat(&ce)), ("entropy", stat(&entropy)), ("log_det", stat(&log_det))];
         if let Some(xa) = &xa {
             let adv = summed_ce(model, xa, &batch.y);
-            terms.push(("adv", adv.double_value(&[])));
+            terms.push(("adv", stat(&adv)));
             loss += adv;
         }
         loss.backward();
         let correct = ensemble_correct(&logits, &batch.y);
         Ok(StepStats {
-            loss: loss.double_value(&[]),
+            loss: stat(&loss),
             correct,
             seen: batch.y.size()[0],
             note: String::new(),

@@ -19,7 +19,7 @@ use tch::Tensor;
 
 use super::diversify::Branch;
 use super::methods::ce_and_correct;
-use super::{Batch, Method, StepAt, StepStats};
+use super::{stat, Batch, Method, StepAt, StepStats};
 use crate::attack::{Attack, AttackConfig, AttackLoss, PgdConfig};
 use crate::error::{Error, Result};
 use crate::model::{ensemble_logits, Classifier, Model};
@@ -144,8 +144,8 @@ impl Method for AdvTrain {
         for net in &model.nets {
             let (loss, correct) = ce_and_correct(&net.forward(&xa, &route, true), &batch.y);
             loss.backward();
-            st.loss += loss.double_value(&[]) / model.nets.len() as f64;
-            st.correct += correct;
+            st.loss = &st.loss + stat(&loss) / model.nets.len() as f64;
+            st.correct = &st.correct + correct;
             st.seen += batch.y.size()[0];
         }
         Ok(st)

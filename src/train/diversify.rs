@@ -29,7 +29,7 @@ use tch::Tensor;
 
 use super::adv::{AdvTerm, BranchView};
 use super::methods::ce_and_correct;
-use super::{StepAt, StepStats};
+use super::{stat, StepAt, StepStats};
 use crate::distill::{distill, DistillConfig};
 use crate::error::{Error, Result};
 use crate::model::{Model, Net, Route};
@@ -179,8 +179,8 @@ pub fn cross_train(
     adv: Option<&[Tensor]>,
     y: &Tensor,
     div: f64,
-) -> (f64, i64, i64) {
-    let (mut loss_sum, mut correct, mut seen) = (0.0, 0i64, 0i64);
+) -> StepStats {
+    let mut st = StepStats::default();
     let (net, route) = (branches[j].net(model), &branches[j].route);
     let single = branches.len() == 1;
     for (i, xd) in distilled.iter().enumerate() {
@@ -189,15 +189,15 @@ pub fn cross_train(
         }
         let (loss, c) = ce_and_correct(&net.forward(xd, route, true), y);
         (&loss / div).backward();
-        loss_sum += loss.double_value(&[]);
-        correct += c;
-        seen += y.size()[0];
+        st.loss = &st.loss + stat(&loss);
+        st.correct = &st.correct + c;
+        st.seen += y.size()[0];
     }
     if let Some(adv) = adv {
         let loss = net.forward(&adv[j], route, true).cross_entropy_for_logits(y);
         (&loss / div).backward();
     }
-    (loss_sum, correct, seen)
+    st
 }
 
 /// One diversification batch over `plan`: distil on every branch, craft the adversarial
@@ -219,13 +219,13 @@ pub fn step(
     let adv = adv.map(|a| adversarial_all(model, plan, a, x, y, at));
     let mut st = StepStats::default();
     for j in 0..plan.branches.len() {
-        let (l, c, s) = cross_train(model, &plan.branches, j, &distilled, adv.as_deref(), y, div);
-        st.loss += l;
-        st.correct += c;
-        st.seen += s;
+        let b = cross_train(model, &plan.branches, j, &distilled, adv.as_deref(), y, div);
+        st.loss = &st.loss + b.loss;
+        st.correct = &st.correct + b.correct;
+        st.seen += b.seen;
     }
     let pairs = (st.seen / y.size()[0].max(1)).max(1) as f64;
-    st.loss /= pairs;
+    st.loss = &st.loss / pairs;
     st.note = format!("layer {} branches {}", plan.layer, plan.branches.len());
     st
 }

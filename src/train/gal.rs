@@ -27,7 +27,7 @@ use tch::Tensor;
 
 use super::adv::{against_ensemble, AdvTerm};
 use super::methods::{ensemble_correct, input_grads, pairs, sum, summed_ce};
-use super::{Batch, Method, StepAt, StepStats};
+use super::{stat, Batch, Method, StepAt, StepStats};
 use crate::error::{Error, Result};
 use crate::model::Model;
 use crate::seed::{Rng, Stream};
@@ -174,17 +174,16 @@ impl Method for Gal {
         let GalLoss { total: mut loss, ce, coherence, logits } =
             self.loss(model, &batch.x, &batch.y);
         let n = model.nets.len() as f64;
-        let mut terms =
-            vec![("ce", ce.double_value(&[])), ("coherence", coherence.double_value(&[]))];
+        let mut terms = vec![("ce", stat(&ce)), ("coherence", stat(&coherence))];
         if let Some(xa) = &xa {
             let adv = summed_ce(model, xa, &batch.y);
-            terms.push(("adv", adv.double_value(&[])));
+            terms.push(("adv", stat(&adv)));
             loss += adv / n;
         }
         loss.backward();
         let correct = ensemble_correct(&logits, &batch.y);
         Ok(StepStats {
-            loss: loss.double_value(&[]),
+            loss: stat(&loss),
             correct,
             seen: batch.y.size()[0],
             note: String::new(),

@@ -3,22 +3,23 @@
 
 use tch::{Kind, Tensor};
 
-use super::{Batch, Method, StepAt, StepStats};
+use super::{stat, Batch, Method, StepAt, StepStats};
 use crate::error::Result;
 use crate::model::{Model, Route, Routing};
 use crate::seed::Stream;
 
-/// Correct predictions of the ensemble of the members' `logits` (averaged softmax).
-pub fn ensemble_correct(logits: &[Tensor], y: &Tensor) -> i64 {
+/// Correct predictions of the ensemble of the members' `logits` (averaged softmax), on the
+/// device.
+pub fn ensemble_correct(logits: &[Tensor], y: &Tensor) -> Tensor {
     let _guard = tch::no_grad_guard();
     let ens = crate::model::ensemble_logits(logits.iter().map(|l| l.detach()).collect());
-    ens.argmax(-1, false).eq_tensor(y).sum(Kind::Int64).int64_value(&[])
+    ens.argmax(-1, false).eq_tensor(y).sum(Kind::Int64)
 }
 
-/// Cross-entropy of `logits` against `y`, with the count of correct predictions.
-pub fn ce_and_correct(logits: &Tensor, y: &Tensor) -> (Tensor, i64) {
+/// Cross-entropy of `logits` against `y`, with the count of correct predictions (on the device).
+pub fn ce_and_correct(logits: &Tensor, y: &Tensor) -> (Tensor, Tensor) {
     let loss = logits.cross_entropy_for_logits(y);
-    let correct = logits.argmax(-1, false).eq_tensor(y).sum(Kind::Int64).int64_value(&[]);
+    let correct = logits.detach().argmax(-1, false).eq_tensor(y).sum(Kind::Int64);
     (loss, correct)
 }
 
@@ -70,8 +71,8 @@ fn clean_step(model: &Model, batch: &Batch, route: &Route) -> StepStats {
     for net in &model.nets {
         let (loss, correct) = ce_and_correct(&net.forward(&batch.x, route, true), &batch.y);
         loss.backward();
-        st.loss += loss.double_value(&[]) / model.nets.len() as f64;
-        st.correct += correct;
+        st.loss = &st.loss + stat(&loss) / model.nets.len() as f64;
+        st.correct = &st.correct + correct;
         st.seen += batch.y.size()[0];
     }
     st

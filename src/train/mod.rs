@@ -20,7 +20,7 @@ use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use serde::{Deserialize, Serialize};
-use tch::Tensor;
+use tch::{Device, Kind, Tensor};
 
 use crate::data::{epoch_order, Dataset};
 use crate::error::{Error, Result};
@@ -109,20 +109,88 @@ pub struct StepAt {
     pub seed: Seed,
 }
 
-/// What one step reports.
-#[derive(Debug, Clone, Default)]
+/// What one step reports. The numbers stay on the compute device as 0-dim tensors (a step
+/// enqueues work and returns); the loop reads them back in one transfer per log interval.
+#[derive(Debug)]
 pub struct StepStats {
-    /// Mean loss of the step.
-    pub loss: f64,
-    /// Correct predictions among `seen`.
-    pub correct: i64,
+    /// Mean loss of the step (f64).
+    pub loss: Tensor,
+    /// Correct predictions among `seen` (i64).
+    pub correct: Tensor,
     /// Predictions made.
     pub seen: i64,
     /// Extra status for the progress line (e.g. the distillation layer).
     pub note: String,
     /// The method's named loss terms (ADP's entropy, GAL's coherence, ...), each a mean over
     /// the step; the loop averages them over the epoch into the log and `metrics.csv`.
-    pub terms: Vec<(&'static str, f64)>,
+    pub terms: Vec<(&'static str, Tensor)>,
+}
+
+impl Default for StepStats {
+    fn default() -> Self {
+        let zero = |k| Tensor::zeros([], (k, Device::Cpu));
+        StepStats {
+            loss: zero(Kind::Double),
+            correct: zero(Kind::Int64),
+            seen: 0,
+            note: String::new(),
+            terms: Vec::new(),
+        }
+    }
+}
+
+/// `t` (a 0-dim loss) as a detached f64 tensor for [`StepStats`].
+pub fn stat(t: &Tensor) -> Tensor {
+    t.detach().to_kind(Kind::Double)
+}
+
+/// An epoch's running sums, on the host: loss and terms weighted by the predictions made.
+#[derive(Debug, Default)]
+struct Totals {
+    loss_sum: f64,
+    correct: i64,
+    seen: i64,
+    terms: BTreeMap<String, f64>,
+}
+
+impl Totals {
+    /// Reads the `pending` steps' numbers (on `device`) back in one transfer and adds them, in
+    /// step order. A non-finite loss stops at its step: `Err((step, loss))`, nothing of it or
+    /// later added.
+    fn take(
+        &mut self,
+        pending: &mut Vec<(usize, StepStats)>,
+        device: Device,
+    ) -> std::result::Result<(), (usize, f64)> {
+        if pending.is_empty() {
+            return Ok(());
+        }
+        let mut all = Vec::new();
+        for (_, st) in pending.iter() {
+            all.push(st.loss.shallow_clone());
+            all.push(st.correct.shallow_clone());
+            all.extend(st.terms.iter().map(|(_, t)| t.shallow_clone()));
+        }
+        let all: Vec<Tensor> =
+            all.iter().map(|t| t.to_device(device).to_kind(Kind::Double)).collect();
+        let host = Tensor::stack(&all, 0).to_device(Device::Cpu);
+        let vals = Vec::<f64>::try_from(host).expect("f64 values");
+        let mut v = vals.into_iter();
+        for (step, st) in pending.drain(..) {
+            let (loss, correct) = (v.next().expect("loss"), v.next().expect("correct"));
+            if !loss.is_finite() {
+                return Err((step, loss));
+            }
+            for (name, _) in &st.terms {
+                let t = v.next().expect("term");
+                *self.terms.entry((*name).to_string()).or_insert(0.0) += t * st.seen as f64;
+            }
+            self.loss_sum += loss * st.seen as f64;
+            self.correct += correct as i64;
+            self.seen += st.seen;
+        }
+        Ok(())
+    }
 }
 
 /// A training method: what one batch contributes to the gradients.
@@ -484,8 +552,11 @@ pub fn fit(
         let target_order =
             method.needs_target().then(|| epoch_order(n, seed, Stream::TargetOrder, epoch as u64));
         let mut bar = Progress::new(steps as u64, format!("epoch {}/{}", epoch + 1, cfg.epochs));
-        let (mut loss_sum, mut correct, mut seen, secs_before) = state.partial;
-        let mut term_sums = std::mem::take(&mut state.partial_terms);
+        let (loss_sum, correct, seen, secs_before) = state.partial;
+        let terms = std::mem::take(&mut state.partial_terms);
+        let mut acc = Totals { loss_sum, correct, seen, terms };
+        let mut pending: Vec<(usize, StepStats)> = Vec::new();
+        let mut last_read = Instant::now();
         let t0 = Instant::now();
         let mut note = String::new();
         for step in state.step..steps {
@@ -501,27 +572,28 @@ pub fn fit(
             opt.zero_grad();
             let at = StepAt { epoch, step, seed };
             let st = method.step(model, &Batch { x, y, target }, at)?;
-            if !st.loss.is_finite() {
-                bar.finish();
-                let at = format!("epoch {} step {step}", epoch + 1);
-                return Err(diverged(&format!("loss is {}", st.loss), at));
+            note.clone_from(&st.note);
+            pending.push((step, st));
+            // Reading a number back waits for the device. On the CPU that costs nothing: read
+            // every step, so a NaN loss stops the run before its update. On a GPU read about
+            // once a second (and before every checkpoint): a step only enqueues work.
+            if !device.is_cuda() || last_read.elapsed().as_secs_f64() >= 1.0 {
+                if let Err((at_step, loss)) = acc.take(&mut pending, device) {
+                    bar.finish();
+                    let at = format!("epoch {} step {at_step}", epoch + 1);
+                    return Err(diverged(&format!("loss is {loss}"), at));
+                }
+                last_read = Instant::now();
             }
             opt.step(lr);
-            for (name, v) in &st.terms {
-                *term_sums.entry((*name).to_string()).or_insert(0.0) += v * st.seen as f64;
-            }
-            loss_sum += st.loss * st.seen as f64;
-            correct += st.correct;
-            seen += st.seen;
-            note = st.note;
             let secs = secs_before + t0.elapsed().as_secs_f64();
             let done = (step + 1 - state.step) * bs;
             bar.update(
                 (step + 1) as u64,
                 &format!(
                     "loss {:.3} acc {:.1}% {:.0} img/s{}{}",
-                    loss_sum / seen.max(1) as f64,
-                    100.0 * correct as f64 / seen.max(1) as f64,
+                    acc.loss_sum / acc.seen.max(1) as f64,
+                    100.0 * acc.correct as f64 / acc.seen.max(1) as f64,
                     done as f64 / t0.elapsed().as_secs_f64().max(1e-9),
                     if note.is_empty() { "" } else { " " },
                     note
@@ -531,11 +603,16 @@ pub fn fit(
                 && (step + 1) % cfg.checkpoint_every == 0
                 && step + 1 < steps
             {
+                if let Err((at_step, loss)) = acc.take(&mut pending, device) {
+                    bar.finish();
+                    let at = format!("epoch {} step {at_step}", epoch + 1);
+                    return Err(diverged(&format!("loss is {loss}"), at));
+                }
                 let st = RunState {
                     epoch,
                     step: step + 1,
-                    partial: (loss_sum, correct, seen, secs),
-                    partial_terms: term_sums.clone(),
+                    partial: (acc.loss_sum, acc.correct, acc.seen, secs),
+                    partial_terms: acc.terms.clone(),
                     history: state.history.clone(),
                 };
                 if let Some(bad) = non_finite(model, &opt) {
@@ -545,8 +622,16 @@ pub fn fit(
                 save(model, &opt, &st)?;
             }
         }
+        if let Err((at_step, loss)) = acc.take(&mut pending, device) {
+            bar.finish();
+            return Err(diverged(
+                &format!("loss is {loss}"),
+                format!("epoch {} step {at_step}", epoch + 1),
+            ));
+        }
         bar.finish();
         let train_secs = secs_before + t0.elapsed().as_secs_f64();
+        let Totals { loss_sum, correct, seen, terms: term_sums } = acc;
         let target = Target::new(
             model,
             method.eval_routing(model),
@@ -609,5 +694,30 @@ mod tests {
         assert_eq!(super::short(0.1 * 0.1 * 0.1), "0.001");
         assert_eq!(super::short(0.1), "0.1");
         assert_eq!(super::short(2.5e-7), "0.00000025");
+    }
+
+    /// Steps read back together add up as if read one by one; a NaN loss stops at its own step
+    /// with nothing of it or of later steps added (the GPU reads once a second).
+    #[test]
+    fn deferred_step_numbers_add_in_order_and_stop_at_a_nan() {
+        use super::{StepStats, Totals};
+        use tch::{Device, Tensor};
+        let st = |loss: f64, correct: i64, ent: f64| StepStats {
+            loss: Tensor::from(loss),
+            correct: Tensor::from(correct),
+            seen: 10,
+            note: String::new(),
+            terms: vec![("entropy", Tensor::from(ent))],
+        };
+        let mut acc = Totals::default();
+        let mut pending = vec![(0, st(2.0, 3, 0.5)), (1, st(1.0, 5, 0.25))];
+        assert!(acc.take(&mut pending, Device::Cpu).is_ok() && pending.is_empty());
+        assert_eq!((acc.loss_sum, acc.correct, acc.seen), (30.0, 8, 20));
+        assert_eq!(acc.terms["entropy"], 7.5);
+        let mut pending =
+            vec![(2, st(1.0, 1, 0.0)), (3, st(f64::NAN, 9, 0.0)), (4, st(1.0, 9, 0.0))];
+        let err = acc.take(&mut pending, Device::Cpu).unwrap_err();
+        assert!(err.0 == 3 && err.1.is_nan(), "{err:?}");
+        assert_eq!((acc.correct, acc.seen), (9, 30));
     }
 }

@@ -25,7 +25,7 @@ use serde::{Deserialize, Serialize};
 use tch::Tensor;
 
 use super::methods::{ensemble_correct, input_grads, pairs, sum};
-use super::{Batch, Method, StepAt, StepStats};
+use super::{stat, Batch, Method, StepAt, StepStats};
 use crate::error::{Error, Result};
 use crate::model::Model;
 use crate::seed::{Seed, Stream};
@@ -184,15 +184,11 @@ impl Method for Trs {
         loss.backward();
         let logits: Vec<Tensor> = lg.into_iter().map(|(_, _, l)| l).collect();
         Ok(StepStats {
-            loss: loss.double_value(&[]),
+            loss: stat(&loss),
             correct: ensemble_correct(&logits, y),
             seen: y.size()[0],
             note: String::new(),
-            terms: vec![
-                ("ce", ce.double_value(&[])),
-                ("cos", cos.double_value(&[])),
-                ("smooth", smooth.double_value(&[])),
-            ],
+            terms: vec![("ce", stat(&ce)), ("cos", stat(&cos)), ("smooth", stat(&smooth))],
         })
     }
 }
