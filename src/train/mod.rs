@@ -22,7 +22,7 @@ use std::time::Instant;
 use serde::{Deserialize, Serialize};
 use tch::{Device, Kind, Tensor};
 
-use crate::data::{epoch_order, Dataset};
+use crate::data::{draw_augment, epoch_order, Dataset, DeviceData};
 use crate::error::{Error, Result};
 use crate::eval;
 use crate::fsx::{clean_stale_temps, RunLock};
@@ -142,6 +142,56 @@ impl Default for StepStats {
 /// `t` (a 0-dim loss) as a detached f64 tensor for [`StepStats`].
 pub fn stat(t: &Tensor) -> Tensor {
     t.detach().to_kind(Kind::Double)
+}
+
+/// An epoch's batch order and augmentation draws, made on the host from the seeded streams in
+/// the order [`Dataset::batch`] draws them (per step: the batch's images, then the target
+/// batch's), and moved to the device in one transfer per epoch: a step then gathers and augments
+/// its batch on the device ([`DeviceData`]) without touching the host.
+struct EpochDraws {
+    /// Image indices by position in the epoch: the batch order, then the target order.
+    idx: [Option<Tensor>; 2],
+    /// `[N, 3]` draws (dy, dx, flip) by position, for the batch and the target batch.
+    aug: [Option<Tensor>; 2],
+}
+
+impl EpochDraws {
+    fn new(
+        order: &[usize],
+        target: Option<&[usize]>,
+        bs: usize,
+        augment: bool,
+        seed: Seed,
+        epoch: usize,
+        device: Device,
+    ) -> Self {
+        let n = order.len();
+        let ix = |o: &[usize]| {
+            Tensor::from_slice(&o.iter().map(|&i| i as i64).collect::<Vec<_>>()).to_device(device)
+        };
+        let aug = augment.then(|| {
+            let (mut a, mut t) = (Vec::with_capacity(3 * n), Vec::with_capacity(3 * n));
+            for (step, lo) in (0..n).step_by(bs).enumerate() {
+                let mut rng = seed.rng(Stream::Augment, epoch as u64, step as u64);
+                let len = bs.min(n - lo);
+                (0..len).for_each(|_| a.extend(draw_augment(&mut rng)));
+                if target.is_some() {
+                    (0..len).for_each(|_| t.extend(draw_augment(&mut rng)));
+                }
+            }
+            let to = |v: Vec<i64>| Tensor::from_slice(&v).view([-1, 3]).to_device(device);
+            [Some(to(a)), target.map(|_| to(t))]
+        });
+        EpochDraws { idx: [Some(ix(order)), target.map(ix)], aug: aug.unwrap_or([None, None]) }
+    }
+
+    /// The batch (or, with `target`, the target batch) at positions `lo..lo + len`.
+    fn batch(&self, data: &DeviceData, target: bool, lo: usize, len: usize) -> (Tensor, Tensor) {
+        let k = target as usize;
+        let idx = self.idx[k].as_ref().expect("drawn").narrow(0, lo as i64, len as i64);
+        let aug = self.aug[k].as_ref().map(|a| a.narrow(0, lo as i64, len as i64));
+        data.batch(&idx, aug.as_ref())
+    }
 }
 
 /// An epoch's running sums, on the host: loss and terms weighted by the predictions made.
@@ -391,6 +441,7 @@ pub fn fit(
         )));
     }
     let device = model.device();
+    let data = DeviceData::new(train, device);
     let seed = Seed(cfg.seed);
     let mut opt = Optimizer::new(model, optim.clone());
     let ckpt = run.checkpoint();
@@ -551,6 +602,8 @@ pub fn fit(
         let order = epoch_order(n, seed, Stream::Order, epoch as u64);
         let target_order =
             method.needs_target().then(|| epoch_order(n, seed, Stream::TargetOrder, epoch as u64));
+        let draws =
+            EpochDraws::new(&order, target_order.as_deref(), bs, cfg.augment, seed, epoch, device);
         let mut bar = Progress::new(steps as u64, format!("epoch {}/{}", epoch + 1, cfg.epochs));
         let (loss_sum, correct, seen, secs_before) = state.partial;
         let terms = std::mem::take(&mut state.partial_terms);
@@ -560,15 +613,9 @@ pub fn fit(
         let t0 = Instant::now();
         let mut note = String::new();
         for step in state.step..steps {
-            let idx = &order[step * bs..((step + 1) * bs).min(n)];
-            let mut aug = seed.rng(Stream::Augment, epoch as u64, step as u64);
-            let mut make = |idx: &[usize]| {
-                let (x, y) = train.batch(idx, if cfg.augment { Some(&mut aug) } else { None });
-                (x.to_device(device), y.to_device(device))
-            };
-            let (x, y) = make(idx);
-            let target =
-                target_order.as_ref().map(|o| make(&o[step * bs..((step + 1) * bs).min(n)]));
+            let (lo, len) = (step * bs, ((step + 1) * bs).min(n) - step * bs);
+            let (x, y) = draws.batch(&data, false, lo, len);
+            let target = target_order.is_some().then(|| draws.batch(&data, true, lo, len));
             opt.zero_grad();
             let at = StepAt { epoch, step, seed };
             let st = method.step(model, &Batch { x, y, target }, at)?;
