@@ -513,9 +513,17 @@ fn resume_reaches_the_uninterrupted_weights() {
     // Another configuration cannot resume it.
     let e = err_text(fit(&mut b, &mut RgnWarmup, &t, &o, "other", &train, &test, &run("b", true)));
     assert!(e.contains("another configuration"), "{e}");
+    // Resumed in another layout than the run's (a --memory-format given by mistake), the run
+    // goes on in its own, so it still ends bit for bit where the uninterrupted one ends.
     let mut b = Model::new(&spec, Device::Cpu, Seed(t.seed)).unwrap();
+    let other =
+        if b.is_channels_last() { MemoryFormat::Contiguous } else { MemoryFormat::ChannelsLast };
+    b.set_memory_format(other);
     let hist = fit(&mut b, &mut RgnWarmup, &t, &o, "cfg", &train, &test, &run("b", true)).unwrap();
     assert_eq!(hist.len(), 2);
+    assert_eq!(b.is_channels_last(), a.is_channels_last());
+    let log = std::fs::read_to_string(dir.path().join("b/train.log")).unwrap();
+    assert!(log.contains("resuming in the run's layout"), "{log}");
     let (va, vb) = (a.vs.variables(), b.vs.variables());
     for (k, t) in &va {
         assert!(t.equal(&vb[k]), "{k} differs after resume");

@@ -27,7 +27,7 @@ use crate::error::{Error, Result};
 use crate::eval;
 use crate::fsx::{clean_stale_temps, RunLock};
 use crate::model::io::{write_atomic, TensorFile};
-use crate::model::{Model, Routing, Target};
+use crate::model::{MemoryFormat, Model, Routing, Target};
 use crate::optim::{OptimConfig, Optimizer};
 use crate::progress::Progress;
 use crate::seed::{Seed, Stream};
@@ -142,6 +142,16 @@ impl Default for StepStats {
 /// `t` (a 0-dim loss) as a detached f64 tensor for [`StepStats`].
 pub fn stat(t: &Tensor) -> Tensor {
     t.detach().to_kind(Kind::Double)
+}
+
+/// Checkpoint metadata: the device kind and memory layout the run computes in.
+const LAYOUT_KEY: &str = "eio.layout";
+
+/// `cpu/channels-last`, `cuda/contiguous`, ...
+fn layout(model: &Model) -> String {
+    let dev = if model.device().is_cuda() { "cuda" } else { "cpu" };
+    let fmt = if model.is_channels_last() { "channels-last" } else { "contiguous" };
+    format!("{dev}/{fmt}")
 }
 
 /// An epoch's batch order and augmentation draws, made on the host from the seeded streams in
@@ -485,6 +495,24 @@ pub fn fit(
             )));
         }
         model.vs.copy(&loaded.vs)?;
+        // Exact resume needs the layout the run computed in (on the same kind of device; across
+        // devices numbers agree only within rounding anyway, and each keeps its faster layout).
+        if let Some(saved) = file.meta.get(LAYOUT_KEY) {
+            let here = layout(model);
+            if *saved != here && saved.split('/').next() == here.split('/').next() {
+                let f = if saved.ends_with("channels-last") {
+                    MemoryFormat::ChannelsLast
+                } else {
+                    MemoryFormat::Contiguous
+                };
+                model.set_memory_format(f);
+                opt = Optimizer::new(model, optim.clone());
+                say(
+                    &run.dir,
+                    &format!("resuming in the run's layout ({saved}) rather than {here}"),
+                )?;
+            }
+        }
         opt.load_state(&file)?;
         state = serde_json::from_str(file.meta.get(STATE_KEY).map(String::as_str).unwrap_or("{}"))
             .map_err(|e| Error::checkpoint(&ckpt, format!("bad run state: {e}")))?;
@@ -579,6 +607,7 @@ pub fn fit(
         extra.meta.insert(DATA_KEY.into(), data_id.clone());
         extra.meta.insert("eio.git".into(), git_rev().into());
         extra.meta.insert("eio.method".into(), method_name.into());
+        extra.meta.insert(LAYOUT_KEY.into(), layout(model));
         model.save(&ckpt, extra)
     };
     // The NaN stop: a checkpoint is written only from finite weights, so the last one written is
