@@ -76,6 +76,44 @@ def main():
     t, g, i = (time_ms(a.iters, f, sync) for f in (train, grad, infer))
     p = a.batch_size / (time_ms(max(1, a.iters // 10), pgd50, sync) / 1e3)
     print(f"{'resnet20':<24} {t:>12.1f} {g:>16.1f} {i:>14.1f} {p:>14.1f}")
+    if dev.type == "cuda":
+        t, g = cuda_graph_rows(net, opt, x, y, a.iters)
+        print(f"{'resnet20 (CUDA graph)':<24} {t:>12.1f} {g:>16.1f} {'':>14} {'':>14}")
+
+
+def cuda_graph_rows(net, opt, x, y, iters):
+    """The train step and the input-gradient step captured whole as CUDA graphs and replayed
+    (torch.cuda.graph, the 'whole network capture' recipe of the PyTorch CUDA semantics notes):
+    what PyTorch costs once kernel launches are gone."""
+    sync = torch.cuda.synchronize
+    static_x, static_y = x.clone(), y.clone()
+    side = torch.cuda.Stream()
+    side.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(side):  # warm-up on a side stream before capture, as the recipe says
+        net.train()
+        for _ in range(3):
+            opt.zero_grad(set_to_none=True)
+            F.cross_entropy(net(static_x), static_y).backward()
+            opt.step()
+    torch.cuda.current_stream().wait_stream(side)
+    train_graph = torch.cuda.CUDAGraph()
+    opt.zero_grad(set_to_none=True)
+    with torch.cuda.graph(train_graph):
+        F.cross_entropy(net(static_x), static_y).backward()
+        opt.step()
+    t = time_ms(iters, train_graph.replay, sync)
+
+    net.eval()
+    xa = static_x.detach().clone().requires_grad_(True)
+    with torch.cuda.stream(side):
+        for _ in range(3):
+            g, = torch.autograd.grad(F.cross_entropy(net(xa), static_y), xa)
+    torch.cuda.current_stream().wait_stream(side)
+    grad_graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(grad_graph):
+        g, = torch.autograd.grad(F.cross_entropy(net(xa), static_y), xa)
+        g.sign()
+    return t, time_ms(iters, grad_graph.replay, sync)
 
 
 if __name__ == "__main__":
