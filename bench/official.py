@@ -1,4 +1,4 @@
-"""Times ONE training iteration of the *official* public code, on the CPU, at batch 128:
+"""Times ONE training iteration of the *official* public code, on the CPU (or CUDA), at batch 128:
 
   * Ensemble-in-One, github.com/cai-y13/Ensemble-in-One: builds the RGN as `train.py`'s `__main__`
     does (`train.parser` defaults, `models.ImagenetRunConfig`, `resnet.resnet(depth=20, aug_num=2)`,
@@ -16,9 +16,10 @@ Their code is imported from exported checkouts of the repositories (nothing of i
 
     git --git-dir=<fetched mirror> archive HEAD | tar -x -C /tmp/official-eio   (same for DVERGE)
     scripts/python bench/official.py --eio-repo /tmp/official-eio --dverge-repo /tmp/official-dverge \
-        [--iters 3] [--threads 2] [--json out.json]
+        [--iters 3] [--threads 2] [--device cpu|cuda] [--json out.json]
 
-Runtime adaptations, no edits to their files: `.cuda()` returns self; `RunManager` (which demands
+Runtime adaptations, no edits to their files (on CUDA only the loader, the accuracy fix and the
+stubs apply): `.cuda()` returns self; `RunManager` (which demands
 CUDA and wraps the net in DataParallel on cuda:0) is built with CUDA reported present and a
 DataParallel that stays on the CPU; their CIFAR `DistillationLoader` is replaced by one random
 (source, labels, target, labels) batch, after which the loop is stopped before its end-of-epoch
@@ -47,8 +48,12 @@ import torch._dynamo  # noqa: F401  (imported lazily by optimisers; must see the
 import torch.nn as nn
 
 BATCH = 128
-torch.Tensor.cuda = lambda self, *a, **k: self  # their code calls .cuda() on tensors and models
-nn.Module.cuda = lambda self, *a, **k: self
+ON_CPU = True  # --device cpu: their .cuda() calls become no-ops (set in main)
+
+
+def stay_on_cpu():
+    torch.Tensor.cuda = lambda self, *a, **k: self  # their code calls .cuda() on tensors and models
+    nn.Module.cuda = lambda self, *a, **k: self
 
 
 class Done(Exception):
@@ -183,10 +188,13 @@ def build_eio(work, tmp):
     normalizer = train.NormalizeByChannelMeanStd(mean=mean, std=std)
     model = train.model_wrapper(resnet.resnet(depth=20, num_classes=10, aug_num=args.aug_num), normalizer)
     super_net = EnsembleInOneNets(model)
-    with mock.patch.object(torch.cuda, "is_available", lambda: True), \
-            mock.patch.object(torch.nn, "DataParallel", CPUDataParallel):
+    if ON_CPU:
+        with mock.patch.object(torch.cuda, "is_available", lambda: True), \
+                mock.patch.object(torch.nn, "DataParallel", CPUDataParallel):
+            rgn = rgn_manager.EnsembleInOneRunManager(tmp, super_net, run_config)
+        rgn.run_manager.device = torch.device("cpu")
+    else:
         rgn = rgn_manager.EnsembleInOneRunManager(tmp, super_net, run_config)
-    rgn.run_manager.device = torch.device("cpu")
     rgn.run_manager.init_lr = args.init_lr
     run_config.data_provider = types.SimpleNamespace(train=None)  # no CIFAR provider
     run_manager.DistillationLoader = one_batch_loader(random_batch())
@@ -213,6 +221,11 @@ def build_dverge(work, tmp):
     return lambda: trainer.train(1)
 
 
+def sync():
+    if not ON_CPU:
+        torch.cuda.synchronize()
+
+
 def time_iterations(name, build, paths, iters):
     work = {}
     torch.manual_seed(0)
@@ -223,11 +236,13 @@ def time_iterations(name, build, paths, iters):
         times, per_iter = [], []
         for i in range(1 + iters):  # first one is the warm-up
             work.update(distill=[], stem_forwards=0, optimizer_steps=0)
+            sync()
             t = time.perf_counter()
             try:
                 step()
             except Done:
                 pass
+            sync()
             times.append(time.perf_counter() - t)
             per_iter.append(dict(work))
     return {"codebase": name, "median_s": statistics.median(times[1:]), "times_s": times[1:],
@@ -240,8 +255,13 @@ def main():
     ap.add_argument("--dverge-repo", help="exported checkout of zjysteven/DVERGE")
     ap.add_argument("--iters", type=int, default=3)
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
     ap.add_argument("--json")
     a = ap.parse_args()
+    global ON_CPU
+    ON_CPU = a.device == "cpu"
+    if ON_CPU:
+        stay_on_cpu()
     torch.set_num_threads(a.threads)
     runs = []
     if a.eio_repo:
@@ -258,13 +278,14 @@ def main():
         eps, alpha, steps = w["distill"][0][1:]
         what = "p=%d, n=2" % len(w["distill"]) if name == "official-eio" else "%d members" % len(w["distill"])
         print(f"{name} iteration: {r['median_s']:.2f} s (median of {a.iters}; {what}, {steps} distill steps, "
-              f"batch {BATCH}, {a.threads} threads)")
+              f"batch {BATCH}, {a.device}, {a.threads} threads)")
         print(f"  last iteration: {len(w['distill'])} distillations at layer {layers} (eps {eps}, "
               f"{steps} steps of {alpha}), {w['stem_forwards']} stem forwards, "
               f"{w['optimizer_steps']} optimiser steps; stubbed: {', '.join(r['stubbed_modules']) or 'none'}")
     if a.json:
         with open(a.json, "w") as f:
-            json.dump({"batch": BATCH, "threads": a.threads, "iters": a.iters, "results": results}, f, indent=2)
+            json.dump({"batch": BATCH, "device": a.device, "threads": a.threads, "iters": a.iters,
+                       "results": results}, f, indent=2)
 
 
 if __name__ == "__main__":
