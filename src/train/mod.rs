@@ -639,6 +639,12 @@ pub fn fit(
         let mut acc = Totals { loss_sum, correct, seen, terms };
         let mut pending: Vec<(usize, StepStats)> = Vec::new();
         let mut last_read = Instant::now();
+        // Adds the pending steps' numbers; a non-finite loss ends the run at its step.
+        let read = |acc: &mut Totals, pending: &mut Vec<(usize, StepStats)>| {
+            acc.take(pending, device).map_err(|(at_step, loss)| {
+                diverged(&format!("loss is {loss}"), format!("epoch {} step {at_step}", epoch + 1))
+            })
+        };
         let t0 = Instant::now();
         let mut note = String::new();
         for step in state.step..steps {
@@ -654,10 +660,9 @@ pub fn fit(
             // every step, so a NaN loss stops the run before its update. On a GPU read about
             // once a second (and before every checkpoint): a step only enqueues work.
             if !device.is_cuda() || last_read.elapsed().as_secs_f64() >= 1.0 {
-                if let Err((at_step, loss)) = acc.take(&mut pending, device) {
+                if let Err(e) = read(&mut acc, &mut pending) {
                     bar.finish();
-                    let at = format!("epoch {} step {at_step}", epoch + 1);
-                    return Err(diverged(&format!("loss is {loss}"), at));
+                    return Err(e);
                 }
                 last_read = Instant::now();
             }
@@ -679,10 +684,9 @@ pub fn fit(
                 && (step + 1) % cfg.checkpoint_every == 0
                 && step + 1 < steps
             {
-                if let Err((at_step, loss)) = acc.take(&mut pending, device) {
+                if let Err(e) = read(&mut acc, &mut pending) {
                     bar.finish();
-                    let at = format!("epoch {} step {at_step}", epoch + 1);
-                    return Err(diverged(&format!("loss is {loss}"), at));
+                    return Err(e);
                 }
                 let st = RunState {
                     epoch,
@@ -698,12 +702,9 @@ pub fn fit(
                 save(model, &opt, &st)?;
             }
         }
-        if let Err((at_step, loss)) = acc.take(&mut pending, device) {
+        if let Err(e) = read(&mut acc, &mut pending) {
             bar.finish();
-            return Err(diverged(
-                &format!("loss is {loss}"),
-                format!("epoch {} step {at_step}", epoch + 1),
-            ));
+            return Err(e);
         }
         bar.finish();
         let train_secs = secs_before + t0.elapsed().as_secs_f64();
