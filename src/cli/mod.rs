@@ -35,6 +35,11 @@ pub struct Cli {
     /// float rounding (auto: channels-last on the CPU, contiguous on CUDA).
     #[arg(long, global = true, value_name = "FORMAT", default_value = "auto", value_parser = parsed::<MemoryFormat>)]
     memory_format: MemoryFormat,
+    /// Let cuDNN time its convolution algorithms for each shape and keep the fastest (CUDA only;
+    /// faster steps after the first, but the algorithm, and so the last bits of the numbers, can
+    /// differ from run to run).
+    #[arg(long, global = true)]
+    cudnn_benchmark: bool,
     #[command(subcommand)]
     cmd: Command,
 }
@@ -72,6 +77,9 @@ pub fn run(cli: Cli) -> Result<()> {
         tch::set_num_threads(n as i32);
     }
     eio::model::set_default_memory_format(cli.memory_format);
+    if cli.cudnn_benchmark {
+        tch::Cuda::cudnn_set_benchmark(true);
+    }
     match cli.cmd {
         Command::Train(c) => train::run(c),
         Command::Finetune(a) => train::finetune(a),
