@@ -53,7 +53,8 @@ pub struct Timing {
     pub pgd50_images_per_sec: f64,
 }
 
-/// Times a ResNet-20 and an RGN (n = 2, 21 gated blocks) at `batch` images.
+/// Times a ResNet-20, an RGN (n = 2, 21 gated blocks) and an ensemble of 3 ResNet-20s at
+/// `batch` images.
 pub fn timings(batch: usize, iters: usize, device: Device) -> Result<Vec<Timing>> {
     let mut rows = Vec::new();
     for (name, arch) in
@@ -100,7 +101,52 @@ pub fn timings(batch: usize, iters: usize, device: Device) -> Result<Vec<Timing>
             pgd50_images_per_sec: batch as f64 / (pgd_ms / 1e3),
         });
     }
+    rows.push(ensemble_timing(3, batch, iters, device)?);
     Ok(rows)
+}
+
+/// The row of a plain ensemble of `n` ResNet-20s: a train step of every member on the batch,
+/// and the ensemble (averaged softmax) as the attacked model, computed member by member or,
+/// with `--group-members`, as one grouped network.
+fn ensemble_timing(n: usize, batch: usize, iters: usize, device: Device) -> Result<Timing> {
+    let model = Model::new(&ModelSpec { arch: ArchConfig::plain(), members: n }, device, Seed(0))?;
+    tch::manual_seed(0);
+    let x = Tensor::rand([batch as i64, 3, 32, 32], (Kind::Float, device));
+    let y = Tensor::randint(10, [batch as i64], (Kind::Int64, device));
+    let mut opt = Optimizer::new(&model, OptimConfig::default());
+    let r = Route::zeros(0);
+    let train_ms = time_ms(iters, device, || {
+        opt.zero_grad();
+        let losses =
+            model.nets.iter().map(|m| m.forward(&x, &r, true).cross_entropy_for_logits(&y));
+        losses.reduce(|a, b| a + b).expect("members").backward();
+        opt.step(0.01);
+    });
+    let target = Target::fixed_zero(&model);
+    let input_grad_ms = time_ms(iters, device, || {
+        let xa = x.detach().set_requires_grad(true);
+        let loss = target.logits(&xa, None).cross_entropy_for_logits(&y);
+        let g = Tensor::run_backward(&[loss], &[&xa], false, false);
+        let _ = g[0].sign();
+    });
+    let infer_ms = time_ms(iters, device, || {
+        let _guard = tch::no_grad_guard();
+        let _ = target.logits(&x, None).argmax(-1, false);
+    });
+    let pgd = PgdConfig { restarts: 1, ..PgdConfig::whitebox(0.03) };
+    let mut arng = Seed(0).rng(Stream::Eval, 0, 0);
+    let pgd_ms = time_ms((iters / 10).max(1), device, || {
+        let xa = pgd.perturb(&target, &x, &y, &mut arng);
+        let _guard = tch::no_grad_guard();
+        let _ = target.logits(&xa, None).argmax(-1, false);
+    });
+    Ok(Timing {
+        model: format!("ensemble of {n}"),
+        train_ms,
+        input_grad_ms,
+        infer_ms,
+        pgd50_images_per_sec: batch as f64 / (pgd_ms / 1e3),
+    })
 }
 
 /// Milliseconds of one training step (method step plus optimiser step) of every training

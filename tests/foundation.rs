@@ -269,6 +269,53 @@ fn channels_last_computes_what_contiguous_computes() {
     }
 }
 
+/// A plain ensemble computed as one grouped network gives each member's own logits (within
+/// float rounding) and the same input-gradient direction, with projection or option-A
+/// shortcuts, ReLU or leaky ReLU, in either layout, with and without SGM.
+#[test]
+fn grouped_members_compute_each_members_logits() {
+    use eio::model::{Net, Shortcut};
+    let x = probe_input(6);
+    let y = Tensor::from_slice(&[0i64, 1, 2, 3, 4, 5]);
+    let archs = [
+        ArchConfig::plain(),
+        ArchConfig { shortcut: Shortcut::Identity, relu_slope: 0.1, ..ArchConfig::plain() },
+    ];
+    for (arch, format) in
+        archs.into_iter().zip([MemoryFormat::ChannelsLast, MemoryFormat::Contiguous])
+    {
+        let mut m = Model::new(&ModelSpec { arch, members: 3 }, Device::Cpu, Seed(5)).unwrap();
+        m.set_memory_format(format);
+        randomise_bn_stats(&m, 2);
+        let nets: Vec<&Net> = m.nets.iter().collect();
+        for sgm in [None, Some(0.5)] {
+            let xa = x.copy().set_requires_grad(true);
+            let xb = x.copy().set_requires_grad(true);
+            let route = Route::zeros(0);
+            let each: Vec<Tensor> = m
+                .nets
+                .iter()
+                .map(|n| match sgm {
+                    Some(g) => n.forward_sgm(&xa, &route, g),
+                    None => n.forward(&xa, &route, false),
+                })
+                .collect();
+            let grouped = Net::grouped_logits(&nets, &xb, sgm);
+            assert_eq!(grouped.size(), vec![3, 6, 10]);
+            for (i, l) in each.iter().enumerate() {
+                let d = (l - grouped.get(i as i64)).abs().max().double_value(&[]);
+                assert!(d <= 1e-5 * l.abs().max().double_value(&[]).max(1.0), "member {i}: {d}");
+            }
+            let la = eio::model::ensemble_logits(each).cross_entropy_for_logits(&y);
+            let lb = eio::model::ensemble_logits(grouped.unbind(0)).cross_entropy_for_logits(&y);
+            let ga = Tensor::run_backward(&[la], &[&xa], false, false).pop().unwrap();
+            let gb = Tensor::run_backward(&[lb], &[&xb], false, false).pop().unwrap();
+            let cos = ((&ga * &gb).sum(Kind::Double) / (ga.norm() * gb.norm())).double_value(&[]);
+            assert!(cos >= 0.999, "sgm {sgm:?}: input gradients have cosine {cos}");
+        }
+    }
+}
+
 #[test]
 fn official_import_matches_pytorch() {
     // Golden logits from `scripts/python bench/reference.py ../shared/models/eio-official-rgn.safetensors`

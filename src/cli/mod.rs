@@ -40,6 +40,10 @@ pub struct Cli {
     /// differ from run to run).
     #[arg(long, global = true)]
     cudnn_benchmark: bool,
+    /// Attack and evaluate a plain ensemble's members as one grouped network (one launch per
+    /// layer for all members: meant for GPUs; slower on CPUs).
+    #[arg(long, global = true)]
+    group_members: bool,
     #[command(subcommand)]
     cmd: Command,
 }
@@ -77,6 +81,7 @@ pub fn run(cli: Cli) -> Result<()> {
         tch::set_num_threads(n as i32);
     }
     eio::model::set_default_memory_format(cli.memory_format);
+    eio::model::set_group_members(cli.group_members);
     if cli.cudnn_benchmark {
         tch::Cuda::cudnn_set_benchmark(true);
     }

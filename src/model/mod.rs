@@ -12,7 +12,7 @@ pub mod route;
 use std::cell::RefCell;
 use std::fmt;
 use std::str::FromStr;
-use std::sync::atomic::{AtomicU8, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
 
 use serde::{Deserialize, Serialize};
 use tch::{nn, Device, Tensor};
@@ -80,6 +80,15 @@ pub fn default_memory_format() -> MemoryFormat {
         2 => MemoryFormat::ChannelsLast,
         _ => MemoryFormat::Auto,
     }
+}
+
+static GROUP_MEMBERS: AtomicBool = AtomicBool::new(false);
+
+/// Whether attacks and evaluation compute a plain ensemble's members as one grouped network
+/// ([`Net::grouped_logits`]; the CLI's `--group-members`). Off by default: slower on a CPU, not
+/// yet measured on a GPU.
+pub fn set_group_members(on: bool) {
+    GROUP_MEMBERS.store(on, Ordering::Relaxed);
 }
 
 /// `t` (4-D) with channels-last strides, or contiguous ones.
@@ -517,6 +526,10 @@ impl Classifier for Target<'_> {
         };
         if self.model.nets.len() == 1 {
             return run(&self.model.nets[0]);
+        }
+        if GROUP_MEMBERS.load(Ordering::Relaxed) && self.model.gates() == 0 {
+            let nets: Vec<&Net> = self.model.nets.iter().collect();
+            return ensemble_logits(Net::grouped_logits(&nets, x, sgm).unbind(0));
         }
         ensemble_logits(self.model.nets.iter().map(run).collect())
     }

@@ -35,6 +35,8 @@ struct ConvBn {
     gate: Option<usize>,
     /// Plain-network names of the conv and the BatchNorm (`layer1.0.conv1`, `layer1.0.bn1`).
     names: [String; 2],
+    /// The convolution's stride (its padding is k/2).
+    stride: i64,
 }
 
 /// Builds `n` layers under `p`: at `p` itself when `n == 1`, else under `p.0`, `p.1`, ...
@@ -77,7 +79,34 @@ impl ConvBn {
         let convs = copies_at(pc, n_conv, |p| nn::conv2d(p, cin, cout, k, cfg));
         let bns = copies_at(pb, n_bn, |p| nn::batch_norm2d(p, cout, bcfg));
         let name = |p: &nn::Path| p.components().collect::<Vec<_>>().join(".");
-        ConvBn { convs, bns, gate, names: [name(pc), name(pb)] }
+        ConvBn { convs, bns, gate, names: [name(pc), name(pb)], stride }
+    }
+
+    /// Eval-mode conv+BN of ungated slot `of(net)` of every member at once: the members'
+    /// channels side by side, one grouped convolution (`shared_input`: every member reads the
+    /// same `x`, as the stem does) and one BatchNorm over all channels.
+    fn grouped(slots: &[&ConvBn], x: &Tensor, shared_input: bool) -> Tensor {
+        let cat = |f: &dyn Fn(&ConvBn) -> Tensor| {
+            Tensor::cat(&slots.iter().map(|s| f(s)).collect::<Vec<_>>(), 0)
+        };
+        let w = cat(&|s| s.convs[0].ws.shallow_clone());
+        let k = w.size()[2];
+        let groups = if shared_input { 1 } else { slots.len() as i64 };
+        let s0 = slots[0];
+        let h = x.conv2d(&w, None::<Tensor>, [s0.stride; 2], [k / 2; 2], [1; 2], groups);
+        let opt = |f: &dyn Fn(&nn::BatchNorm) -> &Option<Tensor>| {
+            cat(&|s| f(&s.bns[0]).as_ref().expect("affine BatchNorm").shallow_clone())
+        };
+        h.batch_norm(
+            Some(opt(&|b| &b.ws)),
+            Some(opt(&|b| &b.bs)),
+            Some(cat(&|s| s.bns[0].running_mean.shallow_clone())),
+            Some(cat(&|s| s.bns[0].running_var.shallow_clone())),
+            false,
+            0.1,
+            1e-5,
+            true,
+        )
     }
 
     fn forward(&self, x: &Tensor, route: &Route, train: bool) -> Tensor {
@@ -273,6 +302,64 @@ impl Net {
             }
         }
         plain.to_string()
+    }
+
+    /// Eval-mode logits of `nets` (the members of a plain ensemble, one architecture) on the
+    /// shared input `x`, computed as one grouped network: the members' channels side by side,
+    /// every convolution grouped by member. One kernel launch per layer for all members, where
+    /// a per-member forward launches one per member: faster where launches dominate (small
+    /// batches on a GPU), slower on a CPU (results/bench.md). Same values as the per-member
+    /// forward within float rounding. Returns `[N, B, 10]`. `sgm` as in [`Net::forward_sgm`].
+    pub fn grouped_logits(nets: &[&Net], x: &Tensor, sgm: Option<f64>) -> Tensor {
+        let n = nets.len() as i64;
+        let first = nets[0];
+        assert!(
+            nets.iter().all(|m| m.gates == 0 && m.arch == first.arch),
+            "grouped members are plain networks of one architecture"
+        );
+        let mut h = (x - &first.mean) / &first.std;
+        if first.channels_last {
+            h = super::with_layout(&h, true);
+        }
+        let slot = |f: &dyn Fn(&Net) -> &ConvBn| nets.iter().map(|m| f(m)).collect::<Vec<_>>();
+        let mut h = first.act(&ConvBn::grouped(&slot(&|m| &m.stem), &h, true));
+        for (b, block) in first.blocks.iter().enumerate() {
+            let c1 = ConvBn::grouped(&slot(&|m| &m.blocks[b].c1), &h, false);
+            let mut branch = ConvBn::grouped(&slot(&|m| &m.blocks[b].c2), &first.act(&c1), false);
+            if let Some(g) = sgm {
+                let d = branch.detach();
+                branch = &d + (&branch - &d) * g;
+            }
+            let short = match &block.shortcut {
+                Some(_) => ConvBn::grouped(
+                    &slot(&|m| m.blocks[b].shortcut.as_ref().expect("same architecture")),
+                    &h,
+                    false,
+                ),
+                None if block.pad > 0 => {
+                    // Option A per member: subsample, then zero channels on each side of each
+                    // member's group.
+                    let sub = h.slice(2, 0, None, 2).slice(3, 0, None, 2);
+                    let [bs, c, hh, ww] = sub.size()[..] else { unreachable!("4-D") };
+                    sub.reshape([bs, n, c / n, hh, ww])
+                        .constant_pad_nd([0, 0, 0, 0, block.pad, block.pad])
+                        .reshape([bs, c + 2 * n * block.pad, hh, ww])
+                }
+                None => h.shallow_clone(),
+            };
+            h = first.act(&(branch + short));
+        }
+        let bs = h.size()[0];
+        let pooled = h.adaptive_avg_pool2d([1, 1]).reshape([bs, n, -1]);
+        let w = Tensor::stack(&nets.iter().map(|m| m.fc.ws.shallow_clone()).collect::<Vec<_>>(), 0);
+        let b = Tensor::stack(
+            &nets
+                .iter()
+                .map(|m| m.fc.bs.as_ref().expect("bias").shallow_clone())
+                .collect::<Vec<_>>(),
+            0,
+        );
+        Tensor::einsum("bnc,nkc->nbk", &[&pooled, &w], None::<i64>) + b.unsqueeze(1)
     }
 
     /// The activation: ReLU, or leaky ReLU with the architecture's slope.
