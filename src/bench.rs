@@ -265,6 +265,28 @@ pub fn device_check(device: Device) -> Result<Vec<CheckRow>> {
             ok: d <= 1e-3,
         });
     }
+    // The grouped ensemble (--group-members) against the per-member forward, on the device.
+    let ens = Model::new(&ModelSpec { arch: ArchConfig::plain(), members: 3 }, device, Seed(1))?;
+    let xd = x.to_device(device);
+    let (each, grouped) = tch::no_grad(|| {
+        let r = Route::zeros(0);
+        let nets: Vec<&crate::model::Net> = ens.nets.iter().collect();
+        (
+            crate::model::ensemble_logits(
+                ens.nets.iter().map(|n| n.forward(&xd, &r, false)).collect(),
+            ),
+            crate::model::ensemble_logits(
+                crate::model::Net::grouped_logits(&nets, &xd, None).unbind(0),
+            ),
+        )
+    });
+    let d = rel(&each, &grouped);
+    rows.push(CheckRow {
+        what: "ensemble of 3 grouped vs per member".into(),
+        rel_diff: d,
+        tolerance: 1e-3,
+        ok: d <= 1e-3,
+    });
     for method in MethodConfig::every() {
         let spec = TrainSpec::defaults(method);
         let model = Model::new(&spec.model_spec(), device, Seed(2))?;
