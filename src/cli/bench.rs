@@ -56,11 +56,15 @@ pub fn run(a: BenchArgs) -> Result<()> {
         }
         return Ok(());
     }
-    let layout = if eio::model::default_memory_format().channels_last_on(device) {
-        "channels-last"
-    } else {
-        "contiguous"
-    };
+    let mut layout =
+        String::from(if eio::model::default_memory_format().channels_last_on(device) {
+            "channels-last"
+        } else {
+            "contiguous"
+        });
+    if eio::model::group_members() {
+        layout += ", grouped members";
+    }
     if a.methods {
         let iters = (a.iters / 10).max(1);
         println!(

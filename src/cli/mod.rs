@@ -41,7 +41,7 @@ pub struct Cli {
     #[arg(long, global = true)]
     cudnn_benchmark: bool,
     /// Attack and evaluate a plain ensemble's members as one grouped network (one launch per
-    /// layer for all members: meant for GPUs; slower on CPUs).
+    /// layer for all members: meant for GPUs; no faster on CPUs).
     #[arg(long, global = true)]
     group_members: bool,
     #[command(subcommand)]

@@ -85,10 +85,15 @@ pub fn default_memory_format() -> MemoryFormat {
 static GROUP_MEMBERS: AtomicBool = AtomicBool::new(false);
 
 /// Whether attacks and evaluation compute a plain ensemble's members as one grouped network
-/// ([`Net::grouped_logits`]; the CLI's `--group-members`). Off by default: slower on a CPU, not
-/// yet measured on a GPU.
+/// ([`Net::grouped_logits`]; the CLI's `--group-members`). Off by default: no faster on 2 CPU
+/// cores in what was measured (results/bench.md), not yet measured on a GPU.
 pub fn set_group_members(on: bool) {
     GROUP_MEMBERS.store(on, Ordering::Relaxed);
+}
+
+/// Whether plain ensembles are computed as one grouped network.
+pub fn group_members() -> bool {
+    GROUP_MEMBERS.load(Ordering::Relaxed)
 }
 
 /// `t` (4-D) with channels-last strides, or contiguous ones.

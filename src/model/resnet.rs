@@ -307,8 +307,8 @@ impl Net {
     /// Eval-mode logits of `nets` (the members of a plain ensemble, one architecture) on the
     /// shared input `x`, computed as one grouped network: the members' channels side by side,
     /// every convolution grouped by member. One kernel launch per layer for all members, where
-    /// a per-member forward launches one per member: faster where launches dominate (small
-    /// batches on a GPU), slower on a CPU (results/bench.md). Same values as the per-member
+    /// a per-member forward launches one per member: meant for where launches dominate (small
+    /// batches on a GPU; no faster on 2 CPU cores, results/bench.md). Same values as the per-member
     /// forward within float rounding. Returns `[N, B, 10]`. `sgm` as in [`Net::forward_sgm`].
     pub fn grouped_logits(nets: &[&Net], x: &Tensor, sgm: Option<f64>) -> Tensor {
         let n = nets.len() as i64;
