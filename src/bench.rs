@@ -74,32 +74,8 @@ pub fn timings(batch: usize, iters: usize, device: Device) -> Result<Vec<Timing>
             net.forward(&x, &r, true).cross_entropy_for_logits(&y).backward();
             opt.step(0.01);
         });
-        let r = Route::zeros(gates);
-        let input_grad_ms = time_ms(iters, device, || {
-            let xa = x.detach().set_requires_grad(true);
-            let loss = net.forward(&xa, &r, false).cross_entropy_for_logits(&y);
-            let g = Tensor::run_backward(&[loss], &[&xa], false, false);
-            let _ = g[0].sign();
-        });
-        let infer_ms = time_ms(iters, device, || {
-            let _guard = tch::no_grad_guard();
-            let _ = net.forward(&x, &r, false).argmax(-1, false);
-        });
         let target = Target::fixed_zero(&model);
-        let pgd = PgdConfig { restarts: 1, ..PgdConfig::whitebox(0.03) };
-        let mut arng = Seed(0).rng(Stream::Eval, 0, 0);
-        let pgd_ms = time_ms((iters / 10).max(1), device, || {
-            let xa = pgd.perturb(&target, &x, &y, &mut arng);
-            let _guard = tch::no_grad_guard();
-            let _ = net.forward(&xa, &r, false).argmax(-1, false);
-        });
-        rows.push(Timing {
-            model: name.into(),
-            train_ms,
-            input_grad_ms,
-            infer_ms,
-            pgd50_images_per_sec: batch as f64 / (pgd_ms / 1e3),
-        });
+        rows.push(attacked_row(name.into(), train_ms, &target, &x, &y, iters, device));
     }
     rows.push(ensemble_timing(3, batch, iters, device)?);
     Ok(rows)
@@ -123,30 +99,45 @@ fn ensemble_timing(n: usize, batch: usize, iters: usize, device: Device) -> Resu
         opt.step(0.01);
     });
     let target = Target::fixed_zero(&model);
+    Ok(attacked_row(format!("ensemble of {n}"), train_ms, &target, &x, &y, iters, device))
+}
+
+/// A row of `eio bench`: `train_ms` measured by the caller, then the input-gradient step, the
+/// inference batch and PGD-50 throughput of `target` (eval mode, fixed all-zero route) on
+/// `(x, y)`.
+fn attacked_row(
+    model: String,
+    train_ms: f64,
+    target: &Target,
+    x: &Tensor,
+    y: &Tensor,
+    iters: usize,
+    device: Device,
+) -> Timing {
     let input_grad_ms = time_ms(iters, device, || {
         let xa = x.detach().set_requires_grad(true);
-        let loss = target.logits(&xa, None).cross_entropy_for_logits(&y);
+        let loss = target.logits(&xa, None).cross_entropy_for_logits(y);
         let g = Tensor::run_backward(&[loss], &[&xa], false, false);
         let _ = g[0].sign();
     });
     let infer_ms = time_ms(iters, device, || {
         let _guard = tch::no_grad_guard();
-        let _ = target.logits(&x, None).argmax(-1, false);
+        let _ = target.logits(x, None).argmax(-1, false);
     });
     let pgd = PgdConfig { restarts: 1, ..PgdConfig::whitebox(0.03) };
     let mut arng = Seed(0).rng(Stream::Eval, 0, 0);
     let pgd_ms = time_ms((iters / 10).max(1), device, || {
-        let xa = pgd.perturb(&target, &x, &y, &mut arng);
+        let xa = pgd.perturb(target, x, y, &mut arng);
         let _guard = tch::no_grad_guard();
         let _ = target.logits(&xa, None).argmax(-1, false);
     });
-    Ok(Timing {
-        model: format!("ensemble of {n}"),
+    Timing {
+        model,
         train_ms,
         input_grad_ms,
         infer_ms,
-        pgd50_images_per_sec: batch as f64 / (pgd_ms / 1e3),
-    })
+        pgd50_images_per_sec: x.size()[0] as f64 / (pgd_ms / 1e3),
+    }
 }
 
 /// Milliseconds of one training step (method step plus optimiser step) of every training
