@@ -37,7 +37,7 @@ def official_rgn_forward(sd, x, path):
         return F.batch_norm(h, sd[p + "1.running_mean"], sd[p + "1.running_var"],
                             sd[p + "1.weight"], sd[p + "1.bias"], False, 0.0, 1e-5)
 
-    h = (x - MEAN) / STD
+    h = (x - MEAN.to(x.device)) / STD.to(x.device)
     h = F.relu(slot("conv1", h, 1))
     for stage in range(3):
         for b in range(3):
@@ -90,9 +90,13 @@ class ResNet20(nn.Module):
             cin = width
         self.layer1, self.layer2, self.layer3 = layers
         self.linear = nn.Linear(64, 10)
+        # Buffers (not in the state dict) so that .to(device) moves them: a CUDA graph capture
+        # may not copy from the host.
+        self.register_buffer("mean", MEAN.clone(), persistent=False)
+        self.register_buffer("std", STD.clone(), persistent=False)
 
     def forward(self, x):
-        x = (x - MEAN) / STD
+        x = (x - self.mean) / self.std
         x = F.relu(self.bn1(self.conv1(x)))
         x = self.layer3(self.layer2(self.layer1(x)))
         return self.linear(F.adaptive_avg_pool2d(x, 1).flatten(1))

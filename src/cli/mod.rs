@@ -30,9 +30,9 @@ pub struct Cli {
     /// OMP_NUM_THREADS).
     #[arg(long, global = true, value_name = "N", value_parser = positive)]
     threads: Option<usize>,
-    /// Layout of conv weights and activations: channels-last is about a quarter faster on CPUs
-    /// (oneDNN) but sums in another order, so its numbers differ from contiguous ones within
-    /// float rounding (auto: channels-last on the CPU, contiguous on CUDA).
+    /// Layout of conv weights and activations: channels-last trains faster on CPUs (oneDNN) and
+    /// on GPUs (cuDNN) but sums in another order, so its numbers differ from contiguous ones
+    /// within float rounding (auto: the layout measured fastest, channels-last on CPU and CUDA).
     #[arg(long, global = true, value_name = "FORMAT", default_value = "auto", value_parser = parsed::<MemoryFormat>)]
     memory_format: MemoryFormat,
     /// Let cuDNN time its convolution algorithms for each shape and keep the fastest (CUDA only;
@@ -41,7 +41,7 @@ pub struct Cli {
     #[arg(long, global = true)]
     cudnn_benchmark: bool,
     /// Attack and evaluate a plain ensemble's members as one grouped network (one launch per
-    /// layer for all members: meant for GPUs; no faster on CPUs).
+    /// layer for all members; measured slower on 2 CPU cores and on an H100, kept to measure).
     #[arg(long, global = true)]
     group_members: bool,
     #[command(subcommand)]

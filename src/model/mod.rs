@@ -23,15 +23,16 @@ pub use resnet::{Net, Tap, FEATURE_LAYERS};
 pub use route::Route;
 
 /// How the 4-D tensors (conv weights, activations) lie in memory: a choice of speed, not of
-/// model. Files hold the same tensors either way. On 2 Xeon cores channels-last (NHWC) makes
-/// libtorch's oneDNN convolutions about a quarter faster (results/bench.md); its sums run in
+/// model. Files hold the same tensors either way. Channels-last (NHWC) makes a train step about
+/// a fifth faster on 2 CPU cores (oneDNN) and a quarter to two thirds faster on an H100 (cuDNN;
+/// results/bench.md); its sums run in
 /// another order, so numbers agree with the contiguous layout within float rounding, not bit
 /// for bit, and a run's numbers are reproducible only with the same layout (the run log names
 /// it).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum MemoryFormat {
-    /// Channels-last on the CPU, contiguous on CUDA (where it has not been measured faster).
+    /// The layout measured fastest on the device: channels-last on the CPU and on CUDA.
     #[default]
     Auto,
     /// NCHW, libtorch's default layout.
@@ -44,7 +45,7 @@ impl MemoryFormat {
     /// Whether `device` computes in channels-last under this choice.
     pub fn channels_last_on(self, device: Device) -> bool {
         match self {
-            MemoryFormat::Auto => device == Device::Cpu,
+            MemoryFormat::Auto => matches!(device, Device::Cpu | Device::Cuda(_)),
             MemoryFormat::Contiguous => false,
             MemoryFormat::ChannelsLast => true,
         }
@@ -85,8 +86,8 @@ pub fn default_memory_format() -> MemoryFormat {
 static GROUP_MEMBERS: AtomicBool = AtomicBool::new(false);
 
 /// Whether attacks and evaluation compute a plain ensemble's members as one grouped network
-/// ([`Net::grouped_logits`]; the CLI's `--group-members`). Off by default: no faster on 2 CPU
-/// cores in what was measured (results/bench.md), not yet measured on a GPU.
+/// ([`Net::grouped_logits`]; the CLI's `--group-members`). Off by default: slower than one
+/// member after the other both on 2 CPU cores and on an H100 (results/bench.md).
 pub fn set_group_members(on: bool) {
     GROUP_MEMBERS.store(on, Ordering::Relaxed);
 }
