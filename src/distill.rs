@@ -233,9 +233,10 @@ mod tests {
     fn distilled_inside_ball_and_closer_in_feature_space() {
         let model = tiny_rgn();
         let net = &model.nets[0];
-        tch::manual_seed(5);
-        let x_s = Tensor::rand([4, 3, 32, 32], (Kind::Float, Device::Cpu));
-        let x_t = Tensor::rand([4, 3, 32, 32], (Kind::Float, Device::Cpu));
+        let (x_s, x_t) = crate::model::with_global_seed(5, || {
+            let r = || Tensor::rand([4, 3, 32, 32], (Kind::Float, Device::Cpu));
+            (r(), r())
+        });
         let route = Route(vec![1; model.gates()]);
         for (layer, cfg) in [
             (1, DistillConfig::eio()),
@@ -268,9 +269,10 @@ mod tests {
         let net = &model.nets[0];
         let before: Vec<(String, Tensor)> =
             model.vs.variables().into_iter().map(|(k, v)| (k, v.copy())).collect();
-        tch::manual_seed(1);
-        let x_s = Tensor::rand([2, 3, 32, 32], (Kind::Float, Device::Cpu));
-        let x_t = Tensor::rand([2, 3, 32, 32], (Kind::Float, Device::Cpu));
+        let (x_s, x_t) = crate::model::with_global_seed(1, || {
+            let r = || Tensor::rand([2, 3, 32, 32], (Kind::Float, Device::Cpu));
+            (r(), r())
+        });
         let mut rng = Seed(1).rng(Stream::Start, 0, 0);
         let _ = distill(
             net,

@@ -315,9 +315,12 @@ mod tests {
     /// Three SGD steps on two tensors, the second taking part only in the first step; returns
     /// the final values and momentum buffers.
     fn three_steps(multi_tensor: bool, nesterov: bool) -> Vec<Tensor> {
-        tch::manual_seed(5);
-        let a = Tensor::randn([4, 3], (Kind::Float, tch::Device::Cpu)).set_requires_grad(true);
-        let b = Tensor::randn([5], (Kind::Float, tch::Device::Cpu)).set_requires_grad(true);
+        let (a, b) = crate::model::with_global_seed(5, || {
+            (
+                Tensor::randn([4, 3], (Kind::Float, tch::Device::Cpu)).set_requires_grad(true),
+                Tensor::randn([5], (Kind::Float, tch::Device::Cpu)).set_requires_grad(true),
+            )
+        });
         let params =
             vec![("a".to_string(), a.shallow_clone()), ("b".to_string(), b.shallow_clone())];
         let cfg = OptimConfig { nesterov, ..OptimConfig::default() };
@@ -352,9 +355,10 @@ mod tests {
             }
         }
         // `b` moved in step 1 only: two steps with b's gradient undefined changed nothing.
-        tch::manual_seed(5);
-        let _a = Tensor::randn([4, 3], (Kind::Float, tch::Device::Cpu));
-        let b0 = Tensor::randn([5], (Kind::Float, tch::Device::Cpu));
+        let b0 = crate::model::with_global_seed(5, || {
+            let _a = Tensor::randn([4, 3], (Kind::Float, tch::Device::Cpu));
+            Tensor::randn([5], (Kind::Float, tch::Device::Cpu))
+        });
         let g = b0.cos();
         let buf = &g + &b0 * 1e-4;
         let want = &b0 - &buf * 0.1;

@@ -9,7 +9,7 @@ use tch::{Device, Kind, Tensor};
 use eio::attack::{AttackConfig, PgdConfig};
 use eio::data::{Dataset, Split};
 use eio::distill::DistillConfig;
-use eio::model::{ArchConfig, Model, ModelSpec, Route};
+use eio::model::{with_global_seed, ArchConfig, Model, ModelSpec, Route};
 use eio::optim::{OptimConfig, Optimizer};
 use eio::seed::Seed;
 use eio::train::adv::AdvTerm;
@@ -29,12 +29,13 @@ fn snapshot(m: &Model) -> BTreeMap<String, Tensor> {
 }
 
 fn random_batch(n: i64) -> Batch {
-    tch::manual_seed(11);
-    let x = Tensor::rand([n, 3, 32, 32], (Kind::Float, Device::Cpu));
-    let y = Tensor::randint(10, [n], (Kind::Int64, Device::Cpu));
-    let xt = Tensor::rand([n, 3, 32, 32], (Kind::Float, Device::Cpu));
-    let yt = Tensor::randint(10, [n], (Kind::Int64, Device::Cpu));
-    Batch { x, y, target: Some((xt, yt)) }
+    with_global_seed(11, || {
+        let x = Tensor::rand([n, 3, 32, 32], (Kind::Float, Device::Cpu));
+        let y = Tensor::randint(10, [n], (Kind::Int64, Device::Cpu));
+        let xt = Tensor::rand([n, 3, 32, 32], (Kind::Float, Device::Cpu));
+        let yt = Tensor::randint(10, [n], (Kind::Int64, Device::Cpu));
+        Batch { x, y, target: Some((xt, yt)) }
+    })
 }
 
 /// RGN variable names used by `routes` (gated copies on the routes and every ungated variable).

@@ -5,7 +5,9 @@ use std::path::Path;
 use eio::data::{Dataset, Split, IMAGE_BYTES};
 use eio::error::Error;
 use eio::model::io::TensorFile;
-use eio::model::{ArchConfig, Augment, MemoryFormat, Model, ModelSpec, Route, Tap};
+use eio::model::{
+    with_global_seed, ArchConfig, Augment, MemoryFormat, Model, ModelSpec, Route, Tap,
+};
 use eio::optim::OptimConfig;
 use eio::seed::{Seed, Stream};
 use eio::train::methods::{Independent, RgnWarmup};
@@ -27,15 +29,16 @@ fn rgn(copies: usize, augment: Augment, share_conv: bool) -> ModelSpec {
 
 /// Gives every BatchNorm non-trivial running statistics so eval-mode comparisons mean something.
 fn randomise_bn_stats(m: &Model, seed: i64) {
-    tch::manual_seed(seed);
-    let _g = tch::no_grad_guard();
-    for (name, mut t) in m.vs.variables() {
-        if name.ends_with("running_mean") {
-            t.copy_(&(t.randn_like() * 0.1));
-        } else if name.ends_with("running_var") {
-            t.copy_(&(t.rand_like() + 0.5));
+    with_global_seed(seed, || {
+        let _g = tch::no_grad_guard();
+        for (name, mut t) in m.vs.variables() {
+            if name.ends_with("running_mean") {
+                t.copy_(&(t.randn_like() * 0.1));
+            } else if name.ends_with("running_var") {
+                t.copy_(&(t.rand_like() + 0.5));
+            }
         }
-    }
+    })
 }
 
 #[test]
@@ -201,6 +204,30 @@ fn checkpoint_round_trip_is_bit_exact() {
         for (k, t) in &a {
             assert!(t.equal(&b[k]), "{k} differs");
         }
+    }
+}
+
+/// Half-precision storage (the shipped checkpoints): half the bytes, and the loaded model holds
+/// exactly the f16-rounded weights of the saved one.
+#[test]
+fn half_storage_holds_the_rounded_weights_in_half_the_bytes() {
+    let dir = tempdir();
+    let spec = ModelSpec { arch: ArchConfig::plain(), members: 2 };
+    let m = Model::new(&spec, Device::Cpu, Seed(9)).unwrap();
+    randomise_bn_stats(&m, 1);
+    let (full, half) = (dir.path().join("f.safetensors"), dir.path().join("h.safetensors"));
+    m.save(&full, TensorFile::default()).unwrap();
+    m.save_half(&half, TensorFile::default()).unwrap();
+    let size = |p: &std::path::Path| std::fs::metadata(p).unwrap().len() as f64;
+    assert!(size(&half) < 0.55 * size(&full), "{} vs {}", size(&half), size(&full));
+    let (l, extra) = Model::load(&half, Device::Cpu).unwrap();
+    assert_eq!(l.spec, spec);
+    assert_eq!(extra.meta.get("eio.storage").map(String::as_str), Some("f16"));
+    let b = l.vs.variables();
+    for (k, t) in m.vs.variables() {
+        let want =
+            if t.kind() == Kind::Float { t.to_kind(Kind::Half).to_kind(Kind::Float) } else { t };
+        assert!(want.equal(&b[&k]), "{k}");
     }
 }
 

@@ -6,7 +6,7 @@ use std::collections::BTreeMap;
 
 use tch::{Device, Kind, Tensor};
 
-use eio::model::{ArchConfig, Model, ModelSpec};
+use eio::model::{with_global_seed, ArchConfig, Model, ModelSpec};
 use eio::optim::{OptimConfig, Optimizer};
 use eio::seed::Seed;
 use eio::train::adp::regularisers;
@@ -104,8 +104,7 @@ fn gal_double_backprop_matches_finite_differences() {
     let mut model = ensemble(2, 6);
     model.vs.double();
     let gal = Gal::new(GalConfig::default()).unwrap();
-    tch::manual_seed(3);
-    let x = Tensor::rand([3, 3, 32, 32], (Kind::Double, Device::Cpu));
+    let x = with_global_seed(3, || Tensor::rand([3, 3, 32, 32], (Kind::Double, Device::Cpu)));
     let y = Tensor::from_slice(&[2i64, 5, 9]);
     let loss = |m: &Model| gal.loss(m, &x, &y).total;
     let vars = model.vs.variables();
@@ -148,11 +147,12 @@ fn snapshot(m: &Model) -> BTreeMap<String, Tensor> {
 }
 
 fn batch(n: i64, seed: i64) -> Batch {
-    tch::manual_seed(seed);
-    let x = Tensor::rand([n, 3, 32, 32], (Kind::Float, Device::Cpu));
-    let y = Tensor::randint(10, [n], (Kind::Int64, Device::Cpu));
-    let xt = Tensor::rand([n, 3, 32, 32], (Kind::Float, Device::Cpu));
-    Batch { x, y: y.shallow_clone(), target: Some((xt, y)) }
+    with_global_seed(seed, || {
+        let x = Tensor::rand([n, 3, 32, 32], (Kind::Float, Device::Cpu));
+        let y = Tensor::randint(10, [n], (Kind::Int64, Device::Cpu));
+        let xt = Tensor::rand([n, 3, 32, 32], (Kind::Float, Device::Cpu));
+        Batch { x, y: y.shallow_clone(), target: Some((xt, y)) }
+    })
 }
 
 #[test]

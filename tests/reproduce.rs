@@ -11,7 +11,9 @@ fn smoke_preset_runs_resumes_and_summarises() {
     let dir = tempdir();
     let out = dir.path().join("r");
     let out_s = out.to_str().unwrap();
-    let (ok, stdout, err) = eio(&["reproduce", "--preset", "smoke", "--out", out_s]);
+    // One thread, so that --workers below (each job its own process) computes with the same.
+    let (ok, stdout, err) =
+        eio(&["--threads", "1", "reproduce", "--preset", "smoke", "--out", out_s]);
     assert!(ok, "{err}");
     assert!(stdout.contains("EIO (derived, fine-tuned)") && stdout.contains("DVERGE (1 of 2)"));
     let summary: Summary =
@@ -62,4 +64,62 @@ fn smoke_preset_runs_resumes_and_summarises() {
         "no such job",
     );
     assert_user_error(&["reproduce", "--preset", "huge", "--out", out_s], "unknown preset");
+
+    // --from: jobs whose outputs a folder holds are loaded from it, not run, and evaluate to
+    // the same numbers.
+    let zoo = dir.path().join("zoo");
+    for run in ["baseline", "surrogate2"] {
+        std::fs::create_dir_all(zoo.join("runs").join(run)).unwrap();
+        for f in ["model.safetensors", "history.json"] {
+            std::fs::copy(out.join("runs").join(run).join(f), zoo.join("runs").join(run).join(f))
+                .unwrap();
+        }
+    }
+    let loaded = dir.path().join("loaded");
+    let (ok, _, err) = eio(&[
+        "--threads",
+        "1",
+        "reproduce",
+        "--preset",
+        "smoke",
+        "--out",
+        loaded.to_str().unwrap(),
+        "--from",
+        zoo.to_str().unwrap(),
+        "--only",
+        "train/baseline,train/surrogate2,transfer-gen,eval/baseline",
+    ]);
+    assert!(ok, "{err}");
+    assert!(
+        err.contains("loaded from") && err.contains("train/baseline, train/surrogate2"),
+        "{err}"
+    );
+    assert!(!loaded.join("runs/baseline/train.log").exists(), "trained instead of loaded");
+    let eval = |d: &std::path::Path| -> Evaluation {
+        serde_json::from_str(&std::fs::read_to_string(d.join("eval/baseline.json")).unwrap())
+            .unwrap()
+    };
+    let (a, b) = (eval(&out).result, eval(&loaded).result);
+    assert_eq!((a.clean, &a.whitebox, &a.blackbox), (b.clean, &b.whitebox, &b.blackbox));
+    assert_user_error(
+        &["reproduce", "--preset", "smoke", "--out", out_s, "--from", "/no/such/zoo"],
+        "--from /no/such/zoo",
+    );
+
+    // The same plan with its jobs side by side, each in its own process: the same numbers.
+    let side = dir.path().join("side");
+    let side_s = side.to_str().unwrap();
+    let args = ["--threads", "1", "reproduce", "--preset", "smoke", "--out", side_s];
+    let (ok, _, err) = eio(&[&args[..], &["--workers", "3"]].concat());
+    assert!(ok, "{err}");
+    assert!(err.contains("running") && side.join("logs/train-baseline.log").exists(), "{err}");
+    let side_summary: Summary =
+        serde_json::from_str(&std::fs::read_to_string(side.join("summary.json")).unwrap()).unwrap();
+    assert_eq!(side_summary.models.len(), summary.models.len());
+    for (a, b) in summary.models.iter().zip(&side_summary.models) {
+        assert_eq!(
+            (&a.name, a.clean, &a.whitebox, &a.blackbox),
+            (&b.name, b.clean, &b.whitebox, &b.blackbox)
+        );
+    }
 }

@@ -151,6 +151,10 @@ pub struct ImportArgs {
     /// Channel standard deviations the model expects (with --mean).
     #[arg(long, value_name = "R,G,B", requires = "mean")]
     std: Option<String>,
+    /// Store the weights in half precision (half the size; a model within f16 rounding of the
+    /// input), as for the checkpoints shipped in the repository. Also takes eio files.
+    #[arg(long)]
+    half: bool,
 }
 
 pub fn import(a: ImportArgs) -> Result<()> {
@@ -162,7 +166,11 @@ pub fn import(a: ImportArgs) -> Result<()> {
     let (model, _) = Model::load_with(&a.input, tch::Device::Cpu, norm)?;
     let mut extra = TensorFile::default();
     extra.meta.insert("eio.imported_from".into(), a.input.display().to_string());
-    model.save(&a.output, extra)?;
+    if a.half {
+        model.save_half(&a.output, extra)?;
+    } else {
+        model.save(&a.output, extra)?;
+    }
     println!(
         "imported {} -> {} ({}): {} member(s), {} gated blocks, {} copies, augment {}, {} conv",
         a.input.display(),

@@ -7,7 +7,8 @@ use clap::Args;
 
 use super::{DataArgs, DeviceArg};
 use eio::data::Split;
-use eio::pipeline::reproduce::{run, Data, Plan, Preset};
+use eio::pipeline::reproduce::{load_from, run, Data, Plan, Preset};
+use eio::pipeline::workers;
 
 #[derive(Debug, Args)]
 pub struct ReproduceArgs {
@@ -23,9 +24,20 @@ pub struct ReproduceArgs {
     /// Run only these jobs (names as listed by --list); the others are left as they are.
     #[arg(long, value_name = "JOB", value_delimiter = ',')]
     only: Vec<String>,
+    /// First copy in, from this folder, the outputs of every job it holds whole (shipped
+    /// checkpoints, another machine's results): those jobs count as done, and jobs that only
+    /// they needed are skipped. The transfer set is always made here.
+    #[arg(long, value_name = "DIR")]
+    from: Option<PathBuf>,
     /// Print the plan's jobs and exit.
     #[arg(long)]
     list: bool,
+    /// Run up to N jobs side by side, each in its own eio process (logs in DIR/logs/), as soon
+    /// as the jobs whose files it reads are done; the numbers are those of one job after the
+    /// other. Pays on a GPU (a ResNet-20 at batch 128 leaves it idle between launches) and on
+    /// many cores; each job gets cores / N threads unless --threads is given.
+    #[arg(long, value_name = "N", default_value_t = 1, value_parser = super::positive)]
+    workers: usize,
     /// Where to compute.
     #[arg(long, value_enum, default_value_t = DeviceArg::Auto)]
     device: DeviceArg,
@@ -42,6 +54,25 @@ pub fn run_cmd(a: ReproduceArgs) -> Result<()> {
         return Ok(());
     }
     let device = a.device.device()?;
+    if let Some(from) = &a.from {
+        let loaded = load_from(&plan, from, &a.out, &a.only)?;
+        if !loaded.is_empty() {
+            eprintln!("loaded from {}: {}", from.display(), loaded.join(", "));
+        }
+    }
+    if a.workers > 1 {
+        let args: Vec<String> = std::env::args().skip(1).collect();
+        let child = child_args(&args, a.workers);
+        let exe = std::env::current_exe()?;
+        workers::run_workers(&plan, &a.out, &a.only, a.workers, &|job, log| {
+            std::process::Command::new(&exe)
+                .args(&child)
+                .args(["--only", &job.name])
+                .stdout(log.try_clone()?)
+                .stderr(log)
+                .spawn()
+        })?;
+    }
     let data =
         Data { train: a.data.load(Split::Train, None)?, test: a.data.load(Split::Test, None)? };
     let command = std::env::args().collect::<Vec<_>>().join(" ");
@@ -49,4 +80,47 @@ pub fn run_cmd(a: ReproduceArgs) -> Result<()> {
     println!("{}", summary.table());
     println!("summary: {}", a.out.join("summary.json").display());
     Ok(())
+}
+
+/// The arguments of one job's process: this command's, less `--workers`, `--only` and `--from`
+/// (done once, here), plus
+/// `--threads` (cores / workers) when not given. Every flag of `eio reproduce` takes its value
+/// as the next argument or after `=`.
+fn child_args(args: &[String], workers: usize) -> Vec<String> {
+    let mut out = Vec::new();
+    let mut it = args.iter();
+    while let Some(a) = it.next() {
+        match a.as_str() {
+            "--workers" | "--only" | "--from" => {
+                it.next();
+            }
+            _ if ["--workers=", "--only=", "--from="].iter().any(|p| a.starts_with(p)) => {}
+            _ => out.push(a.clone()),
+        }
+    }
+    if !out.iter().any(|a| a == "--threads" || a.starts_with("--threads=")) {
+        let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+        out.push(format!("--threads={}", (cores / workers).max(1)));
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::child_args;
+
+    #[test]
+    fn child_args_drop_workers_and_only_and_share_the_cores() {
+        let a = |s: &str| s.split(' ').map(String::from).collect::<Vec<_>>();
+        assert_eq!(
+            child_args(&a("reproduce --preset gpu --workers 4 --only a,b --out d --only=c"), 4)
+                [..5],
+            a("reproduce --preset gpu --out d")[..]
+        );
+        assert!(child_args(&a("--threads 2 reproduce --workers=3"), 3)
+            .iter()
+            .all(|x| !x.starts_with("--workers") && !x.starts_with("--threads=")));
+        let t = child_args(&a("reproduce --workers 2"), 2);
+        assert!(t.last().unwrap().starts_with("--threads="), "{t:?}");
+    }
 }

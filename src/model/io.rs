@@ -153,8 +153,24 @@ impl Model {
 
     /// Saves the weights and spec to `path` atomically, with `extra` tensors and metadata.
     pub fn save(&self, path: &Path, extra: TensorFile) -> Result<()> {
+        self.save_as(path, extra, false)
+    }
+
+    /// [`Model::save`] with the float tensors stored in half precision: half the size, for the
+    /// small checkpoints shipped in the repository. Loading computes in f32 from the rounded
+    /// values, so the file holds a model within f16 rounding of this one (metadata
+    /// `eio.storage = f16` says so).
+    pub fn save_half(&self, path: &Path, mut extra: TensorFile) -> Result<()> {
+        extra.meta.insert("eio.storage".into(), "f16".into());
+        self.save_as(path, extra, true)
+    }
+
+    fn save_as(&self, path: &Path, extra: TensorFile, half: bool) -> Result<()> {
         let mut file = extra;
-        file.tensors.extend(self.named_tensors());
+        file.tensors.extend(self.named_tensors().into_iter().map(|(k, t)| {
+            let t = if half && t.kind() == Kind::Float { t.to_kind(Kind::Half) } else { t };
+            (k, t)
+        }));
         file.meta
             .insert(SPEC_KEY.into(), serde_json::to_string(&self.spec).expect("spec serialises"));
         file.meta.entry("eio.version".into()).or_insert_with(|| env!("CARGO_PKG_VERSION").into());

@@ -83,6 +83,18 @@ pub fn default_memory_format() -> MemoryFormat {
     }
 }
 
+/// Runs `f` with libtorch's one global generator seeded with `seed`, under a process-wide lock
+/// that every eio use of that generator takes ([`Model::new`]'s initial weights too): what `f`
+/// draws is a function of `seed` even while other threads draw, and their draws do not depend
+/// on `f`. Code that draws from the global generator without it (`Tensor::rand`, `randn_like`)
+/// while models are built elsewhere makes their weights, and so whole runs, irreproducible.
+pub fn with_global_seed<T>(seed: i64, f: impl FnOnce() -> T) -> T {
+    static GLOBAL_RNG: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    let _lock = GLOBAL_RNG.lock().unwrap_or_else(|e| e.into_inner());
+    tch::manual_seed(seed);
+    f()
+}
+
 static GROUP_MEMBERS: AtomicBool = AtomicBool::new(false);
 
 /// Whether attacks and evaluation compute a plain ensemble's members as one grouped network
@@ -404,20 +416,18 @@ impl Model {
                 spec.members
             )));
         }
-        // libtorch draws initial weights from its one global generator: hold a lock while
-        // seeding it and drawing, so that models built at the same time in other threads
-        // (tests, tools) cannot take each other's numbers.
-        static INIT: std::sync::Mutex<()> = std::sync::Mutex::new(());
-        let _init = INIT.lock().unwrap_or_else(|e| e.into_inner());
-        tch::manual_seed((seed.derive(Stream::Init, 0, 0) >> 1) as i64);
-        let vs = nn::VarStore::new(device);
-        let nets = if spec.members == 1 {
-            vec![Net::new(&vs.root(), &spec.arch)]
-        } else {
-            (0..spec.members)
-                .map(|i| Net::new(&(vs.root() / format!("member{i}")), &spec.arch))
-                .collect()
-        };
+        // libtorch draws initial weights from its one global generator.
+        let (vs, nets) = with_global_seed((seed.derive(Stream::Init, 0, 0) >> 1) as i64, || {
+            let vs = nn::VarStore::new(device);
+            let nets = if spec.members == 1 {
+                vec![Net::new(&vs.root(), &spec.arch)]
+            } else {
+                (0..spec.members)
+                    .map(|i| Net::new(&(vs.root() / format!("member{i}")), &spec.arch))
+                    .collect()
+            };
+            (vs, nets)
+        });
         let mut model = Model { vs, nets, spec: spec.clone() };
         model.set_memory_format(default_memory_format());
         Ok(model)

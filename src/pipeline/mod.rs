@@ -1,9 +1,11 @@
 //! Experiments that chain training, derivation and evaluation: deriving plain models from an
 //! RGN ([`derive`](mod@derive)), the stability of derived paths ([`stability`]) and the whole
-//! comparison of the paper from a preset ([`reproduce`], results in [`summary`]). Each returns a
-//! serialisable report; the command line only maps flags onto them.
+//! comparison of the paper from a preset ([`reproduce`], results in [`summary`], its jobs side by
+//! side in [`workers`]). Each returns a serialisable report; the command line only maps flags
+//! onto them.
 
 pub mod derive;
 pub mod reproduce;
 pub mod stability;
 pub mod summary;
+pub mod workers;

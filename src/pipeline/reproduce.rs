@@ -194,10 +194,10 @@ impl Preset {
                 stability_paths: 8,
             },
             // One lent H100/H200 session's worth: 10,000 training images, five arms, 500
-            // evaluation images. Not yet timed on a GPU; estimated from the H200 step times in
-            // results/bench.md (6,000-7,400 training images/s for a ResNet-20, 135 ms per EIO
-            // iteration, 685 PGD-50 images/s) at about 10 minutes. PGD-AT, which would about
-            // double that, is left to the cpu preset.
+            // evaluation images. Not yet run whole on a GPU; estimated from the H100 step times
+            // in results/bench.md (5 ms per train step, 125 ms per EIO and 258 ms per DVERGE
+            // iteration, 188 ms per GAL step, 590 PGD-50 images/s) at about 9 minutes one job
+            // after the other, less with --workers. PGD-AT is left to the cpu preset.
             "gpu" => Preset {
                 name: name.into(),
                 train_per_class: Some(1000),
@@ -320,7 +320,8 @@ pub enum JobKind {
     },
     /// Clean, white-box and black-box accuracy of one model (or one member of it).
     Evaluate {
-        /// Display name.
+        /// Display name (`label` in plan.toml, where `name` is the job's).
+        #[serde(rename = "label")]
         name: String,
         /// Method of the model.
         method: String,
@@ -338,7 +339,8 @@ pub enum JobKind {
     },
     /// The transferability matrix of an ensemble's members or an RGN's paths.
     Transferability {
-        /// Display name.
+        /// Display name (`label` in plan.toml, where `name` is the job's).
+        #[serde(rename = "label")]
         name: String,
         /// The model file.
         model: String,
@@ -614,6 +616,71 @@ impl Plan {
     pub fn names(&self) -> Vec<&str> {
         self.jobs.iter().map(|j| j.name.as_str()).collect()
     }
+
+    /// The jobs that must finish before job `k` starts (indices): those that write a file it
+    /// reads; an evaluation also waits for the transfer set, which it reads as a folder.
+    pub fn dependencies(&self, k: usize) -> Vec<usize> {
+        let job = &self.jobs[k];
+        let inputs = job.inputs();
+        let evaluates = matches!(job.kind, JobKind::Evaluate { .. });
+        (0..self.jobs.len())
+            .filter(|&i| {
+                let j = &self.jobs[i];
+                i != k
+                    && (j.outputs.iter().any(|o| inputs.contains(o))
+                        || evaluates && matches!(j.kind, JobKind::TransferGen { .. }))
+            })
+            .collect()
+    }
+
+    /// Which jobs still have to run for the plan to finish in `out`: a job not done that is
+    /// final (nothing reads its files) or that a job still to run reads. A job whose readers are
+    /// all done (for instance loaded with [`load_from`]) is not needed.
+    pub fn needed(&self, out: &Path) -> Vec<bool> {
+        let n = self.jobs.len();
+        let deps: Vec<Vec<usize>> = (0..n).map(|k| self.dependencies(k)).collect();
+        let mut needed = vec![false; n];
+        // Dependencies come earlier in the plan (every_input_is_an_earlier_jobs_output), so a
+        // job's readers are decided before it.
+        for k in (0..n).rev() {
+            let readers: Vec<usize> = (k + 1..n).filter(|&r| deps[r].contains(&k)).collect();
+            needed[k] = !self.jobs[k].is_done(out)
+                && (readers.is_empty() || readers.iter().any(|&r| needed[r]));
+        }
+        needed
+    }
+
+    /// Refuses names in `only` that are not jobs of this plan.
+    pub fn check_only(&self, only: &[String]) -> Result<()> {
+        match only.iter().find(|n| !self.jobs.iter().any(|j| &j.name == *n)) {
+            Some(name) => Err(Error::config(format!(
+                "--only {name}: no such job; the plan has {}",
+                self.names().join(", ")
+            ))),
+            None => Ok(()),
+        }
+    }
+}
+
+impl Job {
+    /// The files it reads, relative to the output folder (besides the data set, and for an
+    /// evaluation the transfer set's folder).
+    pub fn inputs(&self) -> Vec<String> {
+        match &self.kind {
+            JobKind::Train { init, .. } => init.iter().cloned().collect(),
+            JobKind::Derive { rgn, .. } | JobKind::Stability { rgn } => vec![rgn.clone()],
+            JobKind::TransferGen { surrogates } => surrogates.clone(),
+            JobKind::Evaluate { model, runs, .. } => std::iter::once(model.clone())
+                .chain(runs.iter().map(|r| format!("runs/{r}/history.json")))
+                .collect(),
+            JobKind::Transferability { model, .. } => vec![model.clone()],
+        }
+    }
+
+    /// Whether every output exists under `out`.
+    pub fn is_done(&self, out: &Path) -> bool {
+        self.outputs.iter().all(|o| out.join(o).exists())
+    }
 }
 
 /// The data a reproduction uses.
@@ -631,6 +698,36 @@ pub struct Evaluation {
     pub result: ModelResult,
 }
 
+/// Copies into `out` the outputs of every job (of `only`, or all) that `from` holds whole and
+/// `out` lacks, so that those jobs count as done: a folder of shipped checkpoints (the demo's)
+/// or another machine's results. The transfer set is always made in `out` (its files are not
+/// outputs of the plan). Returns the loaded jobs' names.
+pub fn load_from(plan: &Plan, from: &Path, out: &Path, only: &[String]) -> Result<Vec<String>> {
+    plan.check_only(only)?;
+    if !from.is_dir() {
+        return Err(Error::config(format!("--from {}: no such folder", from.display())));
+    }
+    let mut loaded = Vec::new();
+    for job in &plan.jobs {
+        if (!only.is_empty() && !only.contains(&job.name))
+            || matches!(job.kind, JobKind::TransferGen { .. })
+            || job.is_done(out)
+            || !job.is_done(from)
+        {
+            continue;
+        }
+        for o in &job.outputs {
+            let (src, dst) = (from.join(o), out.join(o));
+            let bytes = std::fs::read(&src).map_err(|e| Error::io(&src, e))?;
+            std::fs::create_dir_all(dst.parent().expect("under out"))
+                .map_err(|e| Error::io(&dst, e))?;
+            write_atomic(&dst, &bytes)?;
+        }
+        loaded.push(job.name.clone());
+    }
+    Ok(loaded)
+}
+
 /// Runs the jobs of `plan` (those named in `only`, or all) that are not done, in `out`, then
 /// writes `summary.json` from every finished job's files and returns the summary.
 pub fn run(
@@ -641,14 +738,7 @@ pub fn run(
     device: Device,
     command: &str,
 ) -> Result<Summary> {
-    for name in only {
-        if !plan.jobs.iter().any(|j| &j.name == name) {
-            return Err(Error::config(format!(
-                "--only {name}: no such job; the plan has {}",
-                plan.names().join(", ")
-            )));
-        }
-    }
+    plan.check_only(only)?;
     std::fs::create_dir_all(out).map_err(|e| Error::io(out, e))?;
     let text = toml::to_string(plan).map_err(|e| Error::config(format!("internal: plan: {e}")))?;
     write_atomic(&out.join("plan.toml"), text.as_bytes())?;
@@ -656,12 +746,22 @@ pub fn run(
     let eval_set = data.test.first_per_class(p.eval_per_class);
     let test = data.test.first_per_class(p.test_per_class);
     let seed = Seed(p.seed);
+    let needed = plan.needed(out);
     for (k, job) in plan.jobs.iter().enumerate() {
         if !only.is_empty() && !only.contains(&job.name) {
             continue;
         }
-        if job.outputs.iter().all(|o| out.join(o).exists()) {
+        if job.is_done(out) {
             eprintln!("[{}/{}] {}: done", k + 1, plan.jobs.len(), job.name);
+            continue;
+        }
+        if only.is_empty() && !needed[k] {
+            eprintln!(
+                "[{}/{}] {}: not needed (every job that reads its files is done)",
+                k + 1,
+                plan.jobs.len(),
+                job.name
+            );
             continue;
         }
         eprintln!("[{}/{}] {}", k + 1, plan.jobs.len(), job.name);
@@ -932,4 +1032,79 @@ pub fn summarise(plan: &Plan, out: &Path, command: &str) -> Result<Summary> {
 /// The folder a preset's reproduction is committed under.
 pub fn results_dir(preset: &str) -> PathBuf {
     PathBuf::from(format!("results/reproduce-{preset}"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// plan.toml reads back as the plan it was written from (job names and display names
+    /// included).
+    #[test]
+    fn plan_file_round_trips() {
+        for name in ["smoke", "cpu", "paper"] {
+            let plan = Plan::new(Preset::named(name).unwrap());
+            let text = toml::to_string(&plan).unwrap();
+            let back: Plan = toml::from_str(&text).unwrap();
+            assert_eq!(back, plan, "{name}");
+        }
+    }
+
+    /// A job is needed while something that reads its files is still to run.
+    #[test]
+    fn jobs_whose_readers_are_done_are_not_needed() {
+        let dir = tempfile::tempdir().unwrap();
+        let plan = Plan::new(Preset::named("smoke").unwrap());
+        assert!(plan.needed(dir.path()).iter().all(|&n| n));
+        let finals: Vec<&Job> = plan
+            .jobs
+            .iter()
+            .enumerate()
+            .filter(|&(k, _)| (0..plan.jobs.len()).all(|r| !plan.dependencies(r).contains(&k)))
+            .map(|(_, j)| j)
+            .collect();
+        assert!(finals.iter().any(|j| j.name == "eval/adp") && finals.len() > 5);
+        for j in &finals {
+            for o in &j.outputs {
+                let f = dir.path().join(o);
+                std::fs::create_dir_all(f.parent().unwrap()).unwrap();
+                std::fs::write(f, b"").unwrap();
+            }
+        }
+        assert!(plan.needed(dir.path()).iter().all(|&n| !n));
+        std::fs::remove_file(dir.path().join("eval/adp.json")).unwrap();
+        let needed = plan.needed(dir.path());
+        let is = |name: &str| needed[plan.jobs.iter().position(|j| j.name == name).unwrap()];
+        assert!(is("eval/adp") && is("train/adp") && is("transfer-gen"));
+        assert!(!is("train/eio") && !is("eval/baseline"));
+    }
+
+    /// Every file a job reads is written by an earlier job of the plan, for every preset: the
+    /// plan's order is one the jobs can run in, and [`Plan::dependencies`] sees every input.
+    #[test]
+    fn every_input_is_an_earlier_jobs_output() {
+        for name in ["smoke", "demo", "cpu", "gpu", "paper"] {
+            let plan = Plan::new(Preset::named(name).unwrap());
+            for (k, job) in plan.jobs.iter().enumerate() {
+                for input in job.inputs() {
+                    let by: Vec<usize> = (0..plan.jobs.len())
+                        .filter(|&i| plan.jobs[i].outputs.contains(&input))
+                        .collect();
+                    assert_eq!(
+                        by.len(),
+                        1,
+                        "{name}: {} reads {input}, written by {by:?}",
+                        job.name
+                    );
+                    assert!(by[0] < k, "{name}: {} runs before {input} is written", job.name);
+                    assert!(plan.dependencies(k).contains(&by[0]));
+                }
+                let deps = plan.dependencies(k);
+                assert!(deps.iter().all(|&d| d < k), "{name}: {} {deps:?}", job.name);
+                if matches!(job.kind, JobKind::Evaluate { .. }) {
+                    assert!(deps.iter().any(|&d| plan.jobs[d].name == "transfer-gen"));
+                }
+            }
+        }
+    }
 }
