@@ -10,7 +10,7 @@ use serde::Serialize;
 
 use super::config::resolve;
 use super::model::{routing, RouteArgs};
-use super::{check_new_output, DataArgs, DeviceArg};
+use super::{check_new_output, DataArgs};
 use eio::attack::{AttackConfig, AttackLoss};
 use eio::data::{Dataset, Split};
 use eio::eval::report::Report;
@@ -201,9 +201,6 @@ pub struct TargetArgs {
     model: PathBuf,
     #[command(flatten)]
     route: RouteArgs,
-    /// Where to compute.
-    #[arg(long, value_enum, default_value_t = DeviceArg::Auto)]
-    device: DeviceArg,
 }
 
 #[derive(Debug, Args)]
@@ -270,9 +267,9 @@ fn run_whitebox(a: WhiteboxArgs) -> Result<()> {
     }
     let cfg = a.flags.apply(load_config(a.config.as_deref())?)?;
     cfg.validate()?;
-    let device = a.target.device.device()?;
+    let device = super::device()?;
     let model = super::model::load_model(&a.target.model, &a.target.route, device)?;
-    let seed = Seed(a.target.route.seed);
+    let seed = Seed(super::seed());
     let routing = routing(&model, &a.target.route, &a.target.model)?;
     let describe = describe_routing(&routing);
     let target = Target::new(&model, routing, seed)?;
@@ -374,17 +371,11 @@ pub struct TransferGenArgs {
     out: PathBuf,
     #[command(flatten)]
     images: ImagesArgs,
-    /// Seed of the image draw and the attacks.
-    #[arg(long, default_value_t = 0)]
-    seed: u64,
     /// TOML file with TransferGenConfig fields (attacks, losses, eps, ...); flags override it.
     #[arg(long, value_name = "FILE")]
     config: Option<PathBuf>,
     #[command(flatten)]
     flags: TransferGenFlags,
-    /// Where to compute.
-    #[arg(long, value_enum, default_value_t = DeviceArg::Auto)]
-    device: DeviceArg,
     /// Replace files of --out made with other settings (by default they are an error).
     #[arg(long)]
     force: bool,
@@ -414,8 +405,8 @@ impl TransferGenFlags {
 
 fn run_transfer_gen(a: TransferGenArgs) -> Result<()> {
     let cfg = a.flags.apply(load_config(a.config.as_deref())?);
-    let device = a.device.device()?;
-    let seed = Seed(a.seed);
+    let device = super::device()?;
+    let seed = Seed(super::seed());
     let mut models = Vec::new();
     for s in &a.surrogates {
         let (name, file) =
@@ -457,10 +448,10 @@ pub struct TransferEvalArgs {
 
 fn run_transfer_eval(a: TransferEvalArgs) -> Result<()> {
     a.out.check()?;
-    let device = a.target.device.device()?;
+    let device = super::device()?;
     let model = super::model::load_model(&a.target.model, &a.target.route, device)?;
     let routing = routing(&model, &a.target.route, &a.target.model)?;
-    let target = Target::new(&model, routing, Seed(a.target.route.seed))?;
+    let target = Target::new(&model, routing, Seed(super::seed()))?;
     let files = transfer_files(&a.set)?;
     let report = transfer_eval(&target, &files, a.batch, device)?;
     println!(
@@ -511,9 +502,6 @@ pub struct TransferabilityArgs {
     /// For an RGN: number of random paths to compare.
     #[arg(long, default_value_t = 3, value_name = "K", value_parser = super::positive)]
     paths: usize,
-    /// Seed of the paths, the image draw and the attacks.
-    #[arg(long, default_value_t = 0)]
-    seed: u64,
     #[command(flatten)]
     data: DataArgs,
     /// TOML file with TransferabilityConfig fields; flags override it.
@@ -523,9 +511,6 @@ pub struct TransferabilityArgs {
     flags: TransferabilityFlags,
     #[command(flatten)]
     out: OutputArgs,
-    /// Where to compute.
-    #[arg(long, value_enum, default_value_t = DeviceArg::Auto)]
-    device: DeviceArg,
 }
 
 impl TransferabilityFlags {
@@ -547,8 +532,8 @@ impl TransferabilityFlags {
 fn run_transferability(a: TransferabilityArgs) -> Result<()> {
     a.out.check()?;
     let cfg = a.flags.apply(load_config(a.config.as_deref())?);
-    let device = a.device.device()?;
-    let seed = Seed(a.seed);
+    let device = super::device()?;
+    let seed = Seed(super::seed());
     let (model, _) = Model::load(&a.model, device)?;
     let members = members(&model, &a.model.display().to_string(), a.paths, seed)?;
     let targets: Vec<Target> = members.iter().map(|(_, m)| Target::fixed_zero(m)).collect();

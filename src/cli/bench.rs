@@ -6,8 +6,6 @@ use std::path::PathBuf;
 use anyhow::{bail, Result};
 use clap::Args;
 
-use super::DeviceArg;
-
 #[derive(Debug, Args)]
 pub struct BenchArgs {
     /// Batch size.
@@ -16,9 +14,6 @@ pub struct BenchArgs {
     /// Timed repetitions of each measurement (after 3 warm-up runs).
     #[arg(long, default_value_t = 20, value_parser = super::positive)]
     iters: usize,
-    /// Where to compute.
-    #[arg(long, value_enum, default_value_t = DeviceArg::Auto)]
-    device: DeviceArg,
     /// Instead of timing: check that --device computes what the CPU computes (logits and input
     /// gradients of a ResNet-20, an RGN and an ensemble on fixed images) and that two steps of
     /// every training method run there; exits 1 when a check fails.
@@ -34,7 +29,7 @@ pub struct BenchArgs {
 }
 
 pub fn run(a: BenchArgs) -> Result<()> {
-    let device = a.device.device()?;
+    let device = super::device()?;
     if a.check {
         println!("eio device check: {device:?} against the CPU");
         let rows = eio::bench::device_check(device)?;

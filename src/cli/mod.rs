@@ -30,6 +30,14 @@ pub struct Cli {
     /// OMP_NUM_THREADS).
     #[arg(long, global = true, value_name = "N", value_parser = positive)]
     threads: Option<usize>,
+    /// Master seed of every random choice: paths, image draws, attack starts, training (where
+    /// it overrides the --config file's seed). Default 0 (training: the config's, else 0).
+    #[arg(long, global = true, value_name = "N")]
+    seed: Option<u64>,
+    /// Where to compute: auto (the first CUDA GPU when libtorch has CUDA and one is present,
+    /// else the CPU), cpu or cuda.
+    #[arg(long, global = true, value_enum, default_value_t = DeviceArg::Auto)]
+    device: DeviceArg,
     /// Layout of conv weights and activations: channels-last trains faster on CPUs (oneDNN) and
     /// on GPUs (cuDNN) but sums in another order, so its numbers differ from contiguous ones
     /// within float rounding (auto: the layout measured fastest, channels-last on CPU and CUDA).
@@ -80,6 +88,8 @@ pub fn run(cli: Cli) -> Result<()> {
     if let Some(n) = cli.threads {
         tch::set_num_threads(n as i32);
     }
+    DEVICE.set(cli.device).expect("run is called once");
+    SEED.set(cli.seed).expect("run is called once");
     eio::model::set_default_memory_format(cli.memory_format);
     eio::model::set_group_members(cli.group_members);
     if cli.cudnn_benchmark {
@@ -133,6 +143,26 @@ impl DataArgs {
         );
         Ok(d)
     }
+}
+
+static DEVICE: std::sync::OnceLock<DeviceArg> = std::sync::OnceLock::new();
+
+/// The device of the global `--device` flag (resolved when a command needs it, so that
+/// `--device cuda` fails only where a command computes).
+pub fn device() -> Result<tch::Device> {
+    DEVICE.get().copied().unwrap_or_default().device()
+}
+
+static SEED: std::sync::OnceLock<Option<u64>> = std::sync::OnceLock::new();
+
+/// The global `--seed`, default 0.
+pub fn seed() -> u64 {
+    seed_override().unwrap_or(0)
+}
+
+/// The global `--seed` when given.
+pub fn seed_override() -> Option<u64> {
+    SEED.get().copied().flatten()
 }
 
 /// Device selection.

@@ -5,7 +5,7 @@ use std::path::PathBuf;
 use anyhow::{bail, Result};
 use clap::Args;
 
-use super::{check_new_output, write_json, DataArgs, DeviceArg};
+use super::{check_new_output, write_json, DataArgs};
 use eio::data::Split;
 use eio::eval::clean::{clean_eval, CleanRow, Routings};
 use eio::model::io::TensorFile;
@@ -25,10 +25,6 @@ pub struct RouteArgs {
     /// Evaluate each of K random paths separately (seeded by --seed).
     #[arg(long, value_name = "K", value_parser = super::positive)]
     pub paths: Option<usize>,
-    /// Master seed: random paths, and in `attack whitebox` also the image draw and the
-    /// attacks' random starts.
-    #[arg(long, default_value_t = 0)]
-    pub seed: u64,
     /// Use member K (0-based) of an ensemble file on its own (paper Fig. 9: one selected
     /// member of an ensemble).
     #[arg(long, value_name = "K")]
@@ -86,16 +82,13 @@ pub struct EvalArgs {
     /// Overwrite --json / --per-image if they exist.
     #[arg(long)]
     force: bool,
-    /// Where to compute.
-    #[arg(long, value_enum, default_value_t = DeviceArg::Auto)]
-    device: DeviceArg,
 }
 
 pub fn eval(a: EvalArgs) -> Result<()> {
     for f in [&a.json, &a.per_image].into_iter().flatten() {
         check_new_output(f, a.force)?;
     }
-    let device = a.device.device()?;
+    let device = super::device()?;
     let model = load_model(&a.model, &a.route, device)?;
     let test = a.data.load(Split::Test, a.test_per_class)?;
     let routings = match (a.route.paths, a.route.random_path) {
@@ -107,7 +100,7 @@ pub fn eval(a: EvalArgs) -> Result<()> {
     };
     let name = a.model.display().to_string();
     let print = |r: &CleanRow| println!("{:<48} {:>7.2}%", r.what, 100.0 * r.accuracy);
-    let seed = Seed(a.route.seed);
+    let seed = Seed(super::seed());
     let report = clean_eval(&model, &name, &routings, &test, a.batch_size, device, seed, print)?;
     if let Routings::Paths(_) = routings {
         let s = report.spread();
@@ -215,9 +208,6 @@ pub struct DeriveArgs {
     /// Screening PGD steps (of eps/4, uniform random start, eval-mode BatchNorm, one run).
     #[arg(long, value_name = "N", default_value_t = 10, value_parser = super::positive, requires = "best_of")]
     val_steps: usize,
-    /// Seed of random paths and of the screening set.
-    #[arg(long, default_value_t = 0)]
-    seed: u64,
     /// Plain ResNet-20 file to write (PyTorch layout; loads with load_state_dict).
     #[arg(long, value_name = "FILE")]
     output: PathBuf,
@@ -229,9 +219,6 @@ pub struct DeriveArgs {
     force: bool,
     #[command(flatten)]
     data: DataArgs,
-    /// Where to compute (screening only).
-    #[arg(long, value_enum, default_value_t = DeviceArg::Auto)]
-    device: DeviceArg,
 }
 
 pub fn derive(a: DeriveArgs) -> Result<()> {
@@ -248,10 +235,10 @@ pub fn derive(a: DeriveArgs) -> Result<()> {
     let screening = Screening { images: a.val_images, eps: a.val_eps, steps: a.val_steps };
     // Only best-of computes anything (the screening): the others derive on the CPU.
     let (train, device) = match choice {
-        PathChoice::BestOf { .. } => (Some(a.data.load(Split::Train, None)?), a.device.device()?),
+        PathChoice::BestOf { .. } => (Some(a.data.load(Split::Train, None)?), super::device()?),
         _ => (None, tch::Device::Cpu),
     };
-    let seed = Seed(a.seed);
+    let seed = Seed(super::seed());
     let report =
         derive_paths(&a.model, &choice, &screening, train.as_ref(), &a.output, device, seed)?;
     for s in &report.candidates {

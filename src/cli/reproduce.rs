@@ -5,7 +5,7 @@ use std::path::PathBuf;
 use anyhow::Result;
 use clap::Args;
 
-use super::{DataArgs, DeviceArg};
+use super::DataArgs;
 use eio::data::Split;
 use eio::pipeline::reproduce::{load_from, run, Data, Plan, Preset};
 use eio::pipeline::workers;
@@ -38,9 +38,6 @@ pub struct ReproduceArgs {
     /// many cores; each job gets cores / N threads unless --threads is given.
     #[arg(long, value_name = "N", default_value_t = 1, value_parser = super::positive)]
     workers: usize,
-    /// Where to compute.
-    #[arg(long, value_enum, default_value_t = DeviceArg::Auto)]
-    device: DeviceArg,
     #[command(flatten)]
     data: DataArgs,
 }
@@ -53,7 +50,7 @@ pub fn run_cmd(a: ReproduceArgs) -> Result<()> {
         }
         return Ok(());
     }
-    let device = a.device.device()?;
+    let device = super::device()?;
     if let Some(from) = &a.from {
         let loaded = load_from(&plan, from, &a.out, &a.only)?;
         if !loaded.is_empty() {

@@ -8,7 +8,7 @@ use clap::Args;
 use serde::Serialize;
 
 use super::train::TrainFlags;
-use super::{DataArgs, DeviceArg};
+use super::DataArgs;
 use eio::attack::AttackConfig;
 use eio::data::Split;
 use eio::eval::whitebox::WhiteboxConfig;
@@ -24,9 +24,6 @@ pub struct StabilityArgs {
     /// Number of random paths to derive (distinct, drawn with --seed like `eio derive --paths`).
     #[arg(short = 'k', long = "paths", value_name = "K", default_value_t = 8, value_parser = super::positive)]
     paths: usize,
-    /// Seed of the paths, of the fine-tuning runs and of the attacks' random starts.
-    #[arg(long, default_value_t = 0)]
-    seed: u64,
     /// Fine-tune each derived path for this many epochs before evaluating (0 = evaluate the
     /// derived weights as they are). Settings: `eio finetune`'s (SGD lr 1e-3, momentum 0.9,
     /// wd 1e-4, x0.1 at 50% and 75%), or --finetune-config.
@@ -69,9 +66,6 @@ pub struct StabilityArgs {
     /// Output folder (derived models, fine-tuning runs, evaluations, report.json, report.md).
     #[arg(long, value_name = "DIR")]
     out: PathBuf,
-    /// Where to compute.
-    #[arg(long, value_enum, default_value_t = DeviceArg::Auto)]
-    device: DeviceArg,
     #[command(flatten)]
     data: DataArgs,
 }
@@ -96,7 +90,7 @@ pub fn run(a: StabilityArgs) -> Result<()> {
     }
     let cfg = StabilityConfig {
         paths: a.paths,
-        seed: a.seed,
+        seed: super::seed(),
         test_per_class: a.test_per_class,
         whitebox: WhiteboxConfig {
             eps: a.eps.clone(),
@@ -110,7 +104,7 @@ pub fn run(a: StabilityArgs) -> Result<()> {
     };
     let finetuning = if a.finetune_epochs > 0 {
         let flags = TrainFlags {
-            seed: Some(a.seed),
+            seed: Some(super::seed()),
             epochs: Some(a.finetune_epochs),
             train_per_class: a.train_per_class,
             checkpoint_every: a.checkpoint_every,
@@ -128,7 +122,7 @@ pub fn run(a: StabilityArgs) -> Result<()> {
     } else {
         None
     };
-    let device = a.device.device()?;
+    let device = super::device()?;
     let test = a.data.load(Split::Test, None)?;
     let finetune = finetuning.as_ref().map(|(ft, train)| (ft, train));
     let report = stability(&a.model, &cfg, finetune, &test, &a.out, device)?;

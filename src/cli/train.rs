@@ -6,7 +6,7 @@ use anyhow::{bail, Result};
 use clap::{Args, Subcommand};
 use serde::Serialize;
 
-use super::{DataArgs, DeviceArg};
+use super::DataArgs;
 use eio::attack::AttackConfig;
 use eio::data::Split;
 use eio::model::{Augment, Model};
@@ -71,9 +71,6 @@ pub struct RunArgs {
     /// flags override it.
     #[arg(long, value_name = "FILE")]
     pub config: Option<PathBuf>,
-    /// Where to compute.
-    #[arg(long, value_enum, default_value_t = DeviceArg::Auto)]
-    pub device: DeviceArg,
     #[command(flatten)]
     pub data: DataArgs,
 }
@@ -85,10 +82,10 @@ impl RunArgs {
 }
 
 /// Overrides of [`eio::train::TrainConfig`].
-#[derive(Debug, Default, Args, Serialize)]
+#[derive(Debug, Default, Clone, Args, Serialize)]
 pub struct TrainFlags {
-    /// Master seed of every random choice.
-    #[arg(long)]
+    /// The global --seed (filled in by [`TrainFlags::with_seed`]).
+    #[arg(skip)]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub seed: Option<u64>,
     /// Number of epochs.
@@ -115,6 +112,13 @@ pub struct TrainFlags {
     #[arg(long = "data-augment", id = "data_augment", value_name = "BOOL")]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub augment: Option<bool>,
+}
+
+impl TrainFlags {
+    /// These flags with the global `--seed` (when given it overrides the --config file's).
+    fn with_seed(&self) -> TrainFlags {
+        TrainFlags { seed: super::seed_override(), ..self.clone() }
+    }
 }
 
 /// Overrides of [`eio::optim::OptimConfig`].
@@ -558,7 +562,7 @@ fn spec_of<F: MethodFlags>(a: &MethodArgs<F>, base: MethodConfig) -> Result<Trai
         warmup_epochs: a.warmup_epochs,
         members: a.model.members,
         arch: &a.model.arch,
-        train: &a.train,
+        train: &a.train.with_seed(),
         optim: &a.optim,
         method,
     };
@@ -588,7 +592,7 @@ fn spec_of<F: MethodFlags>(a: &MethodArgs<F>, base: MethodConfig) -> Result<Trai
 
 /// Trains the model of `spec` (from `init`, after its warm-up, or fresh) into `run`.
 fn train(run: &RunArgs, init: Option<&Path>, spec: &TrainSpec) -> Result<()> {
-    let device = run.device.device()?;
+    let device = super::device()?;
     let mut text = spec.to_toml()?;
     let mut model = match (init, spec.warmup()) {
         (Some(_), Some(_)) => {
@@ -676,14 +680,14 @@ struct FinetuneOverrides<'a> {
 }
 
 pub fn finetune(a: FinetuneArgs) -> Result<()> {
-    let (mut model, _) = Model::load(&a.model, a.run.device.device()?)?;
+    let (mut model, _) = Model::load(&a.model, super::device()?)?;
     if !model.spec.arch.is_plain() {
         bail!(
             "{}: fine-tune a plain model; derive one from the RGN first (eio derive)",
             a.model.display()
         );
     }
-    let o = FinetuneOverrides { train: &a.train, optim: &a.optim };
+    let o = FinetuneOverrides { train: &a.train.with_seed(), optim: &a.optim };
     let mut spec = resolve(&TrainSpec::finetune(), a.run.config.as_deref(), &o)?;
     spec.members = model.spec.members;
     spec.arch = model.spec.arch.clone();
