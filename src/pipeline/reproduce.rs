@@ -147,7 +147,9 @@ impl Preset {
                 transferability_images: 5,
                 stability_paths: 2,
             },
-            // scripts/demo: baseline against EIO on a CIFAR-10 subset, 2 cores.
+            // scripts/demo: baseline against EIO on a CIFAR-10 subset, 2 cores. Same model
+            // geometry as the gpu preset (ensembles and surrogates of 3), so that the gpu
+            // preset's models, shipped in zoo/demo (scripts/make-zoo), load into it with --from.
             "demo" => Preset {
                 name: name.into(),
                 seed: 1,
@@ -159,8 +161,8 @@ impl Preset {
                 div_epochs: 1,
                 finetune_epochs: 1,
                 distill_steps: 5,
-                members: 2,
-                surrogates: vec![2],
+                members: 3,
+                surrogates: vec![3],
                 arms: vec![Arm::Baseline, Arm::Eio],
                 eps_whitebox: vec![0.01, 0.02, 0.03],
                 whitebox_steps: 10,
