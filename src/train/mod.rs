@@ -159,10 +159,18 @@ fn layout(model: &Model) -> String {
 /// batch's), and moved to the device in one transfer per epoch: a step then gathers and augments
 /// its batch on the device ([`DeviceData`]) without touching the host.
 struct EpochDraws {
-    /// Image indices by position in the epoch: the batch order, then the target order.
-    idx: [Option<Tensor>; 2],
-    /// `[N, 3]` draws (dy, dx, flip) by position, for the batch and the target batch.
-    aug: [Option<Tensor>; 2],
+    /// The batches' draws.
+    batch: Draws,
+    /// The target batches' draws (methods with a target batch: EIO, DVERGE).
+    target: Option<Draws>,
+}
+
+/// One stream of batches of an epoch, on the device.
+struct Draws {
+    /// Image indices by position in the epoch.
+    idx: Tensor,
+    /// `[N, 3]` augmentation draws (dy, dx, flip) by position, when augmenting.
+    aug: Option<Tensor>,
 }
 
 impl EpochDraws {
@@ -190,16 +198,24 @@ impl EpochDraws {
                 }
             }
             let to = |v: Vec<i64>| Tensor::from_slice(&v).view([-1, 3]).to_device(device);
-            [Some(to(a)), target.map(|_| to(t))]
+            (to(a), target.map(|_| to(t)))
         });
-        EpochDraws { idx: [Some(ix(order)), target.map(ix)], aug: aug.unwrap_or([None, None]) }
+        let (aug, target_aug) = match aug {
+            Some((a, t)) => (Some(a), t),
+            None => (None, None),
+        };
+        EpochDraws {
+            batch: Draws { idx: ix(order), aug },
+            target: target.map(|o| Draws { idx: ix(o), aug: target_aug }),
+        }
     }
 
     /// The batch (or, with `target`, the target batch) at positions `lo..lo + len`.
     fn batch(&self, data: &DeviceData, target: bool, lo: usize, len: usize) -> (Tensor, Tensor) {
-        let k = target as usize;
-        let idx = self.idx[k].as_ref().expect("drawn").narrow(0, lo as i64, len as i64);
-        let aug = self.aug[k].as_ref().map(|a| a.narrow(0, lo as i64, len as i64));
+        let d =
+            if target { self.target.as_ref().expect("target batches drawn") } else { &self.batch };
+        let idx = d.idx.narrow(0, lo as i64, len as i64);
+        let aug = d.aug.as_ref().map(|a| a.narrow(0, lo as i64, len as i64));
         data.batch(&idx, aug.as_ref())
     }
 }
