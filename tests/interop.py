@@ -32,7 +32,9 @@ def randomise_bn(model, gen):
             m.bias.data.copy_(0.1 * torch.randn(n, generator=gen))
 
 
-# --- akamaster/pytorch_resnet_cifar10 layout (resnet.py, option A) ----------------------------
+# --- The two ResNet-20 layouts: akamaster/pytorch_resnet_cifar10 (resnet.py, option-A
+# shortcuts, normalisation outside the model) and DVERGE (models/resnet.py: projection
+# shortcuts, normalizer buffers). They differ only in the shortcut and the normalizer. ----------
 
 class LambdaLayer(nn.Module):
     def __init__(self, f):
@@ -43,47 +45,15 @@ class LambdaLayer(nn.Module):
         return self.f(x)
 
 
-class BlockA(nn.Module):
-    def __init__(self, cin, planes, stride):
-        super().__init__()
-        self.conv1 = nn.Conv2d(cin, planes, 3, stride, 1, bias=False)
-        self.bn1 = nn.BatchNorm2d(planes)
-        self.conv2 = nn.Conv2d(planes, planes, 3, 1, 1, bias=False)
-        self.bn2 = nn.BatchNorm2d(planes)
-        self.shortcut = nn.Sequential()
-        if stride != 1 or cin != planes:
-            self.shortcut = LambdaLayer(
-                lambda x: F.pad(x[:, :, ::2, ::2], (0, 0, 0, 0, planes // 4, planes // 4)))
-
-    def forward(self, x):
-        out = F.relu(self.bn1(self.conv1(x)))
-        out = self.bn2(self.conv2(out))
-        return F.relu(out + self.shortcut(x))
+def option_a(cin, planes, stride):
+    """akamaster's parameter-free shortcut: subsample and zero-pad the channels."""
+    return LambdaLayer(lambda x: F.pad(x[:, :, ::2, ::2], (0, 0, 0, 0, planes // 4, planes // 4)))
 
 
-class ResNetA(nn.Module):
-    def __init__(self):
-        super().__init__()
-        self.conv1 = nn.Conv2d(3, 16, 3, 1, 1, bias=False)
-        self.bn1 = nn.BatchNorm2d(16)
-        cin, layers = 16, []
-        for planes, stride in [(16, 1), (32, 2), (64, 2)]:
-            blocks = []
-            for s in [stride, 1, 1]:
-                blocks.append(BlockA(cin, planes, s))
-                cin = planes
-            layers.append(nn.Sequential(*blocks))
-        self.layer1, self.layer2, self.layer3 = layers
-        self.linear = nn.Linear(64, 10)
+def projection(cin, planes, stride):
+    """DVERGE's 1x1 convolution and BatchNorm shortcut."""
+    return nn.Sequential(nn.Conv2d(cin, planes, 1, stride, bias=False), nn.BatchNorm2d(planes))
 
-    def forward(self, x):
-        out = F.relu(self.bn1(self.conv1(x)))
-        out = self.layer3(self.layer2(self.layer1(out)))
-        out = F.avg_pool2d(out, out.size()[3]).view(out.size(0), -1)
-        return self.linear(out)
-
-
-# --- DVERGE layout (models/resnet.py: projection shortcuts, normalizer buffers) --------------
 
 class Normalizer(nn.Module):
     def __init__(self, mean, std):
@@ -95,8 +65,8 @@ class Normalizer(nn.Module):
         return (x - self.mean.view(1, 3, 1, 1)) / self.std.view(1, 3, 1, 1)
 
 
-class BlockB(nn.Module):
-    def __init__(self, cin, planes, stride):
+class Block(nn.Module):
+    def __init__(self, cin, planes, stride, shortcut):
         super().__init__()
         self.conv1 = nn.Conv2d(cin, planes, 3, stride, 1, bias=False)
         self.bn1 = nn.BatchNorm2d(planes)
@@ -104,8 +74,7 @@ class BlockB(nn.Module):
         self.bn2 = nn.BatchNorm2d(planes)
         self.shortcut = nn.Sequential()
         if stride != 1 or cin != planes:
-            self.shortcut = nn.Sequential(nn.Conv2d(cin, planes, 1, stride, bias=False),
-                                          nn.BatchNorm2d(planes))
+            self.shortcut = shortcut(cin, planes, stride)
 
     def forward(self, x):
         out = F.relu(self.bn1(self.conv1(x)))
@@ -113,27 +82,38 @@ class BlockB(nn.Module):
         return F.relu(out + self.shortcut(x))
 
 
-class ResNetB(nn.Module):
-    def __init__(self, mean, std):
+class ResNet20(nn.Module):
+    def __init__(self, shortcut, normalizer=None):
         super().__init__()
-        self.normalizer = Normalizer(mean, std)
+        if normalizer is not None:
+            self.normalizer = normalizer  # registered first, as in DVERGE's state dicts
         self.conv1 = nn.Conv2d(3, 16, 3, 1, 1, bias=False)
         self.bn1 = nn.BatchNorm2d(16)
         cin, layers = 16, []
         for planes, stride in [(16, 1), (32, 2), (64, 2)]:
             blocks = []
             for s in [stride, 1, 1]:
-                blocks.append(BlockB(cin, planes, s))
+                blocks.append(Block(cin, planes, s, shortcut))
                 cin = planes
             layers.append(nn.Sequential(*blocks))
         self.layer1, self.layer2, self.layer3 = layers
         self.linear = nn.Linear(64, 10)
 
     def forward(self, x):
-        out = F.relu(self.bn1(self.conv1(self.normalizer(x))))
+        if hasattr(self, "normalizer"):
+            x = self.normalizer(x)
+        out = F.relu(self.bn1(self.conv1(x)))
         out = self.layer3(self.layer2(self.layer1(out)))
         out = F.adaptive_avg_pool2d(out, 1).flatten(1)
         return self.linear(out)
+
+
+def ResNetA():
+    return ResNet20(option_a)
+
+
+def ResNetB(mean, std):
+    return ResNet20(projection, Normalizer(mean, std))
 
 
 def akamaster(out_dir):
