@@ -123,3 +123,52 @@ fn smoke_preset_runs_resumes_and_summarises() {
         );
     }
 }
+
+/// Workers end with the command that started them, also when it is killed with SIGKILL (a
+/// timeout): none computes on unseen. (The demo preset's first jobs run for minutes, so a worker
+/// that survived would be seen.)
+#[cfg(target_os = "linux")]
+#[test]
+fn killing_reproduce_kills_its_workers() {
+    let dir = tempdir();
+    let out = dir.path().join("r");
+    let mut parent = std::process::Command::new(env!("CARGO_BIN_EXE_eio"))
+        .args(["--threads", "1", "reproduce", "--preset", "demo", "--workers", "2", "--out"])
+        .arg(&out)
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    // Processes (other than the parent) whose command line names the run folder.
+    let parent_pid = parent.id();
+    let workers = || -> Vec<u32> {
+        let needle = out.to_str().unwrap().as_bytes().to_vec();
+        std::fs::read_dir("/proc")
+            .unwrap()
+            .filter_map(|e| e.ok()?.file_name().to_str()?.parse::<u32>().ok())
+            .filter(|&pid| pid != parent_pid)
+            .filter(|pid| {
+                std::fs::read(format!("/proc/{pid}/cmdline"))
+                    .is_ok_and(|c| c.windows(needle.len()).any(|w| w == needle.as_slice()))
+            })
+            .collect()
+    };
+    let t0 = std::time::Instant::now();
+    while workers().is_empty() {
+        assert!(t0.elapsed().as_secs() < 60, "no worker started");
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    parent.kill().unwrap(); // SIGKILL
+    parent.wait().unwrap();
+    let t1 = std::time::Instant::now();
+    while !workers().is_empty() {
+        if t1.elapsed().as_secs() >= 10 {
+            let left = workers();
+            for pid in &left {
+                let _ = std::process::Command::new("kill").args(["-9", &pid.to_string()]).status();
+            }
+            panic!("workers outlived the parent: {left:?}");
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+}

@@ -62,12 +62,10 @@ pub fn run_cmd(a: ReproduceArgs) -> Result<()> {
         let child = child_args(&args, a.workers);
         let exe = std::env::current_exe()?;
         workers::run_workers(&plan, &a.out, &a.only, a.workers, &|job, log| {
-            std::process::Command::new(&exe)
-                .args(&child)
-                .args(["--only", &job.name])
-                .stdout(log.try_clone()?)
-                .stderr(log)
-                .spawn()
+            let mut cmd = std::process::Command::new(&exe);
+            cmd.args(&child).args(["--only", &job.name]).stdout(log.try_clone()?).stderr(log);
+            die_with_parent(&mut cmd);
+            cmd.spawn()
         })?;
     }
     let data =
@@ -78,6 +76,31 @@ pub fn run_cmd(a: ReproduceArgs) -> Result<()> {
     println!("summary: {}", a.out.join("summary.json").display());
     Ok(())
 }
+
+/// Has the kernel kill the process `cmd` starts when this one ends, however it ends (a
+/// timeout's SIGKILL included): workers never run on unseen.
+#[cfg(target_os = "linux")]
+fn die_with_parent(cmd: &mut std::process::Command) {
+    use std::os::unix::process::CommandExt;
+    let parent = std::process::id() as libc::pid_t;
+    // SAFETY: the closure runs in the forked child before exec and calls only the
+    // async-signal-safe prctl, getppid and _exit.
+    unsafe {
+        cmd.pre_exec(move || {
+            if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            // The parent may have ended before prctl took effect.
+            if libc::getppid() != parent {
+                libc::_exit(1);
+            }
+            Ok(())
+        });
+    }
+}
+
+#[cfg(not(target_os = "linux"))]
+fn die_with_parent(_cmd: &mut std::process::Command) {}
 
 /// The arguments of one job's process: this command's, less `--workers`, `--only` and `--from`
 /// (done once, here), plus
