@@ -172,3 +172,21 @@ fn killing_reproduce_kills_its_workers() {
         std::thread::sleep(std::time::Duration::from_millis(50));
     }
 }
+
+/// Output into a closed pipe (`eio reproduce --list | head -1`) ends the command quietly.
+#[cfg(target_os = "linux")]
+#[test]
+fn a_closed_pipe_is_no_panic() {
+    let dir = tempdir();
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_eio"))
+        .args(["reproduce", "--preset", "paper", "--list", "--out"])
+        .arg(dir.path())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    drop(child.stdout.take()); // the reader goes away before eio writes
+    let out = child.wait_with_output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!err.contains("panicked"), "{err}");
+}

@@ -29,7 +29,7 @@ pub struct ReproduceArgs {
     /// they needed are skipped. The transfer set is always made here.
     #[arg(long, value_name = "DIR")]
     from: Option<PathBuf>,
-    /// Print the plan's jobs and exit.
+    /// Print the plan's jobs, each done, to do or not needed in --out, and exit.
     #[arg(long)]
     list: bool,
     /// Run up to N jobs side by side, each in its own eio process (logs in DIR/logs/), as soon
@@ -45,8 +45,14 @@ pub struct ReproduceArgs {
 pub fn run_cmd(a: ReproduceArgs) -> Result<()> {
     let plan = Plan::new(Preset::named(&a.preset)?);
     if a.list {
-        for j in &plan.jobs {
-            println!("{:<28} -> {}", j.name, j.outputs.join(", "));
+        let needed = plan.needed(&a.out);
+        for (j, needed) in plan.jobs.iter().zip(needed) {
+            let state = match (j.is_done(&a.out), needed) {
+                (true, _) => "done",
+                (false, true) => "to do",
+                (false, false) => "not needed",
+            };
+            println!("{:<28} {state:<10} -> {}", j.name, j.outputs.join(", "));
         }
         return Ok(());
     }
