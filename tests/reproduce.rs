@@ -95,6 +95,12 @@ fn smoke_preset_runs_resumes_and_summarises() {
         "{err}"
     );
     assert!(!loaded.join("runs/baseline/train.log").exists(), "trained instead of loaded");
+    let s: Summary =
+        serde_json::from_str(&std::fs::read_to_string(loaded.join("summary.json")).unwrap())
+            .unwrap();
+    assert!(s.loaded.iter().any(|l| l.starts_with("train/baseline (")), "{:?}", s.loaded);
+    let html = std::fs::read_to_string(loaded.join("report.html")).unwrap();
+    assert!(html.contains("loaded, not computed here"));
     let eval = |d: &std::path::Path| -> Evaluation {
         serde_json::from_str(&std::fs::read_to_string(d.join("eval/baseline.json")).unwrap())
             .unwrap()

@@ -727,6 +727,17 @@ pub fn load_from(plan: &Plan, from: &Path, out: &Path, only: &[String]) -> Resul
         }
         loaded.push(job.name.clone());
     }
+    if !loaded.is_empty() {
+        // Kept beside the results, so that the summary says which numbers came from loaded
+        // models (the summary is rewritten by later runs too).
+        let file = out.join("loaded.json");
+        let mut all: BTreeMap<String, String> =
+            if file.exists() { read_json(&file)? } else { BTreeMap::new() };
+        for name in &loaded {
+            all.insert(name.clone(), from.display().to_string());
+        }
+        write_json(&file, &all)?;
+    }
     Ok(loaded)
 }
 
@@ -992,6 +1003,11 @@ pub fn summarise(plan: &Plan, out: &Path, command: &str) -> Result<Summary> {
         ),
         ..Summary::default()
     };
+    let loaded = out.join("loaded.json");
+    if loaded.exists() {
+        let all: BTreeMap<String, String> = read_json(&loaded)?;
+        s.loaded = all.into_iter().map(|(job, from)| format!("{job} ({from})")).collect();
+    }
     let mut curves: BTreeMap<String, Curve> = BTreeMap::new();
     for job in &plan.jobs {
         let path = out.join(&job.outputs[0]);

@@ -36,6 +36,10 @@ pub struct Summary {
     pub stability: Option<StabilityResult>,
     /// Training curves of every run.
     pub training: Vec<Curve>,
+    /// Jobs whose outputs were loaded (`eio reproduce --from`) rather than computed in this
+    /// folder, each with where from, e.g. `train/baseline (zoo/demo)`.
+    #[serde(default)]
+    pub loaded: Vec<String>,
 }
 
 /// One evaluated model (a row of Tables 2-4, a line of Fig. 7, 9, 11).

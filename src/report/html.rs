@@ -76,6 +76,13 @@ pub fn page(s: &Summary, sections: &[Section]) -> String {
     for (k, v) in meta {
         let _ = writeln!(out, "<dt>{k}</dt><dd>{v}</dd>");
     }
+    if !s.loaded.is_empty() {
+        let _ = writeln!(
+            out,
+            "<dt>loaded, not computed here</dt><dd>{}</dd>",
+            escape(&s.loaded.join(", "))
+        );
+    }
     out.push_str("</dl>\n");
     out.push_str(
         "<p class=\"caption\">Data: <a href=\"summary.json\">summary.json</a> (every number, \

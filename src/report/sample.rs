@@ -106,6 +106,7 @@ pub fn sample_summary() -> Summary {
         seed: 7,
         git: "0123abc (synthetic sample)".into(),
         command: "eio::report::sample::sample_summary()".into(),
+        loaded: Vec::new(),
         images: 1000,
         eps_whitebox,
         eps_blackbox,
