@@ -63,9 +63,7 @@ pub fn timings(batch: usize, iters: usize, device: Device) -> Result<Vec<Timing>
         let model = Model::new(&ModelSpec { arch, members: 1 }, device, Seed(0))?;
         let net = &model.nets[0];
         let mut rng = Seed(0).rng(Stream::Route, 0, 0);
-        tch::manual_seed(0);
-        let x = Tensor::rand([batch as i64, 3, 32, 32], (Kind::Float, device));
-        let y = Tensor::randint(10, [batch as i64], (Kind::Int64, device));
+        let (x, y) = random_batch(batch, device);
         let mut opt = Optimizer::new(&model, OptimConfig::default());
         let (copies, gates) = (model.spec.arch.copies, model.gates());
         let train_ms = time_ms(iters, device, || {
@@ -81,14 +79,22 @@ pub fn timings(batch: usize, iters: usize, device: Device) -> Result<Vec<Timing>
     Ok(rows)
 }
 
+/// A random batch of `batch` images and labels on `device`, the same on every call (drawn from
+/// libtorch's global generator under [`crate::model::with_global_seed`]).
+fn random_batch(batch: usize, device: Device) -> (Tensor, Tensor) {
+    crate::model::with_global_seed(0, || {
+        let x = Tensor::rand([batch as i64, 3, 32, 32], (Kind::Float, device));
+        let y = Tensor::randint(10, [batch as i64], (Kind::Int64, device));
+        (x, y)
+    })
+}
+
 /// The row of a plain ensemble of `n` ResNet-20s: a train step of every member on the batch,
 /// and the ensemble (averaged softmax) as the attacked model, computed member by member or,
 /// with `--group-members`, as one grouped network.
 fn ensemble_timing(n: usize, batch: usize, iters: usize, device: Device) -> Result<Timing> {
     let model = Model::new(&ModelSpec { arch: ArchConfig::plain(), members: n }, device, Seed(0))?;
-    tch::manual_seed(0);
-    let x = Tensor::rand([batch as i64, 3, 32, 32], (Kind::Float, device));
-    let y = Tensor::randint(10, [batch as i64], (Kind::Int64, device));
+    let (x, y) = random_batch(batch, device);
     let mut opt = Optimizer::new(&model, OptimConfig::default());
     let r = Route::zeros(0);
     let train_ms = time_ms(iters, device, || {
@@ -145,9 +151,7 @@ fn attacked_row(
 /// members), on `batch` random images, mean of `iters` after one warm-up step.
 pub fn method_timings(batch: usize, iters: usize, device: Device) -> Result<Vec<(String, f64)>> {
     let mut rows = Vec::new();
-    tch::manual_seed(0);
-    let x = Tensor::rand([batch as i64, 3, 32, 32], (Kind::Float, device));
-    let y = Tensor::randint(10, [batch as i64], (Kind::Int64, device));
+    let (x, y) = random_batch(batch, device);
     for method in MethodConfig::every() {
         let spec = TrainSpec::defaults(method);
         let label = match &spec.method {

@@ -109,9 +109,8 @@ fn die_with_parent(cmd: &mut std::process::Command) {
 fn die_with_parent(_cmd: &mut std::process::Command) {}
 
 /// The arguments of one job's process: this command's, less `--workers`, `--only` and `--from`
-/// (done once, here), plus
-/// `--threads` (cores / workers) when not given. Every flag of `eio reproduce` takes its value
-/// as the next argument or after `=`.
+/// (done once, here), plus `--threads` (cores / workers) when not given. Every flag of
+/// `eio reproduce` takes its value as the next argument or after `=`.
 fn child_args(args: &[String], workers: usize) -> Vec<String> {
     let mut out = Vec::new();
     let mut it = args.iter();

@@ -25,10 +25,9 @@ pub use route::Route;
 /// How the 4-D tensors (conv weights, activations) lie in memory: a choice of speed, not of
 /// model. Files hold the same tensors either way. Channels-last (NHWC) makes a train step about
 /// a fifth faster on 2 CPU cores (oneDNN) and a quarter to two thirds faster on an H100 (cuDNN;
-/// results/bench.md); its sums run in
-/// another order, so numbers agree with the contiguous layout within float rounding, not bit
-/// for bit, and a run's numbers are reproducible only with the same layout (the run log names
-/// it).
+/// results/bench.md); its sums run in another order, so numbers agree with the contiguous
+/// layout within float rounding, not bit for bit, and a run's numbers are reproducible only
+/// with the same layout (the run log names it).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum MemoryFormat {
@@ -543,7 +542,7 @@ impl Classifier for Target<'_> {
         if self.model.nets.len() == 1 {
             return run(&self.model.nets[0]);
         }
-        if GROUP_MEMBERS.load(Ordering::Relaxed) && self.model.gates() == 0 {
+        if group_members() && self.model.gates() == 0 {
             let nets: Vec<&Net> = self.model.nets.iter().collect();
             return ensemble_logits(Net::grouped_logits(&nets, x, sgm).unbind(0));
         }

@@ -40,6 +40,8 @@ pub fn log_path(out: &Path, job: &Job) -> PathBuf {
 }
 
 enum State {
+    /// Left out by `only`.
+    Unselected,
     Pending,
     Running(Child, Instant),
     Ended(Outcome),
@@ -60,13 +62,14 @@ pub fn run_workers(
     std::fs::create_dir_all(&logs).map_err(|e| Error::io(&logs, e))?;
     let selected = |k: usize| only.is_empty() || only.contains(&plan.jobs[k].name);
     let needed = plan.needed(out);
+    let deps: Vec<Vec<usize>> = (0..plan.jobs.len()).map(|k| plan.dependencies(k)).collect();
     let mut state: Vec<State> = plan
         .jobs
         .iter()
         .enumerate()
         .map(|(k, j)| {
             if !selected(k) {
-                State::Ended(Outcome::NotRun("not selected".into()))
+                State::Unselected
             } else if j.is_done(out) {
                 State::Ended(Outcome::AlreadyDone)
             } else if only.is_empty() && !needed[k] {
@@ -109,7 +112,7 @@ pub fn run_workers(
             }
             let mut ready = true;
             let mut blocked = None;
-            for d in plan.dependencies(k) {
+            for &d in &deps[k] {
                 let dep = &plan.jobs[d];
                 match &state[d] {
                     // A job not needed has no reader left to run: never a dependency here.
@@ -118,8 +121,8 @@ pub fn run_workers(
                         blocked = Some(format!("needs {}, which failed", dep.name))
                     }
                     // Not selected but done (e.g. merged from another machine): fine.
-                    State::Ended(Outcome::NotRun(_)) if dep.is_done(out) => {}
-                    State::Ended(Outcome::NotRun(why)) if why == "not selected" => {
+                    State::Unselected if dep.is_done(out) => {}
+                    State::Unselected => {
                         blocked = Some(format!(
                             "needs {}, which is not done (add it to --only)",
                             dep.name
@@ -155,24 +158,27 @@ pub fn run_workers(
         }
         std::thread::sleep(Duration::from_millis(200));
     }
-    let outcomes: Vec<(String, Outcome)> = state
+    let ended: Vec<(&Job, Outcome)> = state
         .into_iter()
-        .enumerate()
-        .filter(|&(k, _)| selected(k))
-        .map(|(k, s)| match s {
-            State::Ended(o) => (plan.jobs[k].name.clone(), o),
+        .zip(&plan.jobs)
+        .filter_map(|(s, job)| match s {
+            State::Unselected => None,
+            State::Ended(o) => Some((job, o)),
             _ => unreachable!("the loop ends when no job is pending or running"),
         })
         .collect();
-    let bad: Vec<String> = outcomes
+    let bad: Vec<String> = ended
         .iter()
-        .zip(plan.jobs.iter().filter(|j| only.is_empty() || only.contains(&j.name)))
-        .filter_map(|((n, o), job)| match o {
-            Outcome::Failed(s) => Some(format!("{n} ({s}; log {})", log_path(out, job).display())),
-            Outcome::NotRun(why) => Some(format!("{n} ({why})")),
+        .filter_map(|(job, o)| match o {
+            Outcome::Failed(s) => {
+                Some(format!("{} ({s}; log {})", job.name, log_path(out, job).display()))
+            }
+            Outcome::NotRun(why) => Some(format!("{} ({why})", job.name)),
             _ => None,
         })
         .collect();
+    let outcomes: Vec<(String, Outcome)> =
+        ended.into_iter().map(|(job, o)| (job.name.clone(), o)).collect();
     if bad.is_empty() {
         Ok(outcomes)
     } else {
@@ -187,8 +193,8 @@ mod tests {
     use std::process::{Command, Stdio};
 
     /// A stand-in for `eio reproduce --only JOB`: checks that the job's inputs exist, waits a
-    /// little (so that jobs overlap), notes its start and end, and writes its outputs; `fail`
-    /// names a job that exits 3 instead.
+    /// little (so that jobs overlap) and writes its outputs; `fail` names a job that exits 3
+    /// instead.
     fn fake(out: &Path, fail: &'static str) -> impl Fn(&Job, File) -> std::io::Result<Child> {
         let out = out.to_path_buf();
         move |job: &Job, log: File| {
@@ -199,7 +205,7 @@ mod tests {
             if job.name == fail {
                 script += "exit 3\n";
             }
-            script += &format!("date +%s%N >> starts-{}\nsleep 0.3\n", job.name.replace('/', "-"));
+            script += "sleep 0.3\n";
             for o in &job.outputs {
                 script += &format!("mkdir -p \"$(dirname '{o}')\" && touch '{o}'\n");
             }
