@@ -6,7 +6,13 @@ fn main() {
     let dir = std::env::var("DEP_TCH_LIBTORCH_LIB")
         .expect("torch-sys passes its libtorch directory (DEP_TCH_LIBTORCH_LIB)");
     let include = std::path::Path::new(&dir).join("../include");
-    cc::Build::new()
+    let mut build = cc::Build::new();
+    // CUDA graphs (csrc/shim.cpp) need libtorch_cuda and the CUDA runtime headers; without them
+    // the shim's graph functions return an error and eio runs every step eagerly.
+    if let Some(cuda) = cuda_include(&dir) {
+        build.include(cuda).define("EIO_CUDA", None);
+    }
+    build
         .cpp(true)
         .pic(true)
         .warnings(false)
@@ -35,6 +41,25 @@ fn main() {
     println!("cargo:rustc-env=EIO_GIT_REV={rev}");
     println!("cargo:rerun-if-changed=.git/HEAD");
     println!("cargo:rerun-if-changed=.git/index");
+}
+
+/// CUDA runtime headers for a libtorch with CUDA (`lib` = its `torch/lib`): the CUDA wheels of
+/// PyPI torch carry them in `site-packages/nvidia/<toolkit>/include` (without the `crt/` part
+/// `cuda_runtime.h` includes) and, whole, in triton's `backends/nvidia/include`.
+fn cuda_include(lib: &str) -> Option<std::path::PathBuf> {
+    let lib = std::path::Path::new(lib);
+    if !lib.join("libtorch_cuda.so").exists() {
+        return None;
+    }
+    let site = lib.join("../..");
+    let mut dirs = vec![site.join("triton/backends/nvidia/include")];
+    if let Ok(rd) = std::fs::read_dir(site.join("nvidia")) {
+        let mut more: Vec<_> = rd.flatten().map(|e| e.path().join("include")).collect();
+        more.sort();
+        dirs.extend(more);
+    }
+    dirs.into_iter()
+        .find(|inc| inc.join("cuda_runtime.h").exists() && inc.join("crt/host_config.h").exists())
 }
 
 /// The C++ ABI the libtorch was built with: what the Python torch that torch-sys used reports

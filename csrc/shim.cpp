@@ -5,15 +5,26 @@
 //   memory;
 // - the multi-tensor (`_foreach_*`) SGD update PyTorch's optimisers use on CUDA
 //   (torch/optim/sgd.py, `_multi_tensor_sgd`): a handful of kernel launches per step instead of
-//   six per tensor.
+//   six per tensor;
+// - CUDA graphs (at::cuda::CUDAGraph, what torch.cuda.graph wraps): a fixed-shape step captured
+//   once on a side stream and replayed with one launch. Compiled only against a libtorch with
+//   CUDA (build.rs defines EIO_CUDA); elsewhere these functions return an error.
 // Every function catches C++ exceptions and returns the message (malloc'd) or null.
 #include <ATen/core/Tensor.h>
 #include <ATen/ops/_foreach_add.h>
 #include <ATen/ops/_foreach_mul.h>
 #include <ATen/ops/_foreach_sub.h>
 
+#ifdef EIO_CUDA
+#include <ATen/cuda/CUDAGraph.h>
+#include <c10/cuda/CUDAFunctions.h>
+#include <c10/cuda/CUDAStream.h>
+#endif
+
 #include <cstdlib>
 #include <cstring>
+#include <mutex>
+#include <optional>
 #include <vector>
 
 namespace {
@@ -74,4 +85,82 @@ char *eio_foreach_sgd(at::Tensor **params, at::Tensor **grads, at::Tensor **bufs
     return message(e.what());
   }
 }
+
+#ifdef EIO_CUDA
+namespace {
+// A graph and the stream that was current before its capture began (restored at its end).
+struct Graph {
+  at::cuda::CUDAGraph graph;
+  c10::cuda::CUDAStream previous;
+  explicit Graph(c10::cuda::CUDAStream prev) : previous(prev) {}
+};
+
+// One capture stream per device, reused by every capture (as torch.cuda.graph's default side
+// stream): per-stream state such as cuBLAS workspaces is then set up once, not in every capture.
+c10::cuda::CUDAStream capture_stream(int device) {
+  static std::mutex mu;
+  static std::vector<std::optional<c10::cuda::CUDAStream>> streams;
+  std::lock_guard<std::mutex> lock(mu);
+  if (streams.size() <= static_cast<size_t>(device)) streams.resize(device + 1);
+  if (!streams[device]) streams[device] = c10::cuda::getStreamFromPool(false, device);
+  return *streams[device];
+}
+}  // namespace
+
+// Starts capturing on the side stream of `device` (capture is not allowed on the default
+// stream). Everything enqueued before, on any stream, finishes first: the step's inputs were
+// written on the default stream. The graph is returned through `out` (free it with
+// eio_graph_free).
+char *eio_graph_begin(int device, void **out) {
+  Graph *g = nullptr;
+  try {
+    c10::cuda::device_synchronize();
+    auto prev = c10::cuda::getCurrentCUDAStream(device);
+    g = new Graph(prev);
+    c10::cuda::setCurrentCUDAStream(capture_stream(device));
+    g->graph.capture_begin();
+    *out = g;
+    return nullptr;
+  } catch (const std::exception &e) {
+    if (g) {
+      c10::cuda::setCurrentCUDAStream(g->previous);
+      delete g;
+    }
+    return message(e.what());
+  }
+}
+
+// Ends the capture (its work has not run: replay it) and makes the earlier stream current
+// again, whether or not the capture succeeded.
+char *eio_graph_end(void *graph) {
+  auto *g = static_cast<Graph *>(graph);
+  try {
+    g->graph.capture_end();
+    c10::cuda::setCurrentCUDAStream(g->previous);
+    return nullptr;
+  } catch (const std::exception &e) {
+    c10::cuda::setCurrentCUDAStream(g->previous);
+    return message(e.what());
+  }
+}
+
+// Launches the captured work on the current stream, after what is already enqueued there.
+char *eio_graph_replay(void *graph) {
+  try {
+    static_cast<Graph *>(graph)->graph.replay();
+    return nullptr;
+  } catch (const std::exception &e) {
+    return message(e.what());
+  }
+}
+
+void eio_graph_free(void *graph) { delete static_cast<Graph *>(graph); }
+#else
+char *eio_graph_begin(int, void **) {
+  return message("CUDA graphs need a libtorch built with CUDA");
+}
+char *eio_graph_end(void *) { return message("CUDA graphs need a libtorch built with CUDA"); }
+char *eio_graph_replay(void *) { return message("CUDA graphs need a libtorch built with CUDA"); }
+void eio_graph_free(void *) {}
+#endif
 }

@@ -53,30 +53,66 @@ pub struct Timing {
     pub pgd50_images_per_sec: f64,
 }
 
-/// Times a ResNet-20, an RGN (n = 2, 21 gated blocks) and an ensemble of 3 ResNet-20s at
-/// `batch` images.
-pub fn timings(batch: usize, iters: usize, device: Device) -> Result<Vec<Timing>> {
-    let mut rows = Vec::new();
-    for (name, arch) in
-        [("resnet20", ArchConfig::plain()), ("rgn n=2 (21 blocks)", ArchConfig::rgn(2))]
-    {
-        let model = Model::new(&ModelSpec { arch, members: 1 }, device, Seed(0))?;
-        let net = &model.nets[0];
-        let mut rng = Seed(0).rng(Stream::Route, 0, 0);
-        let (x, y) = random_batch(batch, device);
-        let mut opt = Optimizer::new(&model, OptimConfig::default());
-        let (copies, gates) = (model.spec.arch.copies, model.gates());
-        let train_ms = time_ms(iters, device, || {
-            let r = Route::random(gates, copies, &mut rng);
-            opt.zero_grad();
-            net.forward(&x, &r, true).cross_entropy_for_logits(&y).backward();
-            opt.step(0.01);
-        });
-        let target = Target::fixed_zero(&model);
-        rows.push(attacked_row(name.into(), train_ms, &target, &x, &y, iters, device));
+/// Mean milliseconds of `f` over `iters` runs: run eagerly ([`time_ms`]), or with `graphs`
+/// once eagerly, then captured as a CUDA graph whose replays are timed ([`crate::graph`]).
+fn step_ms(graphs: bool, iters: usize, device: Device, mut f: impl FnMut()) -> Result<f64> {
+    if !graphs {
+        return Ok(time_ms(iters, device, f));
     }
-    rows.push(ensemble_timing(3, batch, iters, device)?);
-    Ok(rows)
+    f();
+    let (g, ()) = crate::graph::CudaGraph::capture(device, &mut f)?;
+    let mut failed = None;
+    let ms = time_ms(iters, device, || {
+        if let Err(e) = g.replay() {
+            failed = Some(e);
+        }
+    });
+    failed.map_or(Ok(ms), Err)
+}
+
+/// Times a ResNet-20, an RGN (n = 2, 21 gated blocks) and an ensemble of 3 ResNet-20s at
+/// `batch` images; on CUDA also the ResNet-20 and the ensemble with their fixed-shape steps
+/// replayed from CUDA graphs (`... (CUDA graph)` rows; PGD through `--cuda-graphs`).
+pub fn timings(batch: usize, iters: usize, device: Device) -> Result<Vec<Timing>> {
+    let was = crate::graph::enabled();
+    let mut rows = Vec::new();
+    let mut run = || -> Result<()> {
+        for graphs in [false, true] {
+            if graphs && !device.is_cuda() {
+                break;
+            }
+            crate::graph::set_enabled(graphs);
+            let suffix = if graphs { " (CUDA graph)" } else { "" };
+            for (name, arch) in
+                [("resnet20", ArchConfig::plain()), ("rgn n=2 (21 blocks)", ArchConfig::rgn(2))]
+            {
+                // A fresh random route per step cannot be replayed.
+                if graphs && arch.copies > 1 {
+                    continue;
+                }
+                let model = Model::new(&ModelSpec { arch, members: 1 }, device, Seed(0))?;
+                let net = &model.nets[0];
+                let mut rng = Seed(0).rng(Stream::Route, 0, 0);
+                let (x, y) = random_batch(batch, device);
+                let mut opt = Optimizer::new(&model, OptimConfig::default());
+                let (copies, gates) = (model.spec.arch.copies, model.gates());
+                let train_ms = step_ms(graphs, iters, device, || {
+                    let r = Route::random(gates, copies, &mut rng);
+                    opt.zero_grad();
+                    net.forward(&x, &r, true).cross_entropy_for_logits(&y).backward();
+                    opt.step(0.01);
+                })?;
+                let target = Target::fixed_zero(&model);
+                let name = format!("{name}{suffix}");
+                rows.push(attacked_row(name, train_ms, &target, &x, &y, iters, device, graphs)?);
+            }
+            rows.push(ensemble_timing(3, batch, iters, device, graphs)?);
+        }
+        Ok(())
+    };
+    let out = run();
+    crate::graph::set_enabled(was);
+    out.map(|()| rows)
 }
 
 /// A random batch of `batch` images and labels on `device`, the same on every call (drawn from
@@ -92,25 +128,33 @@ fn random_batch(batch: usize, device: Device) -> (Tensor, Tensor) {
 /// The row of a plain ensemble of `n` ResNet-20s: a train step of every member on the batch,
 /// and the ensemble (averaged softmax) as the attacked model, computed member by member or,
 /// with `--group-members`, as one grouped network.
-fn ensemble_timing(n: usize, batch: usize, iters: usize, device: Device) -> Result<Timing> {
+fn ensemble_timing(
+    n: usize,
+    batch: usize,
+    iters: usize,
+    device: Device,
+    graphs: bool,
+) -> Result<Timing> {
     let model = Model::new(&ModelSpec { arch: ArchConfig::plain(), members: n }, device, Seed(0))?;
     let (x, y) = random_batch(batch, device);
     let mut opt = Optimizer::new(&model, OptimConfig::default());
     let r = Route::zeros(0);
-    let train_ms = time_ms(iters, device, || {
+    let train_ms = step_ms(graphs, iters, device, || {
         opt.zero_grad();
         let losses =
             model.nets.iter().map(|m| m.forward(&x, &r, true).cross_entropy_for_logits(&y));
         losses.reduce(|a, b| a + b).expect("members").backward();
         opt.step(0.01);
-    });
+    })?;
     let target = Target::fixed_zero(&model);
-    Ok(attacked_row(format!("ensemble of {n}"), train_ms, &target, &x, &y, iters, device))
+    let name = format!("ensemble of {n}{}", if graphs { " (CUDA graph)" } else { "" });
+    attacked_row(name, train_ms, &target, &x, &y, iters, device, graphs)
 }
 
 /// A row of `eio bench`: `train_ms` measured by the caller, then the input-gradient step, the
 /// inference batch and PGD-50 throughput of `target` (eval mode, fixed all-zero route) on
-/// `(x, y)`.
+/// `(x, y)`, eagerly or replayed from CUDA graphs.
+#[allow(clippy::too_many_arguments)]
 fn attacked_row(
     model: String,
     train_ms: f64,
@@ -119,17 +163,19 @@ fn attacked_row(
     y: &Tensor,
     iters: usize,
     device: Device,
-) -> Timing {
-    let input_grad_ms = time_ms(iters, device, || {
+    graphs: bool,
+) -> Result<Timing> {
+    let input_grad_ms = step_ms(graphs, iters, device, || {
         let xa = x.detach().set_requires_grad(true);
         let loss = target.logits(&xa, None).cross_entropy_for_logits(y);
         let g = Tensor::run_backward(&[loss], &[&xa], false, false);
         let _ = g[0].sign();
-    });
-    let infer_ms = time_ms(iters, device, || {
+    })?;
+    let infer_ms = step_ms(graphs, iters, device, || {
         let _guard = tch::no_grad_guard();
         let _ = target.logits(x, None).argmax(-1, false);
-    });
+    })?;
+    // With graphs on, each PGD run captures its iteration once and replays it 49 times.
     let pgd = PgdConfig { restarts: 1, ..PgdConfig::whitebox(0.03) };
     let mut arng = Seed(0).rng(Stream::Eval, 0, 0);
     let pgd_ms = time_ms((iters / 10).max(1), device, || {
@@ -137,18 +183,21 @@ fn attacked_row(
         let _guard = tch::no_grad_guard();
         let _ = target.logits(&xa, None).argmax(-1, false);
     });
-    Timing {
+    Ok(Timing {
         model,
         train_ms,
         input_grad_ms,
         infer_ms,
         pgd50_images_per_sec: x.size()[0] as f64 / (pgd_ms / 1e3),
-    }
+    })
 }
 
 /// Milliseconds of one training step (method step plus optimiser step) of every training
 /// method at its defaults (EIO: n = 2, p = 3, 10 distillation steps; DVERGE, ADP, GAL, TRS: 3
-/// members), on `batch` random images, mean of `iters` after one warm-up step.
+/// members), on `batch` random images, mean of `iters` after one warm-up step. On CUDA the
+/// methods whose step can be replayed ([`crate::train::Method::graphable`]: the baseline,
+/// DVERGE) get a second row with the step replayed from a CUDA graph, as `--cuda-graphs`
+/// trains them.
 pub fn method_timings(batch: usize, iters: usize, device: Device) -> Result<Vec<(String, f64)>> {
     let mut rows = Vec::new();
     let (x, y) = random_batch(batch, device);
@@ -158,29 +207,43 @@ pub fn method_timings(batch: usize, iters: usize, device: Device) -> Result<Vec<
             MethodConfig::Eio(c) if c.adv.is_some() => "eio+advt".to_string(),
             m => m.name().to_string(),
         };
-        let label = format!("{label} ({} member(s))", spec.members);
-        let model = Model::new(&spec.model_spec(), device, Seed(0))?;
-        let mut m = spec.build()?;
-        let mut opt = Optimizer::new(&model, spec.optim.clone());
-        let batch = Batch {
-            x: x.shallow_clone(),
-            y: y.shallow_clone(),
-            target: Some((x.flip([0]), y.flip([0]))),
-        };
-        let mut step = 0;
-        let mut failed = None;
-        let ms = time_ms_warm(iters, 1, device, || {
-            opt.zero_grad();
-            match m.step(&model, &batch, StepAt { epoch: 0, step, seed: Seed(1) }) {
-                Ok(_) => opt.step(spec.optim.lr),
-                Err(e) => failed = Some(e),
+        for graphs in [false, true] {
+            let model = Model::new(&spec.model_spec(), device, Seed(0))?;
+            let mut m = spec.build()?;
+            if graphs && !(device.is_cuda() && m.graphable()) {
+                continue;
             }
-            step += 1;
-        });
-        if let Some(e) = failed {
-            return Err(e);
+            let mut opt = Optimizer::new(&model, spec.optim.clone());
+            let batch = Batch {
+                x: x.shallow_clone(),
+                y: y.shallow_clone(),
+                target: Some((x.flip([0]), y.flip([0]))),
+            };
+            let mut replay = graphs.then(|| crate::train::GraphedStep::new(device));
+            let mut step = 0;
+            let mut failed = None;
+            // Warm-up and capture are the first two steps.
+            let warm = if graphs { 2 } else { 1 };
+            let ms = time_ms_warm(iters, warm, device, || {
+                let at = StepAt { epoch: 0, step, seed: Seed(1) };
+                let out = match &mut replay {
+                    Some(g) => g.step(&model, m.as_mut(), &mut opt, &batch, at, spec.optim.lr),
+                    None => {
+                        opt.zero_grad();
+                        m.step(&model, &batch, at).inspect(|_| opt.step(spec.optim.lr))
+                    }
+                };
+                if let Err(e) = out {
+                    failed = Some(e);
+                }
+                step += 1;
+            });
+            if let Some(e) = failed {
+                return Err(e);
+            }
+            let suffix = if graphs { ", CUDA graph" } else { "" };
+            rows.push((format!("{label} ({} member(s){suffix})", spec.members), ms));
         }
-        rows.push((label, ms));
     }
     Ok(rows)
 }
@@ -282,6 +345,9 @@ pub fn device_check(device: Device) -> Result<Vec<CheckRow>> {
         tolerance: 1e-3,
         ok: d <= 1e-3,
     });
+    if device.is_cuda() {
+        rows.extend(graph_check(device)?);
+    }
     for method in MethodConfig::every() {
         let spec = TrainSpec::defaults(method);
         let model = Model::new(&spec.model_spec(), device, Seed(2))?;
@@ -308,4 +374,86 @@ pub fn device_check(device: Device) -> Result<Vec<CheckRow>> {
         });
     }
     Ok(rows)
+}
+
+/// CUDA graphs (`--cuda-graphs`) against eager steps on `device`: a PGD-10 attack, and two
+/// epochs of training a 2-member baseline ensemble on 50 synthetic images in batches of 16
+/// (eager warm-up, capture, replays, a partial batch, a new learning rate in epoch 2). The same
+/// kernels on the same inputs: the results should agree to the last bit.
+fn graph_check(device: Device) -> Result<Vec<CheckRow>> {
+    let was = crate::graph::enabled();
+    let mut rows = Vec::new();
+    let row = |what: &str, d: f64| CheckRow {
+        what: what.into(),
+        rel_diff: d,
+        tolerance: 1e-6,
+        ok: d <= 1e-6,
+    };
+    let model = Model::new(&ModelSpec { arch: ArchConfig::plain(), members: 1 }, device, Seed(1))?;
+    let target = Target::fixed_zero(&model);
+    let x = probe_input(16).to_device(device);
+    let y = Tensor::from_slice(&(0..16).map(|i| i % 10).collect::<Vec<i64>>()).to_device(device);
+    let pgd = PgdConfig { steps: 10, restarts: 1, ..PgdConfig::whitebox(0.03) };
+    let attack = |on: bool| {
+        crate::graph::set_enabled(on);
+        pgd.perturb(&target, &x, &y, &mut Seed(4).rng(Stream::Eval, 0, 0))
+    };
+    let (eager, replayed) = (attack(false), attack(true));
+    rows.push(row("PGD-10 from a CUDA graph vs eager", rel(&eager, &replayed)));
+
+    let n = 50;
+    let pixels: Vec<u8> = (0..n * 3072).map(|i| ((i as u64 * 7919) % 251) as u8).collect();
+    let labels: Vec<u8> = (0..n).map(|i| (i % 10) as u8).collect();
+    let classes = (0..10).map(|c| format!("c{c}")).collect();
+    let data = crate::data::Dataset::from_raw(pixels, labels, classes)?;
+    let train = |spec: &TrainSpec, on: bool| -> Result<Model> {
+        crate::graph::set_enabled(on);
+        let mut m = Model::new(&spec.model_spec(), device, Seed(2))?;
+        let dir = std::env::temp_dir().join(format!("eio-graph-check-{}-{on}", std::process::id()));
+        let run = crate::train::RunDir { dir: dir.clone(), resume: false, force: true };
+        let text = spec.to_toml()?;
+        let out = crate::train::fit(
+            &mut m,
+            spec.build()?.as_mut(),
+            &spec.train,
+            &spec.optim,
+            &text,
+            &data,
+            &data,
+            &run,
+        );
+        let _ = std::fs::remove_dir_all(&dir);
+        out.map(|_| m)
+    };
+    let methods = [
+        ("a baseline ensemble of 2", MethodConfig::Baseline),
+        ("DVERGE, 2 members", MethodConfig::Dverge(Default::default())),
+    ];
+    for (name, method) in methods {
+        let mut spec = TrainSpec::defaults(method);
+        spec.members = 2;
+        spec.train.epochs = 2;
+        spec.train.batch_size = 16;
+        spec.train.checkpoint_every = 0;
+        spec.optim.milestones = vec![1];
+        let trained = (train(&spec, false), train(&spec, true));
+        crate::graph::set_enabled(was);
+        let (eager, replayed) = (trained.0?, trained.1?);
+        let theirs = replayed.vs.variables();
+        let d = eager.vs.variables().iter().map(|(k, v)| rel(v, &theirs[k])).fold(0.0, f64::max);
+        rows.push(row(&format!("2 epochs of {name} from CUDA graphs vs eager"), d));
+    }
+    Ok(rows)
+}
+
+#[cfg(test)]
+mod tests {
+    /// On the CPU the graph check runs every comparison eagerly both ways (capture needs CUDA):
+    /// each must then agree exactly, which checks the comparison itself.
+    #[test]
+    fn graph_check_compares_equal_runs_as_equal() {
+        for row in super::graph_check(tch::Device::Cpu).unwrap() {
+            assert!(row.ok && row.rel_diff == 0.0, "{row:?}");
+        }
+    }
 }

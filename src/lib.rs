@@ -17,6 +17,7 @@ pub mod distill;
 pub mod error;
 pub mod eval;
 pub mod fsx;
+pub mod graph;
 pub mod model;
 pub mod optim;
 pub mod pipeline;

@@ -1,6 +1,6 @@
 //! The libtorch entry points eio needs that tch does not bind (`csrc/shim.cpp`, compiled by
-//! build.rs against the libtorch torch-sys links): clearing a gradient, and PyTorch's
-//! multi-tensor SGD update.
+//! build.rs against the libtorch torch-sys links): clearing a gradient, PyTorch's
+//! multi-tensor SGD update, and CUDA graphs (wrapped by [`crate::graph`]).
 
 use std::ffi::{c_char, c_double, c_int, c_void, CStr};
 
@@ -23,10 +23,14 @@ extern "C" {
         nesterov: c_int,
     ) -> *mut c_char;
     fn free(p: *mut c_void);
+    pub(crate) fn eio_graph_begin(device: c_int, out: *mut *mut c_void) -> *mut c_char;
+    pub(crate) fn eio_graph_end(graph: *mut c_void) -> *mut c_char;
+    pub(crate) fn eio_graph_replay(graph: *mut c_void) -> *mut c_char;
+    pub(crate) fn eio_graph_free(graph: *mut c_void);
 }
 
 /// The shim's error message, if any (it allocates it with malloc; freed here).
-fn check(msg: *mut c_char) -> Result<()> {
+pub(crate) fn check(msg: *mut c_char) -> Result<()> {
     if msg.is_null() {
         return Ok(());
     }

@@ -124,6 +124,12 @@ impl Objective<'_> {
         }
     }
 
+    /// Whether [`Objective::eval`] draws random numbers on the host (routes of a random target,
+    /// input diversity): such a step differs from one call to the next beyond its tensors.
+    pub fn draws_on_host(&self) -> bool {
+        self.target.is_random() || self.diversity.is_some()
+    }
+
     /// Loss, input gradient and logits at `x`; `rng` draws the input diversity.
     pub fn eval(&self, x: &Tensor, y: &Tensor, rng: &mut Rng) -> LossGrad {
         tch::with_grad(|| {

@@ -171,14 +171,16 @@ impl PgdConfig {
         }
     }
 
-    /// One run (no restarts): the final iterate.
+    /// One run (no restarts): the final iterate. Against a deterministic target without input
+    /// diversity an iteration draws nothing on the host, so with CUDA graphs on
+    /// ([`crate::graph`]) it is captured once and replayed.
     fn run(&self, obj: &Objective, x: &Tensor, y: &Tensor, rng: &mut Rng) -> Tensor {
         let _guard = tch::no_grad_guard();
         let ball = Ball::new(x, self.eps);
         let mut xa = if self.random_start { ball.uniform(x, self.eps, rng) } else { x.copy() };
         let mut m = self.momentum.map(|_| x.zeros_like());
         let dims = sample_dims(x.dim());
-        for _ in 0..self.steps {
+        let mut iteration = |rng: &mut Rng| {
             let g = obj.eval(&xa, y, rng).grad;
             let dir = match (&mut m, self.momentum) {
                 (Some(m), Some(mu)) => {
@@ -191,6 +193,12 @@ impl PgdConfig {
             };
             xa += dir * self.step_size;
             ball.project_(&mut xa);
+        };
+        if obj.draws_on_host() {
+            (0..self.steps).for_each(|_| iteration(rng));
+        } else {
+            // The generator is not used: the iterations may be replayed.
+            crate::graph::repeat(x.device(), self.steps, || iteration(rng));
         }
         xa
     }

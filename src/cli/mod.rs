@@ -52,6 +52,11 @@ pub struct Cli {
     /// layer for all members; measured slower on 2 CPU cores and on an H100, kept to measure).
     #[arg(long, global = true)]
     group_members: bool,
+    /// Capture fixed-shape CUDA steps once and replay them as CUDA graphs: PGD iterations
+    /// against a deterministic target, plain training steps of independent members (CUDA only;
+    /// the same kernels on the same inputs, so the same numbers as eager steps).
+    #[arg(long, global = true)]
+    cuda_graphs: bool,
     #[command(subcommand)]
     cmd: Command,
 }
@@ -92,6 +97,7 @@ pub fn run(cli: Cli) -> Result<()> {
     SEED.set(cli.seed).expect("run is called once");
     eio::model::set_default_memory_format(cli.memory_format);
     eio::model::set_group_members(cli.group_members);
+    eio::graph::set_enabled(cli.cuda_graphs);
     if cli.cudnn_benchmark {
         tch::Cuda::cudnn_set_benchmark(true);
     }

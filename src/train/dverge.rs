@@ -112,4 +112,12 @@ impl Method for Dverge {
     fn needs_target(&self) -> bool {
         true
     }
+
+    /// The layer drawn per epoch (or fixed) and distillation from `x_s` leave nothing to draw
+    /// per batch; the adversarial term's random starts are drawn per batch.
+    fn graphable(&self) -> bool {
+        self.cfg.layer_per == LayerPer::Epoch
+            && !self.cfg.distill.random_start
+            && self.cfg.adv.is_none()
+    }
 }

@@ -91,6 +91,10 @@ impl Method for Independent {
     fn step(&mut self, model: &Model, batch: &Batch, _at: StepAt) -> Result<StepStats> {
         Ok(clean_step(model, batch, &Route::zeros(model.gates())))
     }
+
+    fn graphable(&self) -> bool {
+        true
+    }
 }
 
 /// RGN warm-up: a fresh uniformly random route per batch, clean cross-entropy.

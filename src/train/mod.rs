@@ -28,7 +28,7 @@ use crate::eval;
 use crate::fsx::{clean_stale_temps, RunLock};
 use crate::model::io::{write_atomic, TensorFile};
 use crate::model::{MemoryFormat, Model, Routing, Target};
-use crate::optim::{OptimConfig, Optimizer};
+use crate::optim::{Algorithm, OptimConfig, Optimizer};
 use crate::progress::Progress;
 use crate::seed::{Seed, Stream};
 
@@ -124,6 +124,105 @@ pub struct StepStats {
     /// The method's named loss terms (ADP's entropy, GAL's coherence, ...), each a mean over
     /// the step; the loop averages them over the epoch into the log and `metrics.csv`.
     pub terms: Vec<(&'static str, Tensor)>,
+}
+
+impl StepStats {
+    /// The same numbers in tensors of their own (a graph's outputs are overwritten by its next
+    /// replay).
+    fn copied(&self) -> StepStats {
+        StepStats {
+            loss: self.loss.copy(),
+            correct: self.correct.copy(),
+            seen: self.seen,
+            note: self.note.clone(),
+            terms: self.terms.iter().map(|(k, t)| (*k, t.copy())).collect(),
+        }
+    }
+}
+
+/// A training step replayed from a CUDA graph ([`crate::graph`]), for a [`Method::graphable`]
+/// method with SGD: each full batch (and target batch) is copied into static tensors and the
+/// captured forward, backward and SGD update run with one launch. The first step of a run runs
+/// eagerly (lazy initialisation), the next is captured; each epoch is captured anew (the graph
+/// holds the learning rate and the method's per-epoch draws, such as DVERGE's layer, as
+/// constants). Replays compute what the eager step computes: same kernels, same inputs.
+pub(crate) struct GraphedStep {
+    device: Device,
+    warm: bool,
+    failed: bool,
+    captured: Option<Captured>,
+}
+
+/// A captured step: the graph, the epoch and rate it holds, its static inputs and its outputs.
+struct Captured {
+    graph: crate::graph::CudaGraph,
+    epoch: usize,
+    lr: f64,
+    batch: Batch,
+    stats: StepStats,
+}
+
+impl GraphedStep {
+    pub(crate) fn new(device: Device) -> Self {
+        GraphedStep { device, warm: false, failed: false, captured: None }
+    }
+
+    /// One step on a full batch, its update included.
+    pub(crate) fn step(
+        &mut self,
+        model: &Model,
+        method: &mut dyn Method,
+        opt: &mut Optimizer,
+        batch: &Batch,
+        at: StepAt,
+        lr: f64,
+    ) -> Result<StepStats> {
+        if let Some(c) = &mut self.captured {
+            if c.epoch == at.epoch && c.lr == lr {
+                c.batch.x.copy_(&batch.x);
+                c.batch.y.copy_(&batch.y);
+                if let (Some((sx, sy)), Some((x, y))) = (&mut c.batch.target, &batch.target) {
+                    sx.copy_(x);
+                    sy.copy_(y);
+                }
+                c.graph.replay()?;
+                return Ok(c.stats.copied());
+            }
+        }
+        self.captured = None;
+        let eager = |method: &mut dyn Method, opt: &mut Optimizer| -> Result<StepStats> {
+            opt.zero_grad();
+            let st = method.step(model, batch, at)?;
+            opt.step(lr);
+            Ok(st)
+        };
+        if self.failed || !self.warm {
+            self.warm = true;
+            return eager(method, opt);
+        }
+        opt.zero_grad();
+        let copy = |(x, y): &(Tensor, Tensor)| (x.copy(), y.copy());
+        let fixed =
+            Batch { x: batch.x.copy(), y: batch.y.copy(), target: batch.target.as_ref().map(copy) };
+        let captured = crate::graph::CudaGraph::capture(self.device, || {
+            let st = method.step(model, &fixed, at)?;
+            opt.step(lr);
+            Ok::<_, Error>(st)
+        });
+        match captured.and_then(|(g, st)| st.map(|st| (g, st))) {
+            Ok((graph, stats)) => {
+                graph.replay()?;
+                let out = stats.copied();
+                self.captured = Some(Captured { graph, epoch: at.epoch, lr, batch: fixed, stats });
+                Ok(out)
+            }
+            Err(e) => {
+                crate::graph::warn_fallback(&e);
+                self.failed = true;
+                eager(method, opt)
+            }
+        }
+    }
 }
 
 impl Default for StepStats {
@@ -282,6 +381,12 @@ pub trait Method {
     }
     /// True when the method needs an independent target batch.
     fn needs_target(&self) -> bool {
+        false
+    }
+    /// True when a step's host-side choices depend on nothing but the epoch (no draws per
+    /// batch), so that the loop may capture it once per epoch as a CUDA graph and replay it
+    /// ([`crate::graph`]).
+    fn graphable(&self) -> bool {
         false
     }
 }
@@ -641,6 +746,10 @@ pub fn fit(
         Error::Diverged(msg)
     };
 
+    let mut graphed = (crate::graph::active(device)
+        && method.graphable()
+        && opt.config().algorithm == Algorithm::Sgd)
+        .then(|| GraphedStep::new(device));
     while state.epoch < cfg.epochs {
         let epoch = state.epoch;
         let lr = optim.lr_at(epoch, cfg.epochs);
@@ -667,9 +776,17 @@ pub fn fit(
             let (lo, len) = (step * bs, ((step + 1) * bs).min(n) - step * bs);
             let (x, y) = draws.batch(&data, false, lo, len);
             let target = target_order.is_some().then(|| draws.batch(&data, true, lo, len));
-            opt.zero_grad();
             let at = StepAt { epoch, step, seed };
-            let st = method.step(model, &Batch { x, y, target }, at)?;
+            let batch = Batch { x, y, target };
+            let replayed = graphed.as_mut().filter(|_| len == bs);
+            let updated = replayed.is_some();
+            let st = match replayed {
+                Some(g) => g.step(model, method, &mut opt, &batch, at, lr)?,
+                None => {
+                    opt.zero_grad();
+                    method.step(model, &batch, at)?
+                }
+            };
             note.clone_from(&st.note);
             pending.push((step, st));
             // Reading a number back waits for the device. On the CPU that costs nothing: read
@@ -682,7 +799,9 @@ pub fn fit(
                 }
                 last_read = Instant::now();
             }
-            opt.step(lr);
+            if !updated {
+                opt.step(lr);
+            }
             let secs = secs_before + t0.elapsed().as_secs_f64();
             let done = (step + 1 - state.step) * bs;
             bar.update(
@@ -782,6 +901,57 @@ fn strip_epochs(cfg: &str) -> String {
 
 #[cfg(test)]
 mod tests {
+    use super::*;
+
+    /// Where a capture fails (here: always, on the CPU) the graphed step falls back to eager
+    /// steps and trains exactly as the plain loop does, target batch included (DVERGE).
+    #[test]
+    fn graphed_step_falls_back_to_the_eager_step() {
+        let spec = {
+            let mut s = TrainSpec::defaults(MethodConfig::Dverge(Default::default()));
+            s.members = 2;
+            s.method = MethodConfig::Dverge(dverge::DvergeConfig {
+                distill: crate::distill::DistillConfig {
+                    steps: 2,
+                    ..crate::distill::DistillConfig::dverge()
+                },
+                ..Default::default()
+            });
+            s
+        };
+        let batches: Vec<Batch> = (0..4)
+            .map(|i| {
+                let (x, y) = crate::model::with_global_seed(i, || {
+                    (
+                        Tensor::rand([8, 3, 32, 32], (Kind::Float, Device::Cpu)),
+                        Tensor::randint(10, [8], (Kind::Int64, Device::Cpu)),
+                    )
+                });
+                Batch { target: Some((x.flip([0]), y.flip([0]))), x, y }
+            })
+            .collect();
+        let train = |graphed: bool| {
+            let model = Model::new(&spec.model_spec(), Device::Cpu, Seed(3)).unwrap();
+            let mut m = spec.build().unwrap();
+            assert!(m.graphable());
+            let mut opt = Optimizer::new(&model, spec.optim.clone());
+            let mut g = GraphedStep::new(Device::Cpu);
+            for (step, b) in batches.iter().enumerate() {
+                let at = StepAt { epoch: 0, step, seed: Seed(1) };
+                if graphed {
+                    g.step(&model, m.as_mut(), &mut opt, b, at, 0.1).unwrap();
+                } else {
+                    opt.zero_grad();
+                    m.step(&model, b, at).unwrap();
+                    opt.step(0.1);
+                }
+            }
+            assert_eq!(g.failed, graphed, "the CPU capture failed once and was not retried");
+            model
+        };
+        assert!(fingerprint_eq(&train(false), &train(true)));
+    }
+
     #[test]
     fn rates_print_short() {
         assert_eq!(super::short(0.1 * 0.1 * 0.1), "0.001");
