@@ -214,11 +214,8 @@ pub fn method_timings(batch: usize, iters: usize, device: Device) -> Result<Vec<
                 continue;
             }
             let mut opt = Optimizer::new(&model, spec.optim.clone());
-            let batch = Batch {
-                x: x.shallow_clone(),
-                y: y.shallow_clone(),
-                target: Some((x.flip([0]), y.flip([0]))),
-            };
+            let batch =
+                Batch::new(x.shallow_clone(), y.shallow_clone(), Some((x.flip([0]), y.flip([0]))));
             let mut replay = graphs.then(|| crate::train::GraphedStep::new(device));
             let mut step = 0;
             let mut failed = None;
@@ -227,7 +224,19 @@ pub fn method_timings(batch: usize, iters: usize, device: Device) -> Result<Vec<
             let ms = time_ms_warm(iters, warm, device, || {
                 let at = StepAt { epoch: 0, step, seed: Seed(1) };
                 let out = match &mut replay {
-                    Some(g) => g.step(&model, m.as_mut(), &mut opt, &batch, at, spec.optim.lr),
+                    Some(g) => {
+                        // As the training loop does: the step's random tensors drawn ahead.
+                        let mut b = Batch::new(
+                            batch.x.shallow_clone(),
+                            batch.y.shallow_clone(),
+                            batch
+                                .target
+                                .as_ref()
+                                .map(|(x, y)| (x.shallow_clone(), y.shallow_clone())),
+                        );
+                        b.draws = m.draw(&b, at);
+                        g.step(&model, m.as_mut(), &mut opt, &b, at, spec.optim.lr)
+                    }
                     None => {
                         opt.zero_grad();
                         m.step(&model, &batch, at).inspect(|_| opt.step(spec.optim.lr))
@@ -241,7 +250,11 @@ pub fn method_timings(batch: usize, iters: usize, device: Device) -> Result<Vec<
             if let Some(e) = failed {
                 return Err(e);
             }
-            let suffix = if graphs { ", CUDA graph" } else { "" };
+            let suffix = match &replay {
+                Some(g) if g.failed() => ", CUDA graph capture failed: eager",
+                Some(_) => ", CUDA graph",
+                None => "",
+            };
             rows.push((format!("{label} ({} member(s){suffix})", spec.members), ms));
         }
     }
@@ -354,11 +367,11 @@ pub fn device_check(device: Device) -> Result<Vec<CheckRow>> {
         let mut m = spec.build()?;
         let mut opt = Optimizer::new(&model, spec.optim.clone());
         let xd = probe_input(16).to_device(device);
-        let batch = Batch {
-            x: xd.shallow_clone(),
-            y: y.to_device(device),
-            target: Some((xd.flip([0]), y.to_device(device))),
-        };
+        let batch = Batch::new(
+            xd.shallow_clone(),
+            y.to_device(device),
+            Some((xd.flip([0]), y.to_device(device))),
+        );
         let mut ok = true;
         for step in 0..2 {
             opt.zero_grad();
@@ -377,8 +390,9 @@ pub fn device_check(device: Device) -> Result<Vec<CheckRow>> {
 }
 
 /// CUDA graphs (`--cuda-graphs`) against eager steps on `device`: a PGD-10 attack, and two
-/// epochs of training a 2-member baseline ensemble on 50 synthetic images in batches of 16
-/// (eager warm-up, capture, replays, a partial batch, a new learning rate in epoch 2). The same
+/// epochs of training 2-member ensembles (baseline, DVERGE, GAL, TRS: SGD and Adam, noise drawn
+/// ahead) on 50 synthetic images in batches of 16 (eager warm-up, capture, replays, a partial
+/// batch, a new learning rate in epoch 2). The same
 /// kernels on the same inputs: the results should agree to the last bit.
 fn graph_check(device: Device) -> Result<Vec<CheckRow>> {
     let was = crate::graph::enabled();
@@ -425,9 +439,20 @@ fn graph_check(device: Device) -> Result<Vec<CheckRow>> {
         let _ = std::fs::remove_dir_all(&dir);
         out.map(|_| m)
     };
+    // Fewer inner steps than the defaults: a capture records them all the same way.
+    let dverge = crate::train::dverge::DvergeConfig {
+        distill: crate::distill::DistillConfig {
+            steps: 3,
+            ..crate::distill::DistillConfig::dverge()
+        },
+        ..Default::default()
+    };
+    let trs = crate::train::trs::TrsConfig { steps: 2, ..Default::default() };
     let methods = [
         ("a baseline ensemble of 2", MethodConfig::Baseline),
-        ("DVERGE, 2 members", MethodConfig::Dverge(Default::default())),
+        ("DVERGE, 2 members", MethodConfig::Dverge(dverge)),
+        ("GAL, 2 members", MethodConfig::Gal(Default::default())),
+        ("TRS, 2 members", MethodConfig::Trs(trs)),
     ];
     for (name, method) in methods {
         let mut spec = TrainSpec::defaults(method);

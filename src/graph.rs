@@ -32,6 +32,11 @@ use crate::error::{Error, Result};
 static ENABLED: AtomicBool = AtomicBool::new(false);
 static WARNED: AtomicBool = AtomicBool::new(false);
 
+thread_local! {
+    /// This thread is inside [`CudaGraph::capture`]: steps run as they are, into that capture.
+    static CAPTURING: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
+
 /// Turns the capture of fixed-shape CUDA steps on or off for the whole process.
 pub fn set_enabled(on: bool) {
     ENABLED.store(on, Ordering::Relaxed);
@@ -42,10 +47,11 @@ pub fn enabled() -> bool {
     ENABLED.load(Ordering::Relaxed)
 }
 
-/// Whether fixed-shape steps on `device` are captured and replayed: graphs are on and
-/// `device` is a CUDA device.
+/// Whether fixed-shape steps on `device` are captured and replayed: graphs are on, `device` is
+/// a CUDA device, and this thread is not already capturing (a PGD run inside a captured
+/// training step is part of that capture).
 pub fn active(device: Device) -> bool {
-    enabled() && device.is_cuda()
+    enabled() && device.is_cuda() && !CAPTURING.with(|c| c.get())
 }
 
 /// Reports a failed capture once per process (the step then runs eagerly).
@@ -75,7 +81,9 @@ impl CudaGraph {
         // nothing.
         crate::shim::check(unsafe { crate::shim::eio_graph_begin(index, &mut ptr) })?;
         let graph = CudaGraph { ptr };
+        CAPTURING.with(|c| c.set(true));
         let out = catch_unwind(AssertUnwindSafe(f));
+        CAPTURING.with(|c| c.set(false));
         // SAFETY: `graph.ptr` is the live graph begun above; ending always restores the stream.
         let ended = crate::shim::check(unsafe { crate::shim::eio_graph_end(graph.ptr) });
         match out {

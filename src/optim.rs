@@ -150,6 +150,12 @@ pub struct Optimizer {
     sq: Vec<Tensor>,
     /// Adam: updates taken per tensor (empty for SGD).
     steps: Vec<i64>,
+    /// Adam on CUDA: per tensor `[sqrt(1 - b2^t), lr / (1 - b1^t)]` on the device, written by
+    /// [`Optimizer::prepare`] before each update, so that the update itself reads no host
+    /// number and can be replayed from a CUDA graph.
+    scalars: Option<Tensor>,
+    /// The learning rate of the update [`Optimizer::prepare`] set up.
+    lr: f64,
 }
 
 impl Optimizer {
@@ -166,8 +172,12 @@ impl Optimizer {
         let adam = cfg.algorithm == Algorithm::Adam;
         let sq = if adam { params.iter().map(|(_, t)| t.zeros_like()).collect() } else { vec![] };
         let steps = if adam { vec![0; params.len()] } else { vec![] };
-        let multi_tensor = params.first().is_some_and(|(_, t)| t.device().is_cuda());
-        Optimizer { cfg, multi_tensor, params, bufs, sq, steps }
+        let cuda = params.first().is_some_and(|(_, t)| t.device().is_cuda());
+        let scalars = (adam && cuda).then(|| {
+            let (_, t) = &params[0];
+            Tensor::zeros([params.len() as i64, 2], (t.kind(), t.device()))
+        });
+        Optimizer { cfg, multi_tensor: cuda, params, bufs, sq, steps, scalars, lr: 0.0 }
     }
 
     /// Chooses the multi-tensor SGD path (default: on CUDA) or the per-tensor loop.
@@ -187,7 +197,8 @@ impl Optimizer {
         }
     }
 
-    /// One update with learning rate `lr`.
+    /// One update with learning rate `lr`: [`Optimizer::prepare`] for the tensors that received
+    /// a gradient, then [`Optimizer::apply`].
     ///
     /// Tensors that received no gradient since [`Optimizer::zero_grad`] are left untouched,
     /// weight decay and state included (PyTorch's behaviour after `set_to_none`): RGN copies off
@@ -195,8 +206,77 @@ impl Optimizer {
     /// tensors those are is known on the host (an undefined gradient), so a step reads nothing
     /// back from the device.
     pub fn step(&mut self, lr: f64) {
+        self.prepare(lr, false);
+        self.apply();
+    }
+
+    /// Adam: takes the bias corrections from a device tensor written by [`Optimizer::prepare`]
+    /// (the default on CUDA; on the CPU the same numbers as the host path, which tests check).
+    pub fn use_device_scalars(&mut self) {
+        if self.cfg.algorithm == Algorithm::Adam && self.scalars.is_none() {
+            let (_, t) = &self.params[0];
+            self.scalars =
+                Some(Tensor::zeros([self.params.len() as i64, 2], (t.kind(), t.device())));
+        }
+    }
+
+    /// Whether [`Optimizer::apply`] enqueues device work only, its host numbers set by
+    /// [`Optimizer::prepare`]: SGD's multi-tensor path, and Adam on CUDA. Such an update can be
+    /// replayed from a CUDA graph ([`crate::graph`]).
+    pub fn replayable(&self) -> bool {
+        match self.cfg.algorithm {
+            Algorithm::Sgd => self.multi_tensor,
+            Algorithm::Adam => self.scalars.is_some(),
+        }
+    }
+
+    /// The host half of an update at rate `lr`: counts the update of every tensor with a
+    /// gradient (with `all`, of every tensor: before a replayed step, whose gradients do not
+    /// exist yet) and, for Adam on CUDA, writes the bias corrections to the device.
+    pub fn prepare(&mut self, lr: f64, all: bool) {
+        self.lr = lr;
+        if self.cfg.algorithm != Algorithm::Adam {
+            return;
+        }
+        let [b1, b2] = self.cfg.betas;
+        let mut host = Vec::with_capacity(2 * self.params.len());
+        for (i, (_, p)) in self.params.iter().enumerate() {
+            if all || p.grad().defined() {
+                self.steps[i] += 1;
+            }
+            let t = self.steps[i] as i32;
+            host.push((1.0 - b2.powi(t)).sqrt());
+            host.push(lr / (1.0 - b1.powi(t)));
+        }
+        if let Some(sc) = &mut self.scalars {
+            // Without waiting for the device (a blocking copy would sync every step).
+            let v = Tensor::from_slice(&host).view([-1, 2]);
+            sc.copy_(&v.to_device_(sc.device(), sc.kind(), true, false));
+        }
+    }
+
+    /// The update counts of every tensor, to restore when a prepared update is not taken.
+    pub fn counts(&self) -> Vec<i64> {
+        self.steps.clone()
+    }
+
+    /// Restores update counts saved by [`Optimizer::counts`].
+    pub fn set_counts(&mut self, counts: Vec<i64>) {
+        self.steps = counts;
+    }
+
+    /// Whether every tensor has a gradient (what a replayed update with `prepare(lr, true)`
+    /// assumes).
+    pub fn all_grads_defined(&self) -> bool {
+        self.params.iter().all(|(_, p)| p.grad().defined())
+    }
+
+    /// The device half of an update: every tensor with a gradient moves, with the numbers the
+    /// last [`Optimizer::prepare`] set.
+    pub fn apply(&mut self) {
         let _guard = tch::no_grad_guard();
         let c = &self.cfg;
+        let lr = self.lr;
         if self.multi_tensor && c.algorithm == Algorithm::Sgd {
             let (mut ps, mut gs, mut bs) = (Vec::new(), Vec::new(), Vec::new());
             for ((_, p), buf) in self.params.iter().zip(&self.bufs) {
@@ -237,15 +317,23 @@ impl Optimizer {
                 // v = b2*v + (1-b2)*d^2; w -= lr/(1-b1^t) * m / (sqrt(v)/sqrt(1-b2^t) + eps).
                 Algorithm::Adam => {
                     let [b1, b2] = c.betas;
-                    self.steps[i] += 1;
-                    let t = self.steps[i] as i32;
                     let sq = &mut self.sq[i];
                     let _ = buf.lerp_(&d, 1.0 - b1);
                     let _ = sq.g_mul_scalar_(b2).g_add_(&(&d * &d * (1.0 - b2)));
-                    let bc1 = 1.0 - b1.powi(t);
-                    let bc2 = 1.0 - b2.powi(t);
-                    let denom = sq.sqrt() / bc2.sqrt() + c.eps;
-                    let _ = p.g_sub_(&(&*buf / denom * (lr / bc1)));
+                    match &self.scalars {
+                        // On CUDA the corrections come from the device (see `scalars`).
+                        Some(sc) => {
+                            let denom = sq.sqrt() / sc.get(i as i64).get(0) + c.eps;
+                            let _ = p.g_sub_(&(&*buf / denom * sc.get(i as i64).get(1)));
+                        }
+                        None => {
+                            let t = self.steps[i] as i32;
+                            let bc1 = 1.0 - b1.powi(t);
+                            let bc2 = 1.0 - b2.powi(t);
+                            let denom = sq.sqrt() / bc2.sqrt() + c.eps;
+                            let _ = p.g_sub_(&(&*buf / denom * (lr / bc1)));
+                        }
+                    }
                 }
             }
         }

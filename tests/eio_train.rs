@@ -34,7 +34,7 @@ fn random_batch(n: i64) -> Batch {
         let y = Tensor::randint(10, [n], (Kind::Int64, Device::Cpu));
         let xt = Tensor::rand([n, 3, 32, 32], (Kind::Float, Device::Cpu));
         let yt = Tensor::randint(10, [n], (Kind::Int64, Device::Cpu));
-        Batch { x, y, target: Some((xt, yt)) }
+        Batch::new(x, y, Some((xt, yt)))
     })
 }
 

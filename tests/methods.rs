@@ -151,7 +151,7 @@ fn batch(n: i64, seed: i64) -> Batch {
         let x = Tensor::rand([n, 3, 32, 32], (Kind::Float, Device::Cpu));
         let y = Tensor::randint(10, [n], (Kind::Int64, Device::Cpu));
         let xt = Tensor::rand([n, 3, 32, 32], (Kind::Float, Device::Cpu));
-        Batch { x, y: y.shallow_clone(), target: Some((xt, y)) }
+        Batch::new(x, y.shallow_clone(), Some((xt, y)))
     })
 }
 

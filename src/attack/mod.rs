@@ -230,7 +230,8 @@ pub(crate) fn uniform_like(x: &Tensor, rng: &mut Rng) -> Tensor {
     } else {
         Tensor::from_slice(&(0..n).map(|_| rng.gen::<f32>()).collect::<Vec<_>>())
     };
-    t.view(x.size().as_slice()).to_kind(x.kind()).to_device(x.device())
+    // Without waiting for the device: a blocking copy would sync the stream at every draw.
+    t.view(x.size().as_slice()).to_kind(x.kind()).to_device_(x.device(), x.kind(), true, false)
 }
 
 /// `mask` (`[B]`) reshaped to broadcast over a tensor of `dim` dimensions.

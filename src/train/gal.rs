@@ -84,15 +84,18 @@ fn normals(n: usize, rng: &mut Rng) -> Vec<f32> {
         .collect()
 }
 
-/// `x` with N(0, std^2) noise added to each image with probability `prob` (GAL's augmentation).
+/// GAL's augmentation noise for a batch shaped like `x`: N(0, std^2) per pixel on each image
+/// with probability `prob`, zero on the others; drawn on the host from `rng`, returned on `x`'s
+/// device in its kind. Add it to `x`.
 pub fn gaussian_noise(x: &Tensor, std: f64, prob: f64, rng: &mut Rng) -> Tensor {
     let b = x.size()[0];
     let per = (x.numel() / b as usize) as i64;
     let pick: Vec<f32> = (0..b).map(|_| f32::from(rng.gen::<f64>() < prob)).collect();
     let noise = Tensor::from_slice(&normals(x.numel(), rng)).view([b, per]);
     let mask = Tensor::from_slice(&pick).view([b, 1]);
-    let add = (noise * mask * std).view(x.size().as_slice()).to_device(x.device());
-    x + add.to_kind(x.kind())
+    let noise = (noise * mask * std).view(x.size().as_slice());
+    // Without waiting for the device (a blocking copy syncs the stream), then in x's kind.
+    noise.to_device_(x.device(), noise.kind(), true, false).to_kind(x.kind())
 }
 
 /// The coherence term: mean over images of `log(sum_{i<j} exp(cos(g_i, g_j)) + 1e-20)`.
@@ -159,17 +162,31 @@ impl Method for Gal {
         "gal"
     }
 
+    /// The augmentation noise ([`gaussian_noise`]), when on.
+    fn draw(&self, batch: &Batch, at: StepAt) -> Vec<Tensor> {
+        if self.cfg.noise_std > 0.0 && self.cfg.noise_prob > 0.0 {
+            let mut rng = at.seed.rng(Stream::Noise, at.epoch as u64, at.step as u64);
+            vec![gaussian_noise(&batch.x, self.cfg.noise_std, self.cfg.noise_prob, &mut rng)]
+        } else {
+            Vec::new()
+        }
+    }
+
+    /// Its only draw per batch is the noise; the adversarial term's random starts are not
+    /// drawn ahead.
+    fn graphable(&self) -> bool {
+        self.cfg.adv.is_none()
+    }
+
     fn step(&mut self, model: &Model, batch: &Batch, at: StepAt) -> Result<StepStats> {
         if model.nets.len() < 2 || model.gates() > 0 {
             return Err(Error::config("GAL trains an ensemble of at least 2 plain ResNet-20s"));
         }
-        let x = if self.cfg.noise_std > 0.0 && self.cfg.noise_prob > 0.0 {
-            let mut rng = at.seed.rng(Stream::Noise, at.epoch as u64, at.step as u64);
-            gaussian_noise(&batch.x, self.cfg.noise_std, self.cfg.noise_prob, &mut rng)
-        } else {
-            batch.x.shallow_clone()
+        let x = match batch.draws_of(self, at).first() {
+            Some(noise) => &batch.x + noise,
+            None => batch.x.shallow_clone(),
         };
-        let batch = Batch { x, y: batch.y.shallow_clone(), target: None };
+        let batch = Batch::new(x, batch.y.shallow_clone(), None);
         let xa = self.cfg.adv.as_ref().map(|a| against_ensemble(model, a, &batch, at));
         let GalLoss { total: mut loss, ce, coherence, logits } =
             self.loss(model, &batch.x, &batch.y);

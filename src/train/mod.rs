@@ -28,7 +28,7 @@ use crate::eval;
 use crate::fsx::{clean_stale_temps, RunLock};
 use crate::model::io::{write_atomic, TensorFile};
 use crate::model::{MemoryFormat, Model, Routing, Target};
-use crate::optim::{Algorithm, OptimConfig, Optimizer};
+use crate::optim::{OptimConfig, Optimizer};
 use crate::progress::Progress;
 use crate::seed::{Seed, Stream};
 
@@ -96,6 +96,26 @@ pub struct Batch {
     pub y: Tensor,
     /// An independent target batch (second shuffle), for methods that ask for it.
     pub target: Option<(Tensor, Tensor)>,
+    /// The step's random tensors ([`Method::draw`]) when the loop drew them before the step
+    /// (for a step replayed from a CUDA graph); empty: the step draws them itself.
+    pub draws: Vec<Tensor>,
+}
+
+impl Batch {
+    /// A batch with an optional target batch and no pre-drawn random tensors.
+    pub fn new(x: Tensor, y: Tensor, target: Option<(Tensor, Tensor)>) -> Self {
+        Batch { x, y, target, draws: Vec::new() }
+    }
+
+    /// The random tensors of `method`'s step at `at`: those drawn before the step, else drawn
+    /// now (the same numbers).
+    pub fn draws_of<M: Method + ?Sized>(&self, method: &M, at: StepAt) -> Vec<Tensor> {
+        if self.draws.is_empty() {
+            method.draw(self, at)
+        } else {
+            self.draws.iter().map(|t| t.shallow_clone()).collect()
+        }
+    }
 }
 
 /// Where in the run a step is.
@@ -141,7 +161,7 @@ impl StepStats {
 }
 
 /// A training step replayed from a CUDA graph ([`crate::graph`]), for a [`Method::graphable`]
-/// method with SGD: each full batch (and target batch) is copied into static tensors and the
+/// method with a [replayable](Optimizer::replayable) optimiser: each full batch (and target batch) is copied into static tensors and the
 /// captured forward, backward and SGD update run with one launch. The first step of a run runs
 /// eagerly (lazy initialisation), the next is captured; each epoch is captured anew (the graph
 /// holds the learning rate and the method's per-epoch draws, such as DVERGE's layer, as
@@ -167,6 +187,11 @@ impl GraphedStep {
         GraphedStep { device, warm: false, failed: false, captured: None }
     }
 
+    /// Whether a capture failed (the steps then run eagerly).
+    pub(crate) fn failed(&self) -> bool {
+        self.failed
+    }
+
     /// One step on a full batch, its update included.
     pub(crate) fn step(
         &mut self,
@@ -185,6 +210,10 @@ impl GraphedStep {
                     sx.copy_(x);
                     sy.copy_(y);
                 }
+                for (s, d) in c.batch.draws.iter_mut().zip(&batch.draws) {
+                    s.copy_(d);
+                }
+                opt.prepare(lr, true);
                 c.graph.replay()?;
                 return Ok(c.stats.copied());
             }
@@ -202,11 +231,21 @@ impl GraphedStep {
         }
         opt.zero_grad();
         let copy = |(x, y): &(Tensor, Tensor)| (x.copy(), y.copy());
-        let fixed =
-            Batch { x: batch.x.copy(), y: batch.y.copy(), target: batch.target.as_ref().map(copy) };
+        let fixed = Batch {
+            x: batch.x.copy(),
+            y: batch.y.copy(),
+            target: batch.target.as_ref().map(copy),
+            draws: batch.draws.iter().map(|t| t.copy()).collect(),
+        };
+        // The update's host half runs before the capture (and before every replay).
+        let counts = opt.counts();
+        opt.prepare(lr, true);
         let captured = crate::graph::CudaGraph::capture(self.device, || {
             let st = method.step(model, &fixed, at)?;
-            opt.step(lr);
+            if !opt.all_grads_defined() {
+                return Err(Error::config("a replayed step must give every tensor a gradient"));
+            }
+            opt.apply();
             Ok::<_, Error>(st)
         });
         match captured.and_then(|(g, st)| st.map(|st| (g, st))) {
@@ -219,6 +258,7 @@ impl GraphedStep {
             Err(e) => {
                 crate::graph::warn_fallback(&e);
                 self.failed = true;
+                opt.set_counts(counts);
                 eager(method, opt)
             }
         }
@@ -383,11 +423,18 @@ pub trait Method {
     fn needs_target(&self) -> bool {
         false
     }
-    /// True when a step's host-side choices depend on nothing but the epoch (no draws per
-    /// batch), so that the loop may capture it once per epoch as a CUDA graph and replay it
-    /// ([`crate::graph`]).
+    /// True when a step's host-side choices depend on nothing but the epoch (random numbers
+    /// drawn per batch come through [`Method::draw`]), so that the loop may capture it once
+    /// per epoch as a CUDA graph and replay it ([`crate::graph`]).
     fn graphable(&self) -> bool {
         false
+    }
+    /// The random tensors (noise drawn on the host from the run's seed, moved to the batch's
+    /// device) that the step at `at` on `batch` uses, in a fixed order. The step reads them
+    /// through [`Batch::draws_of`]; a loop that replays steps draws them beforehand into
+    /// [`Batch::draws`]. Default: none.
+    fn draw(&self, _batch: &Batch, _at: StepAt) -> Vec<Tensor> {
+        Vec::new()
     }
 }
 
@@ -746,9 +793,7 @@ pub fn fit(
         Error::Diverged(msg)
     };
 
-    let mut graphed = (crate::graph::active(device)
-        && method.graphable()
-        && opt.config().algorithm == Algorithm::Sgd)
+    let mut graphed = (crate::graph::active(device) && method.graphable() && opt.replayable())
         .then(|| GraphedStep::new(device));
     while state.epoch < cfg.epochs {
         let epoch = state.epoch;
@@ -777,11 +822,14 @@ pub fn fit(
             let (x, y) = draws.batch(&data, false, lo, len);
             let target = target_order.is_some().then(|| draws.batch(&data, true, lo, len));
             let at = StepAt { epoch, step, seed };
-            let batch = Batch { x, y, target };
+            let mut batch = Batch::new(x, y, target);
             let replayed = graphed.as_mut().filter(|_| len == bs);
             let updated = replayed.is_some();
             let st = match replayed {
-                Some(g) => g.step(model, method, &mut opt, &batch, at, lr)?,
+                Some(g) => {
+                    batch.draws = method.draw(&batch, at);
+                    g.step(model, method, &mut opt, &batch, at, lr)?
+                }
                 None => {
                     opt.zero_grad();
                     method.step(model, &batch, at)?
@@ -904,52 +952,67 @@ mod tests {
     use super::*;
 
     /// Where a capture fails (here: always, on the CPU) the graphed step falls back to eager
-    /// steps and trains exactly as the plain loop does, target batch included (DVERGE).
+    /// steps and trains exactly as the plain loop does: target batches (DVERGE), random tensors
+    /// drawn ahead (GAL's noise, TRS's vicinity start) and Adam with its bias corrections on
+    /// the device (prepared for every tensor, restored when the capture fails).
     #[test]
     fn graphed_step_falls_back_to_the_eager_step() {
-        let spec = {
-            let mut s = TrainSpec::defaults(MethodConfig::Dverge(Default::default()));
-            s.members = 2;
-            s.method = MethodConfig::Dverge(dverge::DvergeConfig {
-                distill: crate::distill::DistillConfig {
-                    steps: 2,
-                    ..crate::distill::DistillConfig::dverge()
-                },
-                ..Default::default()
-            });
-            s
-        };
-        let batches: Vec<Batch> = (0..4)
-            .map(|i| {
-                let (x, y) = crate::model::with_global_seed(i, || {
-                    (
-                        Tensor::rand([8, 3, 32, 32], (Kind::Float, Device::Cpu)),
-                        Tensor::randint(10, [8], (Kind::Int64, Device::Cpu)),
+        let dverge = MethodConfig::Dverge(dverge::DvergeConfig {
+            distill: crate::distill::DistillConfig {
+                steps: 2,
+                ..crate::distill::DistillConfig::dverge()
+            },
+            ..Default::default()
+        });
+        let trs = MethodConfig::Trs(trs::TrsConfig { steps: 2, ..Default::default() });
+        for method in [dverge, MethodConfig::Gal(Default::default()), trs] {
+            let mut spec = TrainSpec::defaults(method);
+            spec.members = 2;
+            let batches: Vec<Batch> = (0..4)
+                .map(|i| {
+                    let (x, y) = crate::model::with_global_seed(i, || {
+                        let x = Tensor::rand([8, 3, 32, 32], (Kind::Float, Device::Cpu));
+                        (x, Tensor::randint(10, [8], (Kind::Int64, Device::Cpu)))
+                    });
+                    Batch::new(
+                        x.shallow_clone(),
+                        y.shallow_clone(),
+                        Some((x.flip([0]), y.flip([0]))),
                     )
-                });
-                Batch { target: Some((x.flip([0]), y.flip([0]))), x, y }
-            })
-            .collect();
-        let train = |graphed: bool| {
-            let model = Model::new(&spec.model_spec(), Device::Cpu, Seed(3)).unwrap();
-            let mut m = spec.build().unwrap();
-            assert!(m.graphable());
-            let mut opt = Optimizer::new(&model, spec.optim.clone());
-            let mut g = GraphedStep::new(Device::Cpu);
-            for (step, b) in batches.iter().enumerate() {
-                let at = StepAt { epoch: 0, step, seed: Seed(1) };
+                })
+                .collect();
+            let train = |graphed: bool| {
+                let model = Model::new(&spec.model_spec(), Device::Cpu, Seed(3)).unwrap();
+                let mut m = spec.build().unwrap();
+                assert!(m.graphable());
+                let mut opt = Optimizer::new(&model, spec.optim.clone());
+                let mut g = GraphedStep::new(Device::Cpu);
                 if graphed {
-                    g.step(&model, m.as_mut(), &mut opt, b, at, 0.1).unwrap();
-                } else {
-                    opt.zero_grad();
-                    m.step(&model, b, at).unwrap();
-                    opt.step(0.1);
+                    opt.use_device_scalars();
                 }
-            }
-            assert_eq!(g.failed, graphed, "the CPU capture failed once and was not retried");
-            model
-        };
-        assert!(fingerprint_eq(&train(false), &train(true)));
+                for (step, b) in batches.iter().enumerate() {
+                    let at = StepAt { epoch: 0, step, seed: Seed(1) };
+                    if graphed {
+                        let mut b = Batch::new(
+                            b.x.shallow_clone(),
+                            b.y.shallow_clone(),
+                            b.target.as_ref().map(|(x, y)| (x.shallow_clone(), y.shallow_clone())),
+                        );
+                        b.draws = m.draw(&b, at);
+                        g.step(&model, m.as_mut(), &mut opt, &b, at, 1e-3).unwrap();
+                    } else {
+                        opt.zero_grad();
+                        m.step(&model, b, at).unwrap();
+                        opt.step(1e-3);
+                    }
+                }
+                assert_eq!(g.failed, graphed, "the CPU capture failed once and was not retried");
+                (model, opt.counts())
+            };
+            let (eager, replayed) = (train(false), train(true));
+            assert!(fingerprint_eq(&eager.0, &replayed.0), "{}", spec.method.name());
+            assert_eq!(eager.1, replayed.1, "{}: Adam step counts", spec.method.name());
+        }
     }
 
     #[test]

@@ -135,10 +135,9 @@ impl Trs {
     }
 
     /// The vicinity PGD: moves `x` within `eps` to maximise the members' mean gradient
-    /// magnitude (6 sign steps of eps/3 from a uniform random start, in [0,1]).
-    fn vicinity(&self, model: &Model, x: &Tensor, y: &Tensor, eps: f64, seed: Seed) -> Tensor {
-        let mut rng = seed.rng(Stream::Start, 0, 0);
-        let noise = crate::attack::uniform_like(x, &mut rng);
+    /// magnitude (6 sign steps of eps/3 from the uniform random start `noise`, U[0,1) shaped
+    /// like `x`, in [0,1]).
+    fn vicinity(&self, model: &Model, x: &Tensor, y: &Tensor, eps: f64, noise: &Tensor) -> Tensor {
         let (lo, hi) = ((x - eps).clamp_min(0.0), (x + eps).clamp_max(1.0));
         let mut adv = (x + (noise * 2.0 - 1.0) * eps).clamp(0.0, 1.0).detach();
         for _ in 0..self.cfg.steps {
@@ -157,6 +156,22 @@ impl Method for Trs {
         "trs"
     }
 
+    /// The vicinity PGD's uniform random start for the second half of the batch.
+    fn draw(&self, batch: &Batch, at: StepAt) -> Vec<Tensor> {
+        if !self.cfg.vicinity {
+            return Vec::new();
+        }
+        let b = batch.x.size()[0];
+        let far = batch.x.narrow(0, b / 2, b - b / 2);
+        let seed = Seed(at.seed.derive(Stream::Start, at.epoch as u64, at.step as u64));
+        vec![crate::attack::uniform_like(&far, &mut seed.rng(Stream::Start, 0, 0))]
+    }
+
+    /// Its only draw per batch is the vicinity start; the radius changes per epoch.
+    fn graphable(&self) -> bool {
+        true
+    }
+
     fn step(&mut self, model: &Model, batch: &Batch, at: StepAt) -> Result<StepStats> {
         if model.nets.len() < 2 || model.gates() > 0 {
             return Err(Error::config("TRS trains an ensemble of at least 2 plain ResNet-20s"));
@@ -171,9 +186,9 @@ impl Method for Trs {
             let b = x.size()[0];
             let h = b / 2;
             let eps = self.cfg.eps_at(at.epoch, self.epochs);
-            let seed = Seed(at.seed.derive(Stream::Start, at.epoch as u64, at.step as u64));
+            let noise = batch.draws_of(self, at).pop().expect("the vicinity start is drawn");
             let far =
-                self.vicinity(model, &x.narrow(0, h, b - h), &y.narrow(0, h, b - h), eps, seed);
+                self.vicinity(model, &x.narrow(0, h, b - h), &y.narrow(0, h, b - h), eps, &noise);
             let xv = Tensor::cat(&[x.narrow(0, 0, h).detach(), far], 0).set_requires_grad(true);
             smoothness(model, &xv, y)
         } else {
