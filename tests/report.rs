@@ -124,8 +124,13 @@ fn report_numbers_come_from_the_summary() {
     // The GAL model has no black-box numbers: it is in Table 4 only.
     assert!(!block(&html, "table3-blackbox").contains("GAL (1 of 3)"));
 
-    // Table 2: the EIO models' clean, black-box at 0.03 and white-box at 0.01.
-    for m in s.models.iter().filter(|m| m.method == "eio" && !m.adv_training) {
+    // Table 2: the EIO models' clean, black-box at 0.03 and white-box at 0.01 (those at the
+    // paper's p = 3 and eps_d = 0.07: the other studies are Fig. 5's and 6's).
+    let in_table2 = |m: &&ModelResult| {
+        eio::report::eio_setting(m).is_some_and(|v| v.paths == 3 && v.eps_d == 0.07)
+    };
+    assert_eq!(s.models.iter().filter(in_table2).count(), 3, "the sample's Table 2 models");
+    for m in s.models.iter().filter(in_table2) {
         let cells = row_of(&html, "table2-copies", "ours", &m.name);
         let want = [
             pct(m.clean),
@@ -199,15 +204,25 @@ fn every_figure_is_inline_svg_and_nothing_is_external() {
     let s = sample_summary();
     let report = render(&s).unwrap();
     let html = &report.html;
-    // The sample fills every figure: Fig. 7, 9 and 11 under both attacks, two transferability
-    // heatmaps, the stability band, two training curves, the cost bars.
+    // The sample fills every figure: Fig. 7, 9 and 11 under both attacks, Fig. 5 and 6 (the
+    // EIO studies), two transferability heatmaps, the stability band, two training curves, the
+    // cost bars.
     let mut ids: Vec<String> = ["fig7", "fig9", "fig11"]
         .iter()
         .flat_map(|g| ["black-box", "white-box"].map(|a| format!("{g}-{a}")))
         .collect();
     ids.extend(
-        ["fig8-1", "fig8-2", "fig10-stability", "training-accuracy", "training-loss", "fig-cost"]
-            .map(String::from),
+        [
+            "fig5-paths",
+            "fig6-eps-d",
+            "fig8-1",
+            "fig8-2",
+            "fig10-stability",
+            "training-accuracy",
+            "training-loss",
+            "fig-cost",
+        ]
+        .map(String::from),
     );
     let figures: Vec<&str> = report.figures().map(|f| f.id.as_str()).collect();
     assert_eq!(figures, ids.iter().map(String::as_str).collect::<Vec<_>>());
@@ -297,4 +312,26 @@ fn unmeasured_numbers_are_empty_cells_not_nan() {
     let eps_col = 4 + 2; // row, source, model, clean, then eps 0.01, 0.02, 0.03
     assert_eq!(cells[eps_col], "", "{cells:?}");
     assert_eq!(cells[eps_col - 1], pct(s.models[0].blackbox[1]));
+}
+
+/// Fig. 5 draws the EIO models that differ in paths per iteration (and derived models), Fig. 6
+/// those that differ in eps_d, each with the paper's choice as the reference curve; Table 2
+/// shows n and sub-models only.
+#[test]
+fn the_eio_studies_pick_their_models() {
+    let s = sample_summary();
+    let report = render(&s).unwrap();
+    let svg = |id: &str| report.figures().find(|f| f.id == id).unwrap().svg.clone();
+    let fig5 = svg("fig5-paths");
+    for label in ["Sample2/1", "Sample2/3", "Sample3/1"] {
+        assert!(fig5.contains(label), "{label}");
+    }
+    assert!(!fig5.contains("eps_d=0.03"));
+    let fig6 = svg("fig6-eps-d");
+    assert!(fig6.contains("eps_d=0.03") && fig6.contains("eps_d=0.07"));
+    assert!(!fig6.contains("p=2"));
+    let table2 = report.tables().find(|t| t.id == "table2-copies").unwrap();
+    let text = format!("{:?}", table2.rows);
+    assert!(text.contains("EIO(n=3)/1"), "{text}");
+    assert!(!text.contains("p=2") && !text.contains("eps_d=0.03"), "{text}");
 }

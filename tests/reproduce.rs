@@ -19,7 +19,14 @@ fn smoke_preset_runs_resumes_and_summarises() {
     let summary: Summary =
         serde_json::from_str(&std::fs::read_to_string(out.join("summary.json")).unwrap()).unwrap();
     assert_eq!(summary.preset, "smoke");
-    assert_eq!(summary.models.len(), 8, "{:?}", summary.models);
+    // 8 of the arms, 6 of the second ensemble size (3), 1 EIO variant.
+    assert_eq!(summary.models.len(), 15, "{:?}", summary.models);
+    assert!(summary.models.iter().any(|m| m.name == "DVERGE (ensemble of 3)" && m.members == 3));
+    // The variant (p = 2) trained on its own and deployed as an ensemble of 2 derived paths.
+    let variant = summary.models.iter().find(|m| m.variant.is_some()).expect("the EIO variant");
+    assert_eq!((variant.name.as_str(), variant.members), ("EIO(p=2)/2 (derived, fine-tuned)", 2));
+    let cfg = std::fs::read_to_string(out.join("runs/eio-p2/config.toml")).unwrap();
+    assert!(cfg.contains("paths = 2"), "{cfg}");
     for m in &summary.models {
         assert_eq!(m.whitebox.len(), 2);
         assert_eq!(m.blackbox.len(), 1);

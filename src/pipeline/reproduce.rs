@@ -3,7 +3,9 @@ The paper's comparison in one resumable command (`eio reproduce --preset NAME --
 every arm a [`Preset`] lists, derive and fine-tune the EIO model, craft the black-box transfer
 set once from baseline surrogate ensembles, evaluate every model (clean, white-box, black-box;
 whole ensembles and one selected member, as the paper's Fig. 9), transferability matrices and
-the stability of derived paths, then write `summary.json` (see [`super::summary`]).
+the stability of derived paths, then write `summary.json` (see [`super::summary`]). A preset may
+add ensemble sizes (`more_members`: the paper's 5 and 8) and the EIO hyper-parameter studies
+(`eio_variants`, [`EioVariant`]: Table 2, Fig. 5, Fig. 6, EIO(top-k)).
 
 The work is a [`Plan`]: a list of [`Job`]s, each with the files it reads and writes, saved as
 `DIR/plan.toml`. A job whose outputs exist is skipped, so a rerun continues where it stopped
@@ -62,6 +64,165 @@ pub enum Arm {
     Adv,
 }
 
+/// An Ensemble-in-One configuration of the paper's hyper-parameter studies, beside the default
+/// arm: Table 2 (augmentation factor n, derived sub-models), Fig. 5 (paths per iteration p),
+/// Fig. 6 (distillation radius eps_d) and the appendix's EIO(top-k) (only the first k of the 21
+/// slots gated). Variants with one architecture share an RGN warm-up, and variants that differ
+/// only in `sub_models` share their training.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EioVariant {
+    /// Copies per gated block (n; the paper's choice 2).
+    pub copies: usize,
+    /// Gated slots: `all` 21 (the paper's choice) or the first k (`topk`).
+    pub augment: crate::model::Augment,
+    /// Paths per iteration (p; the paper's choice 3).
+    pub paths: usize,
+    /// Distillation radius eps_d (the paper's choice 0.07).
+    pub eps_d: f64,
+    /// Paths derived into the deployed model: 1, or an ensemble of several (Table 2's
+    /// sub-models, Fig. 5's "/3").
+    pub sub_models: usize,
+}
+
+impl EioVariant {
+    /// The paper's choice: n = 2, all 21 slots gated, p = 3, eps_d = 0.07, one derived model.
+    pub fn paper() -> Self {
+        EioVariant {
+            copies: 2,
+            augment: crate::model::Augment::All,
+            paths: 3,
+            eps_d: 0.07,
+            sub_models: 1,
+        }
+    }
+
+    /// The same with `f` applied, e.g. `EioVariant::paper().with(|v| v.paths = 2)`.
+    pub fn with(mut self, f: impl FnOnce(&mut Self)) -> Self {
+        f(&mut self);
+        self
+    }
+
+    /// The architecture suffix of its RGN runs: empty for the paper's, e.g. `-n3`, `-top7`.
+    fn arch_suffix(&self) -> String {
+        let d = Self::paper();
+        let mut s = String::new();
+        if self.copies != d.copies {
+            s += &format!("-n{}", self.copies);
+        }
+        if self.augment != d.augment {
+            s += &format!("-{}", self.augment);
+        }
+        s
+    }
+
+    /// Its training run: `eio` plus what differs from the paper's choice (`eio-n3`, `eio-p2`,
+    /// `eio-epsd0.05`, `eio-top7`, ...).
+    pub fn train_key(&self) -> String {
+        let d = Self::paper();
+        let mut s = format!("eio{}", self.arch_suffix());
+        if self.paths != d.paths {
+            s += &format!("-p{}", self.paths);
+        }
+        if self.eps_d != d.eps_d {
+            s += &format!("-epsd{}", self.eps_d);
+        }
+        s
+    }
+
+    /// Its derived model: the training key, with `-sub<k>` for an ensemble of k derived paths.
+    pub fn key(&self) -> String {
+        match self.sub_models {
+            1 => self.train_key(),
+            k => format!("{}-sub{k}", self.train_key()),
+        }
+    }
+
+    /// Display name in the paper's notation: what differs from the paper's choice in
+    /// parentheses, then the derived models deployed, e.g. `EIO(n=3)/1`, `EIO(p=2)/3`,
+    /// `EIO(eps_d=0.05)/1`, `EIO(top7)/1`, `EIO/3`.
+    pub fn label(&self) -> String {
+        let d = Self::paper();
+        let mut parts = Vec::new();
+        if self.copies != d.copies {
+            parts.push(format!("n={}", self.copies));
+        }
+        if self.paths != d.paths {
+            parts.push(format!("p={}", self.paths));
+        }
+        if self.eps_d != d.eps_d {
+            parts.push(format!("eps_d={}", self.eps_d));
+        }
+        if self.augment != d.augment {
+            parts.push(self.augment.to_string());
+        }
+        let inner =
+            if parts.is_empty() { String::new() } else { format!("({})", parts.join(", ")) };
+        format!("EIO{inner}/{}", self.sub_models)
+    }
+
+    fn validate(&self) -> Result<()> {
+        if self.copies < 2 || self.paths == 0 || self.sub_models == 0 {
+            return Err(Error::config(format!(
+                "EIO variant {}: needs n >= 2 copies, p >= 1 paths and at least 1 sub-model",
+                self.key()
+            )));
+        }
+        use crate::model::Augment;
+        let slots = match self.augment {
+            Augment::None => 0,
+            Augment::All => 21,
+            Augment::Conv3x3 => 19,
+            Augment::Top(k) => k.min(21),
+        };
+        let routes = (self.copies as f64).powi(slots as i32);
+        if slots == 0 || self.sub_models as f64 > routes {
+            return Err(Error::config(format!(
+                "EIO variant {}: {} distinct derived paths asked of an RGN with {routes} paths",
+                self.key(),
+                self.sub_models
+            )));
+        }
+        if !(self.eps_d > 0.0 && self.eps_d <= 1.0) {
+            return Err(Error::config(format!(
+                "EIO variant {}: eps_d must be in (0, 1]",
+                self.key()
+            )));
+        }
+        Ok(())
+    }
+}
+
+/// The paper's hyper-parameter studies beside its chosen EIO (n = 2, p = 3, eps_d = 0.07, all
+/// 21 slots): Table 2's n = 3 and 3 derived sub-models, Fig. 5's p = 2 and 4 (one and three
+/// derived models), Fig. 6's eps_d = 0.03, 0.05 and 0.09, and EIO(top7) and EIO(top14) (the
+/// chosen EIO is EIO(top21)).
+pub fn paper_variants() -> Vec<EioVariant> {
+    let v = EioVariant::paper;
+    let mut out = vec![
+        v().with(|v| v.sub_models = 3),
+        v().with(|v| v.copies = 3),
+        v().with(|v| {
+            v.copies = 3;
+            v.sub_models = 3;
+        }),
+    ];
+    for p in [2, 4] {
+        out.push(v().with(|v| v.paths = p));
+        out.push(v().with(|v| {
+            v.paths = p;
+            v.sub_models = 3;
+        }));
+    }
+    for e in [0.03, 0.05, 0.09] {
+        out.push(v().with(|v| v.eps_d = e));
+    }
+    for k in [7, 14] {
+        out.push(v().with(|v| v.augment = crate::model::Augment::Top(k)));
+    }
+    out
+}
+
 /// Sizes of a reproduction.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -106,11 +267,25 @@ pub struct Preset {
     pub transferability_images: usize,
     /// Derived paths of the stability check (paper 8; 0 = skip).
     pub stability_paths: usize,
+    /// Further ensemble sizes of the baseline, DVERGE, ADP, GAL and TRS arms (paper 5 and 8,
+    /// beside `members` = 3); their runs are named `<arm>-n<size>`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub more_members: Vec<usize>,
+    /// EIO configurations of the hyper-parameter studies, each trained, derived, fine-tuned and
+    /// evaluated beside the default EIO arm (Table 2, Fig. 5, Fig. 6, EIO(top-k)).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub eio_variants: Vec<EioVariant>,
 }
 
 impl Preset {
     /// The named preset.
     pub fn named(name: &str) -> Result<Preset> {
+        let p = Self::sizes(name)?;
+        p.validate()?;
+        Ok(p)
+    }
+
+    fn sizes(name: &str) -> Result<Preset> {
         let all = [
             Arm::Baseline,
             Arm::Eio,
@@ -146,6 +321,13 @@ impl Preset {
                 transfer_steps: 2,
                 transferability_images: 5,
                 stability_paths: 2,
+                // One of each: a second ensemble size, an EIO variant with its own training
+                // (p = 2) deployed as an ensemble of two derived paths.
+                more_members: vec![3],
+                eio_variants: vec![EioVariant::paper().with(|v| {
+                    v.paths = 2;
+                    v.sub_models = 2;
+                })],
             },
             // scripts/demo: baseline against EIO on a CIFAR-10 subset, 2 cores. Same model
             // geometry as the gpu preset (ensembles and surrogates of 3), so that the gpu
@@ -171,6 +353,8 @@ impl Preset {
                 transfer_steps: 10,
                 transferability_images: 100,
                 stability_paths: 0,
+                more_members: Vec::new(),
+                eio_variants: Vec::new(),
             },
             // results/eio-cpu's scale with every arm: a long background run on 2 cores.
             "cpu" => Preset {
@@ -194,6 +378,8 @@ impl Preset {
                 transfer_steps: 100,
                 transferability_images: 1000,
                 stability_paths: 8,
+                more_members: Vec::new(),
+                eio_variants: Vec::new(),
             },
             // One lent H100/H200 session's worth: 10,000 training images, five arms, 500
             // evaluation images. Not yet run whole on a GPU; estimated from the H100 step times
@@ -238,6 +424,8 @@ impl Preset {
                 transfer_steps: 100,
                 transferability_images: 1000,
                 stability_paths: 8,
+                more_members: vec![5, 8],
+                eio_variants: paper_variants(),
             },
             _ => {
                 return Err(Error::config(format!(
@@ -245,6 +433,17 @@ impl Preset {
                 )))
             }
         })
+    }
+
+    /// Checks the sizes.
+    pub fn validate(&self) -> Result<()> {
+        if let Some(&k) = self.more_members.iter().find(|&&k| k < 2 || k == self.members) {
+            return Err(Error::config(format!(
+                "preset {}: further ensemble size {k} must be at least 2 and differ from members = {}",
+                self.name, self.members
+            )));
+        }
+        self.eio_variants.iter().try_for_each(EioVariant::validate)
     }
 
     /// The white-box protocol.
@@ -281,6 +480,27 @@ impl Preset {
         }
     }
 
+    /// The RGN of an EIO variant: the preset's, with the variant's copies and gated slots.
+    fn variant_arch(&self, v: &EioVariant) -> ArchConfig {
+        let mut arch = self.spec(MethodConfig::RgnWarmup, 1, 1).arch;
+        arch.copies = v.copies;
+        arch.augment = v.augment;
+        arch
+    }
+
+    /// The diversification run of an EIO variant (with the adversarial term: EIO+AdvT).
+    fn eio_spec(&self, v: &EioVariant, adv: bool) -> TrainSpec {
+        let cfg = EioConfig {
+            paths: v.paths,
+            distill: self.distill(DistillConfig { eps: v.eps_d, ..DistillConfig::eio() }),
+            adv: adv.then(AdvTerm::default),
+            ..Default::default()
+        };
+        let mut spec = self.spec(MethodConfig::Eio(cfg), 1, self.div_epochs);
+        spec.arch = self.variant_arch(v);
+        spec
+    }
+
     fn spec(&self, method: MethodConfig, members: usize, epochs: usize) -> TrainSpec {
         let mut s = TrainSpec::defaults(method);
         if s.members > 1 || matches!(s.method, MethodConfig::Baseline) {
@@ -308,12 +528,16 @@ pub enum JobKind {
         /// Starting weights.
         init: Option<String>,
     },
-    /// A plain model from one random path (from `seed`) of the RGN `rgn`.
+    /// A plain model from one random path (from `seed`) of the RGN `rgn`, or an ensemble of
+    /// `paths` distinct random paths.
     Derive {
         /// The RGN file.
         rgn: String,
         /// Seed of the path.
         seed: u64,
+        /// Paths derived (1 = one plain network).
+        #[serde(default = "one", skip_serializing_if = "is_one")]
+        paths: usize,
     },
     /// The transfer set, from the surrogate ensembles.
     TransferGen {
@@ -338,6 +562,9 @@ pub enum JobKind {
         /// The RGN a derived model comes from.
         #[serde(default, skip_serializing_if = "Option::is_none")]
         rgn: Option<ArchConfig>,
+        /// The EIO configuration of a hyper-parameter study's model (`None`: the paper's).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        variant: Option<Box<EioVariant>>,
     },
     /// The transferability matrix of an ensemble's members or an RGN's paths.
     Transferability {
@@ -375,6 +602,14 @@ pub struct Plan {
     pub jobs: Vec<Job>,
 }
 
+fn one() -> usize {
+    1
+}
+
+fn is_one(n: &usize) -> bool {
+    *n == 1
+}
+
 fn run_model(name: &str) -> String {
     format!("runs/{name}/model.safetensors")
 }
@@ -392,14 +627,18 @@ impl Plan {
             });
         };
         let rgn_arch = p.spec(MethodConfig::RgnWarmup, 1, 1).arch;
-        let eval = |jobs: &mut Vec<Job>,
-                    key: &str,
-                    name: String,
-                    method: &str,
-                    advt: bool,
-                    model: String,
-                    member: Option<usize>,
-                    runs: Vec<&str>| {
+        let eval_of = |jobs: &mut Vec<Job>,
+                       key: &str,
+                       name: String,
+                       method: &str,
+                       advt: bool,
+                       model: String,
+                       member: Option<usize>,
+                       runs: Vec<&str>,
+                       variant: Option<&EioVariant>| {
+            let rgn = variant
+                .map(|v| p.variant_arch(v))
+                .or_else(|| (method == "eio").then(|| rgn_arch.clone()));
             jobs.push(Job {
                 name: format!("eval/{key}"),
                 kind: JobKind::Evaluate {
@@ -409,10 +648,21 @@ impl Plan {
                     model,
                     member,
                     runs: runs.into_iter().map(String::from).collect(),
-                    rgn: (method == "eio").then(|| rgn_arch.clone()),
+                    rgn,
+                    variant: variant.cloned().map(Box::new),
                 },
                 outputs: vec![format!("eval/{key}.json")],
             });
+        };
+        let eval = |jobs: &mut Vec<Job>,
+                    key: &str,
+                    name: String,
+                    method: &str,
+                    advt: bool,
+                    model: String,
+                    member: Option<usize>,
+                    runs: Vec<&str>| {
+            eval_of(jobs, key, name, method, advt, model, member, runs, None)
         };
         let n = p.members;
         let needs_baseline =
@@ -434,17 +684,12 @@ impl Plan {
             train(&mut jobs, "rgn-warmup", p.spec(MethodConfig::RgnWarmup, 1, p.epochs), None);
         }
         for (arm, key) in &eio_arms {
-            let mut cfg =
-                EioConfig { distill: p.distill(DistillConfig::eio()), ..Default::default() };
-            if *arm == Arm::EioAdvt {
-                cfg.adv = Some(AdvTerm::default());
-            }
-            let spec = p.spec(MethodConfig::Eio(cfg), 1, p.div_epochs);
+            let spec = p.eio_spec(&EioVariant::paper(), *arm == Arm::EioAdvt);
             train(&mut jobs, key, spec, Some(run_model("rgn-warmup")));
             let derived = format!("models/{key}-derived.safetensors");
             jobs.push(Job {
                 name: format!("derive/{key}"),
-                kind: JobKind::Derive { rgn: run_model(key), seed: p.seed },
+                kind: JobKind::Derive { rgn: run_model(key), seed: p.seed, paths: 1 },
                 outputs: vec![derived.clone()],
             });
             let advt = *arm == Arm::EioAdvt;
@@ -476,6 +721,69 @@ impl Plan {
                 vec!["rgn-warmup", key],
             );
         }
+        // The hyper-parameter studies: each variant's warm-up and training unless an arm or an
+        // earlier variant has it, then its derived model, fine-tuned, evaluated.
+        for v in &p.eio_variants {
+            let has = |jobs: &Vec<Job>, name: &str| jobs.iter().any(|j| j.name == name);
+            let warmup = format!("rgn-warmup{}", v.arch_suffix());
+            if !has(&jobs, &format!("train/{warmup}")) {
+                let mut s = p.spec(MethodConfig::RgnWarmup, 1, p.epochs);
+                s.arch = p.variant_arch(v);
+                train(&mut jobs, &warmup, s, None);
+            }
+            let tkey = v.train_key();
+            if !has(&jobs, &format!("train/{tkey}")) {
+                train(&mut jobs, &tkey, p.eio_spec(v, false), Some(run_model(&warmup)));
+            }
+            let key = v.key();
+            let derived = format!("models/{key}-derived.safetensors");
+            if !has(&jobs, &format!("derive/{key}")) {
+                jobs.push(Job {
+                    name: format!("derive/{key}"),
+                    kind: JobKind::Derive {
+                        rgn: run_model(&tkey),
+                        seed: p.seed,
+                        paths: v.sub_models,
+                    },
+                    outputs: vec![derived.clone()],
+                });
+            }
+            let (model, eval_key, runs, what) = if p.finetune_epochs > 0 {
+                let ft_name = format!("{key}-finetune");
+                let mut ft = TrainSpec::finetune();
+                ft.members = v.sub_models;
+                ft.train = p.spec(MethodConfig::Baseline, 1, p.finetune_epochs).train;
+                if !has(&jobs, &format!("train/{ft_name}")) {
+                    train(&mut jobs, &ft_name, ft, Some(derived.clone()));
+                }
+                (
+                    run_model(&ft_name),
+                    ft_name.clone(),
+                    vec![warmup.clone(), tkey.clone(), ft_name],
+                    "derived, fine-tuned",
+                )
+            } else {
+                (
+                    derived.clone(),
+                    format!("{key}-derived"),
+                    vec![warmup.clone(), tkey.clone()],
+                    "derived",
+                )
+            };
+            if !has(&jobs, &format!("eval/{eval_key}")) {
+                eval_of(
+                    &mut jobs,
+                    &eval_key,
+                    format!("{} ({what})", v.label()),
+                    "eio",
+                    false,
+                    model,
+                    None,
+                    runs.iter().map(String::as_str).collect(),
+                    Some(v),
+                );
+            }
+        }
         let ensembles: Vec<(Arm, &str, &str, MethodConfig)> = vec![
             (
                 Arm::Dverge,
@@ -500,59 +808,68 @@ impl Plan {
             (Arm::Gal, "gal", "GAL", MethodConfig::Gal(Default::default())),
             (Arm::Trs, "trs", "TRS", MethodConfig::Trs(Default::default())),
         ];
-        if p.arms.contains(&Arm::Baseline) {
-            eval(
-                &mut jobs,
-                "baseline",
-                format!("baseline (ensemble of {n})"),
-                "baseline",
-                false,
-                run_model("baseline"),
-                None,
-                vec!["baseline"],
-            );
-            eval(
-                &mut jobs,
-                "baseline-member0",
-                format!("baseline (1 of {n})"),
-                "baseline",
-                false,
-                run_model("baseline"),
-                Some(0),
-                vec!["baseline"],
-            );
-        }
-        for (arm, key, label, method) in ensembles {
-            if !p.arms.contains(&arm) {
-                continue;
+        // Each ensemble size: the first is `members`, whose runs have the arms' plain names.
+        for size in std::iter::once(n).chain(p.more_members.iter().copied()) {
+            let sfx = if size == n { String::new() } else { format!("-n{size}") };
+            let base = format!("baseline{sfx}");
+            if size != n && needs_baseline {
+                train(&mut jobs, &base, p.spec(MethodConfig::Baseline, size, p.epochs), None);
             }
-            let method_name = method.name();
-            let from_baseline = matches!(arm, Arm::Dverge | Arm::DvergeAdvt);
-            let epochs = if from_baseline { p.div_epochs } else { p.epochs };
-            let init = from_baseline.then(|| run_model("baseline"));
-            train(&mut jobs, key, p.spec(method, n, epochs), init);
-            let runs: Vec<&str> = if from_baseline { vec!["baseline", key] } else { vec![key] };
-            let advt = key.ends_with("advt");
-            eval(
-                &mut jobs,
-                key,
-                format!("{label} (ensemble of {n})"),
-                method_name,
-                advt,
-                run_model(key),
-                None,
-                runs.clone(),
-            );
-            eval(
-                &mut jobs,
-                &format!("{key}-member0"),
-                format!("{label} (1 of {n})"),
-                method_name,
-                advt,
-                run_model(key),
-                Some(0),
-                runs,
-            );
+            if p.arms.contains(&Arm::Baseline) {
+                eval(
+                    &mut jobs,
+                    &base,
+                    format!("baseline (ensemble of {size})"),
+                    "baseline",
+                    false,
+                    run_model(&base),
+                    None,
+                    vec![&base],
+                );
+                eval(
+                    &mut jobs,
+                    &format!("{base}-member0"),
+                    format!("baseline (1 of {size})"),
+                    "baseline",
+                    false,
+                    run_model(&base),
+                    Some(0),
+                    vec![&base],
+                );
+            }
+            for (arm, key, label, method) in &ensembles {
+                if !p.arms.contains(arm) {
+                    continue;
+                }
+                let key = format!("{key}{sfx}");
+                let method_name = method.name();
+                let from_baseline = matches!(arm, Arm::Dverge | Arm::DvergeAdvt);
+                let epochs = if from_baseline { p.div_epochs } else { p.epochs };
+                let init = from_baseline.then(|| run_model(&base));
+                train(&mut jobs, &key, p.spec(method.clone(), size, epochs), init);
+                let runs: Vec<&str> = if from_baseline { vec![&base, &key] } else { vec![&key] };
+                let advt = matches!(arm, Arm::DvergeAdvt);
+                eval(
+                    &mut jobs,
+                    &key,
+                    format!("{label} (ensemble of {size})"),
+                    method_name,
+                    advt,
+                    run_model(&key),
+                    None,
+                    runs.clone(),
+                );
+                eval(
+                    &mut jobs,
+                    &format!("{key}-member0"),
+                    format!("{label} (1 of {size})"),
+                    method_name,
+                    advt,
+                    run_model(&key),
+                    Some(0),
+                    runs,
+                );
+            }
         }
         if p.arms.contains(&Arm::Adv) {
             train(
@@ -806,20 +1123,28 @@ pub fn run(
                 )?;
                 write_json(&dir.join("history.json"), &history)?;
             }
-            JobKind::Derive { rgn, seed: s } => {
+            JobKind::Derive { rgn, seed: s, paths } => {
                 let (m, _) = Model::load(&out.join(rgn), device)?;
-                let route = Route::random(
-                    m.gates(),
-                    m.spec.arch.copies,
-                    &mut Seed(*s).rng(Stream::Route, 0, 0),
-                );
+                // Paths drawn one after the other from one generator, repeats drawn again: the
+                // first is the one a single derivation takes.
+                let mut rng = Seed(*s).rng(Stream::Route, 0, 0);
+                let mut routes: Vec<Route> = Vec::new();
+                while routes.len() < *paths {
+                    let r = Route::random(m.gates(), m.spec.arch.copies, &mut rng);
+                    if !routes.contains(&r) {
+                        routes.push(r);
+                    }
+                }
                 let mut extra = TensorFile::default();
                 extra.meta.insert("eio.derived_from".into(), rgn.clone());
-                extra.meta.insert("eio.path".into(), route.to_string());
+                let shown: Vec<String> = routes.iter().map(|r| r.to_string()).collect();
+                extra.meta.insert("eio.path".into(), shown.join(" "));
                 let file = out.join(&job.outputs[0]);
                 std::fs::create_dir_all(file.parent().expect("under out"))
                     .map_err(|e| Error::io(&file, e))?;
-                m.derive(&route)?.save(&file, extra)?;
+                let derived =
+                    if *paths == 1 { m.derive(&routes[0])? } else { m.derive_ensemble(&routes)? };
+                derived.save(&file, extra)?;
             }
             JobKind::TransferGen { surrogates } => {
                 let models: Vec<Model> = surrogates
@@ -849,7 +1174,7 @@ pub fn run(
                 )?;
                 write_json(&out.join(&job.outputs[0]), &rep)?;
             }
-            JobKind::Evaluate { name, method, adv_training, model, member, runs, rgn } => {
+            JobKind::Evaluate { name, method, adv_training, model, member, runs, rgn, variant } => {
                 let (m, _) = Model::load(&out.join(model), device)?;
                 let ensemble_size = m.nets.len();
                 let m = match member {
@@ -888,6 +1213,7 @@ pub fn run(
                     train_secs: secs,
                     train_epochs: epochs,
                     rgn: rgn.clone(),
+                    variant: variant.as_deref().cloned(),
                     peak_memory_bytes: None,
                 };
                 write_json(&out.join(&job.outputs[0]), &Evaluation { result })?;
@@ -1066,6 +1392,96 @@ mod tests {
             let back: Plan = toml::from_str(&text).unwrap();
             assert_eq!(back, plan, "{name}");
         }
+    }
+
+    /// The paper preset holds the studies: Table 2's n = 3 on its own warm-up, Fig. 5's p and
+    /// derived ensembles, Fig. 6's eps_d, EIO(top-k), and ensembles of 5 and 8 for every
+    /// ensemble arm (DVERGE from the baseline of its size); job names are unique.
+    #[test]
+    fn the_paper_preset_plans_its_studies() {
+        let plan = Plan::new(Preset::named("paper").unwrap());
+        let names = plan.names();
+        let mut unique = names.clone();
+        unique.sort();
+        unique.dedup();
+        assert_eq!(unique.len(), names.len(), "job names are unique");
+        let job = |n: &str| {
+            plan.jobs.iter().find(|j| j.name == n).unwrap_or_else(|| panic!("no job {n}"))
+        };
+        for n in [
+            "train/rgn-warmup-n3",
+            "train/eio-n3",
+            "eval/eio-n3-sub3-finetune",
+            "train/eio-p2",
+            "eval/eio-p4-sub3-finetune",
+            "eval/eio-epsd0.05-finetune",
+            "train/rgn-warmup-top7",
+            "eval/eio-top14-finetune",
+            "eval/eio-sub3-finetune",
+            "eval/trs-n8-member0",
+            "eval/gal-n5",
+        ] {
+            job(n);
+        }
+        match &job("derive/eio-p4-sub3").kind {
+            JobKind::Derive { rgn, paths, .. } => {
+                assert_eq!((rgn.as_str(), *paths), ("runs/eio-p4/model.safetensors", 3))
+            }
+            k => panic!("{k:?}"),
+        }
+        // The paper's choice with three derived models shares the default arm's training.
+        match &job("derive/eio-sub3").kind {
+            JobKind::Derive { rgn, .. } => assert_eq!(rgn, "runs/eio/model.safetensors"),
+            k => panic!("{k:?}"),
+        }
+        match &job("train/eio-epsd0.05").kind {
+            JobKind::Train { spec, init } => {
+                let MethodConfig::Eio(c) = &spec.method else { panic!() };
+                assert_eq!((c.distill.eps, c.distill.step_size, c.paths), (0.05, 0.005, 3));
+                assert_eq!(init.as_deref(), Some("runs/rgn-warmup/model.safetensors"));
+            }
+            k => panic!("{k:?}"),
+        }
+        match &job("train/eio-n3").kind {
+            JobKind::Train { spec, init } => {
+                assert_eq!(spec.arch.copies, 3);
+                assert_eq!(init.as_deref(), Some("runs/rgn-warmup-n3/model.safetensors"));
+            }
+            k => panic!("{k:?}"),
+        }
+        match &job("train/dverge-n8").kind {
+            JobKind::Train { spec, init } => {
+                assert_eq!(spec.members, 8);
+                assert_eq!(init.as_deref(), Some("runs/baseline-n8/model.safetensors"));
+            }
+            k => panic!("{k:?}"),
+        }
+        // Without studies a preset's plan is what it was (the cpu preset's run folders).
+        let cpu = Plan::new(Preset::named("cpu").unwrap());
+        assert!(!cpu.names().iter().any(|n| n.contains("-n5") || n.contains("-p2")));
+        assert!(!toml::to_string(&cpu).unwrap().contains("eio_variants"));
+    }
+
+    #[test]
+    fn variants_are_named_by_what_differs() {
+        let v = EioVariant::paper;
+        assert_eq!((v().key(), v().label()), ("eio".to_string(), "EIO/1".to_string()));
+        let w = v().with(|v| {
+            v.copies = 3;
+            v.paths = 2;
+            v.sub_models = 3;
+        });
+        assert_eq!((w.train_key(), w.key()), ("eio-n3-p2".into(), "eio-n3-p2-sub3".into()));
+        assert_eq!(w.label(), "EIO(n=3, p=2)/3");
+        let t = v().with(|v| v.augment = crate::model::Augment::Top(7));
+        assert_eq!((t.key(), t.label()), ("eio-top7".into(), "EIO(top7)/1".into()));
+        assert!(v().with(|v| v.copies = 1).validate().is_err());
+        let tiny = v().with(|v| v.augment = crate::model::Augment::Top(1));
+        assert!(tiny.clone().with(|v| v.sub_models = 2).validate().is_ok());
+        assert!(tiny.with(|v| v.sub_models = 3).validate().is_err());
+        let mut p = Preset::named("smoke").unwrap();
+        p.more_members = vec![p.members];
+        assert!(p.validate().is_err());
     }
 
     /// A job is needed while something that reads its files is still to run.

@@ -71,6 +71,10 @@ pub struct ModelResult {
     /// gated slots, which the paper's Table 2 and "EIO(topk)" rows are about).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub rgn: Option<ArchConfig>,
+    /// The EIO configuration of a hyper-parameter study's model (`None`: the paper's choice,
+    /// or not an EIO model).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub variant: Option<super::reproduce::EioVariant>,
     /// Peak memory of its training, bytes (device memory on a GPU), when measured.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub peak_memory_bytes: Option<u64>,
@@ -113,7 +117,8 @@ impl Summary {
     /// The models as a plain-text table: clean, white-box and black-box accuracy (%).
     pub fn table(&self) -> String {
         let pct = |v: f64| if v.is_nan() { "-".to_string() } else { format!("{:.1}", 100.0 * v) };
-        let mut head = format!("{:<32} {:>6}", "model", "clean");
+        let w = self.models.iter().map(|m| m.name.chars().count()).fold(32, usize::max);
+        let mut head = format!("{:<w$} {:>6}", "model", "clean");
         for e in &self.eps_whitebox {
             head += &format!(" {:>8}", format!("wb {e}"));
         }
@@ -122,7 +127,7 @@ impl Summary {
         }
         let mut out = head + "\n";
         for m in &self.models {
-            let mut line = format!("{:<32} {:>6}", m.name, pct(m.clean));
+            let mut line = format!("{:<w$} {:>6}", m.name, pct(m.clean));
             for k in 0..self.eps_whitebox.len() {
                 line += &format!(" {:>8}", m.whitebox.get(k).map_or("-".into(), |v| pct(*v)));
             }

@@ -28,6 +28,7 @@ pub mod tables;
 use std::path::{Path, PathBuf};
 
 use crate::error::{Error, Result};
+use crate::pipeline::reproduce::EioVariant;
 use crate::pipeline::summary::{ModelResult, StabilityResult, Summary};
 use figures::{color, Band, BarChart, Heatmap, LineChart, Series};
 use tables::{Attack, Table};
@@ -148,6 +149,14 @@ pub fn render(summary: &Summary) -> Result<Report> {
             id: "sec-accuracy".into(),
             title: "Accuracy against eps (Fig. 7, 9, 11)".into(),
             items: accuracy,
+        });
+    }
+    let studies = study_figures(s)?;
+    if !studies.is_empty() {
+        sections.push(Section {
+            id: "sec-studies".into(),
+            title: "EIO hyper-parameters: paths per iteration and eps_d (Fig. 5, 6)".into(),
+            items: studies,
         });
     }
     let transfer = transferability_figures(s)?;
@@ -286,6 +295,111 @@ fn accuracy_figures(s: &Summary) -> Result<Vec<Item>> {
                 data: Some(tables::accuracy_table_id(attack).into()),
             }));
         }
+    }
+    Ok(items)
+}
+
+/// The EIO configuration of a model of the summary: its variant, or the paper's choice for the
+/// default EIO arms; `None` for other methods and adversarially trained models.
+pub fn eio_setting(m: &ModelResult) -> Option<EioVariant> {
+    if m.method != "eio" || m.adv_training {
+        return None;
+    }
+    Some(m.variant.clone().unwrap_or_else(|| {
+        let mut v = EioVariant::paper();
+        if let Some(arch) = &m.rgn {
+            v.copies = arch.copies;
+            v.augment = arch.augment;
+        }
+        v.sub_models = m.members;
+        v
+    }))
+}
+
+/// Fig. 5 (black-box accuracy against eps by paths per iteration p, one or several derived
+/// models; n = 2, eps_d = 0.07, all slots gated) and Fig. 6 (by eps_d; n = 2, p = 3, one derived
+/// model), each drawn when the run has at least two values of its parameter.
+fn study_figures(s: &Summary) -> Result<Vec<Item>> {
+    let attack = Attack::BlackBox;
+    let paper = EioVariant::paper();
+    let models: Vec<(usize, &ModelResult, EioVariant)> = tables::models_under(s, attack)
+        .into_iter()
+        .filter_map(|(i, m)| eio_setting(m).map(|v| (i, m, v)))
+        .filter(|(_, _, v)| v.copies == paper.copies && v.augment == paper.augment)
+        .collect();
+    /// One study: its figure id and title, which models it draws, their legend labels and the
+    /// parameter it varies.
+    struct Study {
+        id: &'static str,
+        title: &'static str,
+        pick: fn(&EioVariant) -> bool,
+        label: fn(&EioVariant) -> String,
+        value: fn(&EioVariant) -> f64,
+    }
+    let studies = [
+        Study {
+            id: "fig5-paths",
+            title: "paths per iteration p (Fig. 5)",
+            pick: |v| v.eps_d == 0.07,
+            label: |v| format!("Sample{}/{}", v.paths, v.sub_models),
+            value: |v| v.paths as f64,
+        },
+        Study {
+            id: "fig6-eps-d",
+            title: "distillation eps_d (Fig. 6)",
+            pick: |v| v.paths == 3 && v.sub_models == 1,
+            label: |v| format!("eps_d={}", v.eps_d),
+            value: |v| v.eps_d,
+        },
+    ];
+    let mut items = Vec::new();
+    for Study { id, title, pick, label, value } in studies {
+        let mut chosen: Vec<&(usize, &ModelResult, EioVariant)> =
+            models.iter().filter(|(_, _, v)| pick(v)).collect();
+        chosen.sort_by(|a, b| {
+            value(&a.2).total_cmp(&value(&b.2)).then(a.2.sub_models.cmp(&b.2.sub_models))
+        });
+        let mut values: Vec<f64> = chosen.iter().map(|c| value(&c.2)).collect();
+        values.dedup();
+        if values.len() < 2 {
+            continue;
+        }
+        let series: Vec<Series> = chosen
+            .iter()
+            .enumerate()
+            .map(|(k, (_, m, v))| Series {
+                label: format!("{} ({})", label(v), m.name),
+                color: color(k),
+                dashed: false,
+                points: curve(m.clean, attack.eps(s), attack.acc(m), 100.0),
+            })
+            .collect();
+        let x_max = series.iter().flat_map(|s| &s.points).map(|p| p.0).fold(0.01, f64::max);
+        items.push(Item::Figure(Figure {
+            id: id.into(),
+            title: format!("Black-box accuracy by {title}"),
+            caption: format!(
+                "EIO models of this run that differ in one hyper-parameter (the others at the \
+                 paper's choice: n = 2, all 21 slots gated, p = 3, eps_d = 0.07, one derived \
+                 model; \"SampleP/K\": P paths per iteration, K derived models deployed), \
+                 accuracy against eps on {} test images. Attack: {}. The paper plots these \
+                 curves without giving their numbers.",
+                s.images,
+                attack.describe(s)
+            ),
+            svg: LineChart {
+                title: format!("black-box attack: EIO by {title}"),
+                x_desc: "eps (L-inf)".into(),
+                y_desc: "accuracy (%)".into(),
+                x: (0.0, x_max * 1.05),
+                y: (0.0, 100.0),
+                integer_x: false,
+                bands: Vec::new(),
+                series,
+            }
+            .svg()?,
+            data: Some(tables::accuracy_table_id(attack).into()),
+        }));
     }
     Ok(items)
 }

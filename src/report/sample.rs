@@ -7,6 +7,7 @@ made from it cannot be mistaken for results.
 use std::collections::BTreeMap;
 
 use crate::model::ArchConfig;
+use crate::pipeline::reproduce::EioVariant;
 use crate::pipeline::summary::{Curve, MatrixResult, ModelResult, StabilityResult, Summary};
 use crate::train::EpochRecord;
 
@@ -44,6 +45,7 @@ pub fn sample_summary() -> Summary {
             train_secs: 600.0 * members as f64 + 1000.0 * clean,
             train_epochs: 10 * members,
             rgn: (method == "eio").then(|| ArchConfig::rgn(2)),
+            variant: None,
             peak_memory_bytes: None,
         }
     };
@@ -59,6 +61,31 @@ pub fn sample_summary() -> Summary {
         model("DVERGE+AdvT (1 of 3)", "dverge", 3, Some(1), true, 0.7921, 0.31, 0.52),
     ];
     models[5].peak_memory_bytes = Some(1_610_612_736);
+    // The hyper-parameter studies (Fig. 5, 6; Table 2's n = 3).
+    let studies = [
+        EioVariant::paper().with(|v| v.paths = 2),
+        EioVariant::paper().with(|v| {
+            v.paths = 2;
+            v.sub_models = 3;
+        }),
+        EioVariant::paper().with(|v| v.eps_d = 0.03),
+        EioVariant::paper().with(|v| v.copies = 3),
+    ];
+    for (k, v) in studies.into_iter().enumerate() {
+        let mut m = model(
+            &v.label(),
+            "eio",
+            v.sub_models,
+            None,
+            false,
+            0.87 - 0.01 * k as f64,
+            0.4 + 0.05 * k as f64,
+            0.9,
+        );
+        m.rgn = Some(ArchConfig::rgn(v.copies));
+        m.variant = Some(v);
+        models.push(m);
+    }
     let matrix = |name: &str, off: f64| {
         let labels: Vec<String> = (1..=3).map(|i| format!("{name} #{i}")).collect();
         let success = (0..3)
