@@ -234,7 +234,7 @@ pub fn method_timings(batch: usize, iters: usize, device: Device) -> Result<Vec<
                                 .as_ref()
                                 .map(|(x, y)| (x.shallow_clone(), y.shallow_clone())),
                         );
-                        b.draws = m.draw(&b, at);
+                        b.draws = m.draw(&model, &b, at);
                         g.step(&model, m.as_mut(), &mut opt, &b, at, spec.optim.lr)
                     }
                     None => {
@@ -390,8 +390,8 @@ pub fn device_check(device: Device) -> Result<Vec<CheckRow>> {
 }
 
 /// CUDA graphs (`--cuda-graphs`) against eager steps on `device`: a PGD-10 attack, and two
-/// epochs of training 2-member ensembles (baseline, DVERGE, GAL, TRS: SGD and Adam, noise drawn
-/// ahead) on 50 synthetic images in batches of 16 (eager warm-up, capture, replays, a partial
+/// epochs of training 2-member ensembles (baseline, DVERGE, GAL, TRS, PGD-AT: SGD and Adam,
+/// noise and PGD starts drawn ahead) on 50 synthetic images in batches of 16 (eager warm-up, capture, replays, a partial
 /// batch, a new learning rate in epoch 2). The same
 /// kernels on the same inputs: the results should agree to the last bit.
 fn graph_check(device: Device) -> Result<Vec<CheckRow>> {
@@ -448,11 +448,19 @@ fn graph_check(device: Device) -> Result<Vec<CheckRow>> {
         ..Default::default()
     };
     let trs = crate::train::trs::TrsConfig { steps: 2, ..Default::default() };
+    let adv = crate::train::adv::AdvTerm {
+        attack: crate::attack::AttackConfig::Pgd(PgdConfig {
+            steps: 3,
+            ..crate::train::adv::AdvTerm::pgd(8.0 / 255.0)
+        }),
+        ..Default::default()
+    };
     let methods = [
         ("a baseline ensemble of 2", MethodConfig::Baseline),
         ("DVERGE, 2 members", MethodConfig::Dverge(dverge)),
         ("GAL, 2 members", MethodConfig::Gal(Default::default())),
         ("TRS, 2 members", MethodConfig::Trs(trs)),
+        ("PGD-AT, 2 members", MethodConfig::Adv(adv)),
     ];
     for (name, method) in methods {
         let mut spec = TrainSpec::defaults(method);

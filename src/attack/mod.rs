@@ -213,8 +213,13 @@ impl Ball {
 
     /// A point drawn uniformly from the eps cube around `x`, then projected.
     pub fn uniform(&self, x: &Tensor, eps: f64, rng: &mut Rng) -> Tensor {
+        self.start(x, eps, &uniform_like(x, rng))
+    }
+
+    /// The point of the eps cube around `x` that U[0,1) noise `u` (shaped like `x`) picks, then
+    /// projected: [`Ball::uniform`] with its draw made ahead.
+    pub fn start(&self, x: &Tensor, eps: f64, u: &Tensor) -> Tensor {
         let _guard = tch::no_grad_guard();
-        let u = uniform_like(x, rng);
         let mut xa = x + (u * 2.0 - 1.0) * eps;
         self.project_(&mut xa);
         xa

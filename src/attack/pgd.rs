@@ -175,9 +175,25 @@ impl PgdConfig {
     /// diversity an iteration draws nothing on the host, so with CUDA graphs on
     /// ([`crate::graph`]) it is captured once and replayed.
     fn run(&self, obj: &Objective, x: &Tensor, y: &Tensor, rng: &mut Rng) -> Tensor {
+        self.run_from(obj, x, y, rng, None)
+    }
+
+    /// [`PgdConfig::run`] with its random start drawn ahead when `noise` is given.
+    fn run_from(
+        &self,
+        obj: &Objective,
+        x: &Tensor,
+        y: &Tensor,
+        rng: &mut Rng,
+        noise: Option<&Tensor>,
+    ) -> Tensor {
         let _guard = tch::no_grad_guard();
         let ball = Ball::new(x, self.eps);
-        let mut xa = if self.random_start { ball.uniform(x, self.eps, rng) } else { x.copy() };
+        let mut xa = match (self.random_start, noise) {
+            (true, Some(u)) => ball.start(x, self.eps, u),
+            (true, None) => ball.uniform(x, self.eps, rng),
+            (false, _) => x.copy(),
+        };
         let mut m = self.momentum.map(|_| x.zeros_like());
         let dims = sample_dims(x.dim());
         let mut iteration = |rng: &mut Rng| {
@@ -204,6 +220,32 @@ impl PgdConfig {
     }
 }
 
+impl PgdConfig {
+    /// The one random draw of a single run from a random start without input diversity:
+    /// its start, U[0,1) noise shaped like `x`, drawn from `rng` as [`Attack::perturb`] draws it
+    /// first. `None` for attacks that draw otherwise (restarts, input diversity, no random
+    /// start).
+    pub fn start_noise(&self, x: &Tensor, rng: &mut Rng) -> Option<Tensor> {
+        (self.random_start && self.restarts == 1 && self.diversity.is_none())
+            .then(|| super::uniform_like(x, rng))
+    }
+
+    /// [`Attack::perturb`] of a single run from the start [`PgdConfig::start_noise`] drew, against
+    /// a deterministic target: the same example, with nothing drawn during the run (so that a
+    /// training step holding it can be replayed from a CUDA graph).
+    pub fn perturb_from(
+        &self,
+        target: &dyn Classifier,
+        x: &Tensor,
+        y: &Tensor,
+        noise: &Tensor,
+    ) -> Tensor {
+        // Nothing is drawn from it: the start is given, the target deterministic.
+        let mut unused = crate::seed::Seed(0).rng(crate::seed::Stream::Eval, 0, 0);
+        self.run_from(&self.objective(target), x, y, &mut unused, Some(noise))
+    }
+}
+
 impl Attack for PgdConfig {
     fn perturb(&self, target: &dyn Classifier, x: &Tensor, y: &Tensor, rng: &mut Rng) -> Tensor {
         let obj = self.objective(target);
@@ -218,6 +260,25 @@ impl Attack for PgdConfig {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A single run from a start drawn ahead is the run that draws its start itself.
+    #[test]
+    fn a_start_drawn_ahead_gives_the_same_example() {
+        use crate::model::{ArchConfig, Model, ModelSpec, Target};
+        use crate::seed::{Seed, Stream};
+        let spec = ModelSpec { arch: ArchConfig::plain(), members: 1 };
+        let model = Model::new(&spec, tch::Device::Cpu, Seed(1)).unwrap();
+        let target = Target::fixed_zero(&model);
+        let x = crate::bench::probe_input(4);
+        let y = Tensor::from_slice(&[1i64, 3, 5, 7]);
+        let pgd = PgdConfig { steps: 3, restarts: 1, ..PgdConfig::whitebox(0.03) };
+        let rng = || Seed(5).rng(Stream::Eval, 2, 0);
+        let drawn = pgd.perturb(&target, &x, &y, &mut rng());
+        let noise = pgd.start_noise(&x, &mut rng()).expect("a single run from a random start");
+        assert!(drawn.equal(&pgd.perturb_from(&target, &x, &y, &noise)));
+        assert!(PgdConfig { restarts: 2, ..pgd.clone() }.start_noise(&x, &mut rng()).is_none());
+        assert!(PgdConfig::diversity(0.03, 0.5).start_noise(&x, &mut rng()).is_none());
+    }
 
     #[test]
     fn presets_validate_and_round_trip() {

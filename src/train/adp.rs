@@ -108,7 +108,7 @@ impl Method for Adp {
         if model.nets.len() < 2 || model.gates() > 0 {
             return Err(Error::config("ADP trains an ensemble of at least 2 plain ResNet-20s"));
         }
-        let xa = self.cfg.adv.as_ref().map(|a| against_ensemble(model, a, batch, at));
+        let xa = self.cfg.adv.as_ref().map(|a| against_ensemble(model, a, batch, at, None));
         let route = Route::zeros(0);
         let logits: Vec<Tensor> =
             model.nets.iter().map(|n| n.forward(&batch.x, &route, true)).collect();

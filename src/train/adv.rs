@@ -62,15 +62,36 @@ impl AdvTerm {
         self.attack.validate()
     }
 
-    /// Adversarial examples against `target` (detached), random starts from `rng`.
+    /// Adversarial examples against `target` (detached), random starts from `rng`, or from
+    /// `start` when drawn ahead ([`AdvTerm::start_noise`]).
     pub fn examples(
         &self,
         target: &dyn Classifier,
         x: &Tensor,
         y: &Tensor,
         rng: &mut Rng,
+        start: Option<&Tensor>,
     ) -> Tensor {
-        self.attack.perturb(target, x, y, rng).detach()
+        match (&self.attack, start) {
+            (AttackConfig::Pgd(p), Some(u)) => p.perturb_from(target, x, y, u),
+            _ => self.attack.perturb(target, x, y, rng),
+        }
+        .detach()
+    }
+
+    /// The term's random start for examples of `x`, drawn ahead from `rng` (what
+    /// [`AdvTerm::examples`] would draw first), when that is its only draw: a single PGD run
+    /// from a random start. `None` otherwise.
+    pub fn start_noise(&self, x: &Tensor, rng: &mut Rng) -> Option<Tensor> {
+        match &self.attack {
+            AttackConfig::Pgd(p) => p.start_noise(x, rng),
+            _ => None,
+        }
+    }
+
+    /// Whether [`AdvTerm::start_noise`] can draw the term's randomness ahead.
+    pub fn draws_ahead(&self) -> bool {
+        matches!(&self.attack, AttackConfig::Pgd(p) if p.random_start && p.restarts == 1 && p.diversity.is_none())
     }
 }
 
@@ -105,12 +126,28 @@ impl Classifier for BranchView<'_> {
     }
 }
 
-/// Examples of `term` against every member of `model` together, drawn from the batch position.
-pub fn against_ensemble(model: &Model, term: &AdvTerm, batch: &Batch, at: StepAt) -> Tensor {
+/// The generator of the examples against the whole model at `at`.
+fn ensemble_rng(at: StepAt) -> Rng {
+    Seed(at.seed.derive(Stream::Start, at.epoch as u64, at.step as u64)).rng(Stream::Eval, 1, 0)
+}
+
+/// Examples of `term` against every member of `model` together, drawn from the batch position
+/// (or from `start`, drawn ahead by [`against_ensemble_start`]).
+pub fn against_ensemble(
+    model: &Model,
+    term: &AdvTerm,
+    batch: &Batch,
+    at: StepAt,
+    start: Option<&Tensor>,
+) -> Tensor {
     let members = Branch::members(model);
     let view = BranchView::new(model, &members, term.bn_train);
-    let seed = Seed(at.seed.derive(Stream::Start, at.epoch as u64, at.step as u64));
-    term.examples(&view, &batch.x, &batch.y, &mut seed.rng(Stream::Eval, 1, 0))
+    term.examples(&view, &batch.x, &batch.y, &mut ensemble_rng(at), start)
+}
+
+/// The random start [`against_ensemble`] draws at `at` for images `x`, drawn ahead.
+pub fn against_ensemble_start(term: &AdvTerm, x: &Tensor, at: StepAt) -> Option<Tensor> {
+    term.start_noise(x, &mut ensemble_rng(at))
 }
 
 /// PGD adversarial training of a network or an ensemble.
@@ -132,13 +169,23 @@ impl Method for AdvTrain {
         "adv"
     }
 
+    /// The PGD start, when the attack draws nothing else.
+    fn draw(&self, _model: &Model, batch: &Batch, at: StepAt) -> Vec<Tensor> {
+        against_ensemble_start(&self.term, &batch.x, at).into_iter().collect()
+    }
+
+    fn graphable(&self) -> bool {
+        self.term.draws_ahead()
+    }
+
     fn step(&mut self, model: &Model, batch: &Batch, at: StepAt) -> Result<StepStats> {
         if model.gates() > 0 {
             return Err(Error::config(
                 "adversarial training takes plain ResNet-20s; for an RGN use eio with --adv true",
             ));
         }
-        let xa = against_ensemble(model, &self.term, batch, at);
+        let start = batch.draws_of(self, model, at).pop();
+        let xa = against_ensemble(model, &self.term, batch, at, start.as_ref());
         let mut st = StepStats::default();
         let route = crate::model::Route::zeros(0);
         for net in &model.nets {

@@ -152,14 +152,29 @@ pub fn adversarial_all(
     x: &Tensor,
     y: &Tensor,
     at: StepAt,
+    starts: Option<&[Tensor]>,
 ) -> Vec<Tensor> {
     plan.branches
         .iter()
         .enumerate()
         .map(|(j, b)| {
             let view = BranchView::new(model, std::slice::from_ref(b), term.bn_train);
-            term.examples(&view, x, y, &mut start_seed(at).rng(Stream::Eval, 0, j as u64))
+            let mut rng = start_seed(at).rng(Stream::Eval, 0, j as u64);
+            term.examples(&view, x, y, &mut rng, starts.map(|s| &s[j]))
         })
+        .collect()
+}
+
+/// The random starts [`adversarial_all`] draws at `at` for `branches` branches, drawn ahead
+/// (`None` when the term draws otherwise).
+pub fn adversarial_starts(
+    branches: usize,
+    term: &AdvTerm,
+    x: &Tensor,
+    at: StepAt,
+) -> Option<Vec<Tensor>> {
+    (0..branches)
+        .map(|j| term.start_noise(x, &mut start_seed(at).rng(Stream::Eval, 0, j as u64)))
         .collect()
 }
 
@@ -201,14 +216,15 @@ pub fn cross_train(
 }
 
 /// One diversification batch over `plan`: distil on every branch, craft the adversarial
-/// examples when `adv` is given, cross-train every branch (terms divided by `div`). The loss
+/// examples when `adv` is given (from its random starts drawn ahead, when given), cross-train
+/// every branch (terms divided by `div`). The loss
 /// reported is the mean cross-entropy per (branch, distilled batch) pair.
 #[allow(clippy::too_many_arguments)]
 pub fn step(
     model: &Model,
     plan: &Plan,
     distill_cfg: &DistillConfig,
-    adv: Option<&AdvTerm>,
+    adv: Option<(&AdvTerm, Option<&[Tensor]>)>,
     x: &Tensor,
     y: &Tensor,
     x_t: &Tensor,
@@ -216,7 +232,7 @@ pub fn step(
     div: f64,
 ) -> StepStats {
     let distilled = distill_all(model, plan, distill_cfg, x, x_t, at);
-    let adv = adv.map(|a| adversarial_all(model, plan, a, x, y, at));
+    let adv = adv.map(|(a, starts)| adversarial_all(model, plan, a, x, y, at, starts));
     let mut st = StepStats::default();
     for j in 0..plan.branches.len() {
         let b = cross_train(model, &plan.branches, j, &distilled, adv.as_deref(), y, div);

@@ -18,6 +18,7 @@ One optimiser over the ensemble equals the code's one optimiser per member (see
 */
 
 use serde::{Deserialize, Serialize};
+use tch::Tensor;
 
 use super::adv::AdvTerm;
 use super::diversify::{self, draw_layer, Branch, LayerPer, Plan};
@@ -96,11 +97,13 @@ impl Method for Dverge {
         let (x_t, _) =
             batch.target.as_ref().ok_or_else(|| Error::config("DVERGE needs a target batch"))?;
         let plan = self.plan(model, at);
+        let starts = batch.draws_of(self, model, at);
+        let starts = (!starts.is_empty()).then_some(starts.as_slice());
         Ok(diversify::step(
             model,
             &plan,
             &self.cfg.distill,
-            self.cfg.adv.as_ref(),
+            self.cfg.adv.as_ref().map(|a| (a, starts)),
             &batch.x,
             &batch.y,
             x_t,
@@ -113,11 +116,20 @@ impl Method for Dverge {
         true
     }
 
+    /// The adversarial term's random starts (DVERGE+AdvT), one per member.
+    fn draw(&self, model: &Model, batch: &Batch, at: StepAt) -> Vec<Tensor> {
+        self.cfg
+            .adv
+            .as_ref()
+            .and_then(|a| diversify::adversarial_starts(model.nets.len(), a, &batch.x, at))
+            .unwrap_or_default()
+    }
+
     /// The layer drawn per epoch (or fixed) and distillation from `x_s` leave nothing to draw
-    /// per batch; the adversarial term's random starts are drawn per batch.
+    /// per batch; the adversarial term's random starts are drawn ahead ([`Method::draw`]).
     fn graphable(&self) -> bool {
         self.cfg.layer_per == LayerPer::Epoch
             && !self.cfg.distill.random_start
-            && self.cfg.adv.is_none()
+            && self.cfg.adv.as_ref().is_none_or(AdvTerm::draws_ahead)
     }
 }

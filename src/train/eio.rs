@@ -155,7 +155,7 @@ impl Method for Eio {
             model,
             &plan,
             &self.cfg.distill,
-            self.cfg.adv.as_ref(),
+            self.cfg.adv.as_ref().map(|a| (a, None)),
             &batch.x,
             &batch.y,
             x_t,

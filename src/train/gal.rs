@@ -25,7 +25,7 @@ use rand::Rng as _;
 use serde::{Deserialize, Serialize};
 use tch::Tensor;
 
-use super::adv::{against_ensemble, AdvTerm};
+use super::adv::{against_ensemble, against_ensemble_start, AdvTerm};
 use super::methods::{ensemble_correct, input_grads, pairs, sum, summed_ce};
 use super::{stat, Batch, Method, StepAt, StepStats};
 use crate::error::{Error, Result};
@@ -132,6 +132,11 @@ pub struct Gal {
 }
 
 impl Gal {
+    /// Whether the augmentation noise is on.
+    fn noisy(&self) -> bool {
+        self.cfg.noise_std > 0.0 && self.cfg.noise_prob > 0.0
+    }
+
     /// The method with `cfg` (validated).
     pub fn new(cfg: GalConfig) -> Result<Self> {
         cfg.validate()?;
@@ -162,32 +167,36 @@ impl Method for Gal {
         "gal"
     }
 
-    /// The augmentation noise ([`gaussian_noise`]), when on.
-    fn draw(&self, batch: &Batch, at: StepAt) -> Vec<Tensor> {
-        if self.cfg.noise_std > 0.0 && self.cfg.noise_prob > 0.0 {
+    /// The augmentation noise ([`gaussian_noise`]) when on, then the adversarial term's random
+    /// start (GAL+AdvT) when it draws nothing else.
+    fn draw(&self, _model: &Model, batch: &Batch, at: StepAt) -> Vec<Tensor> {
+        let mut out = Vec::new();
+        if self.noisy() {
             let mut rng = at.seed.rng(Stream::Noise, at.epoch as u64, at.step as u64);
-            vec![gaussian_noise(&batch.x, self.cfg.noise_std, self.cfg.noise_prob, &mut rng)]
-        } else {
-            Vec::new()
+            out.push(gaussian_noise(&batch.x, self.cfg.noise_std, self.cfg.noise_prob, &mut rng));
         }
+        out.extend(self.cfg.adv.as_ref().and_then(|a| against_ensemble_start(a, &batch.x, at)));
+        out
     }
 
-    /// Its only draw per batch is the noise; the adversarial term's random starts are not
-    /// drawn ahead.
+    /// Its draws per batch are the noise and the adversarial start ([`Method::draw`]).
     fn graphable(&self) -> bool {
-        self.cfg.adv.is_none()
+        self.cfg.adv.as_ref().is_none_or(AdvTerm::draws_ahead)
     }
 
     fn step(&mut self, model: &Model, batch: &Batch, at: StepAt) -> Result<StepStats> {
         if model.nets.len() < 2 || model.gates() > 0 {
             return Err(Error::config("GAL trains an ensemble of at least 2 plain ResNet-20s"));
         }
-        let x = match batch.draws_of(self, at).first() {
+        let mut draws = batch.draws_of(self, model, at).into_iter();
+        let x = match self.noisy().then(|| draws.next()).flatten() {
             Some(noise) => &batch.x + noise,
             None => batch.x.shallow_clone(),
         };
+        let start = draws.next();
         let batch = Batch::new(x, batch.y.shallow_clone(), None);
-        let xa = self.cfg.adv.as_ref().map(|a| against_ensemble(model, a, &batch, at));
+        let xa =
+            self.cfg.adv.as_ref().map(|a| against_ensemble(model, a, &batch, at, start.as_ref()));
         let GalLoss { total: mut loss, ce, coherence, logits } =
             self.loss(model, &batch.x, &batch.y);
         let n = model.nets.len() as f64;

@@ -109,9 +109,14 @@ impl Batch {
 
     /// The random tensors of `method`'s step at `at`: those drawn before the step, else drawn
     /// now (the same numbers).
-    pub fn draws_of<M: Method + ?Sized>(&self, method: &M, at: StepAt) -> Vec<Tensor> {
+    pub fn draws_of<M: Method + ?Sized>(
+        &self,
+        method: &M,
+        model: &Model,
+        at: StepAt,
+    ) -> Vec<Tensor> {
         if self.draws.is_empty() {
-            method.draw(self, at)
+            method.draw(model, self, at)
         } else {
             self.draws.iter().map(|t| t.shallow_clone()).collect()
         }
@@ -433,7 +438,7 @@ pub trait Method {
     /// device) that the step at `at` on `batch` uses, in a fixed order. The step reads them
     /// through [`Batch::draws_of`]; a loop that replays steps draws them beforehand into
     /// [`Batch::draws`]. Default: none.
-    fn draw(&self, _batch: &Batch, _at: StepAt) -> Vec<Tensor> {
+    fn draw(&self, _model: &Model, _batch: &Batch, _at: StepAt) -> Vec<Tensor> {
         Vec::new()
     }
 }
@@ -827,7 +832,7 @@ pub fn fit(
             let updated = replayed.is_some();
             let st = match replayed {
                 Some(g) => {
-                    batch.draws = method.draw(&batch, at);
+                    batch.draws = method.draw(model, &batch, at);
                     g.step(model, method, &mut opt, &batch, at, lr)?
                 }
                 None => {
@@ -953,8 +958,9 @@ mod tests {
 
     /// Where a capture fails (here: always, on the CPU) the graphed step falls back to eager
     /// steps and trains exactly as the plain loop does: target batches (DVERGE), random tensors
-    /// drawn ahead (GAL's noise, TRS's vicinity start) and Adam with its bias corrections on
-    /// the device (prepared for every tensor, restored when the capture fails).
+    /// drawn ahead (GAL's noise, TRS's vicinity start, the PGD starts of the adversarial terms)
+    /// and Adam with its bias corrections on the device (prepared for every tensor, restored
+    /// when the capture fails).
     #[test]
     fn graphed_step_falls_back_to_the_eager_step() {
         let dverge = MethodConfig::Dverge(dverge::DvergeConfig {
@@ -965,7 +971,27 @@ mod tests {
             ..Default::default()
         });
         let trs = MethodConfig::Trs(trs::TrsConfig { steps: 2, ..Default::default() });
-        for method in [dverge, MethodConfig::Gal(Default::default()), trs] {
+        let term = adv::AdvTerm {
+            attack: crate::attack::AttackConfig::Pgd(crate::attack::PgdConfig {
+                steps: 2,
+                ..adv::AdvTerm::pgd(8.0 / 255.0)
+            }),
+            ..Default::default()
+        };
+        let mut dverge_advt = dverge.clone();
+        if let MethodConfig::Dverge(c) = &mut dverge_advt {
+            c.adv = Some(term.clone());
+        }
+        let gal_advt =
+            MethodConfig::Gal(gal::GalConfig { adv: Some(term.clone()), ..Default::default() });
+        for method in [
+            dverge,
+            dverge_advt,
+            MethodConfig::Gal(Default::default()),
+            gal_advt,
+            trs,
+            MethodConfig::Adv(term),
+        ] {
             let mut spec = TrainSpec::defaults(method);
             spec.members = 2;
             let batches: Vec<Batch> = (0..4)
@@ -998,7 +1024,7 @@ mod tests {
                             b.y.shallow_clone(),
                             b.target.as_ref().map(|(x, y)| (x.shallow_clone(), y.shallow_clone())),
                         );
-                        b.draws = m.draw(&b, at);
+                        b.draws = m.draw(&model, &b, at);
                         g.step(&model, m.as_mut(), &mut opt, &b, at, 1e-3).unwrap();
                     } else {
                         opt.zero_grad();

@@ -157,7 +157,7 @@ impl Method for Trs {
     }
 
     /// The vicinity PGD's uniform random start for the second half of the batch.
-    fn draw(&self, batch: &Batch, at: StepAt) -> Vec<Tensor> {
+    fn draw(&self, _model: &Model, batch: &Batch, at: StepAt) -> Vec<Tensor> {
         if !self.cfg.vicinity {
             return Vec::new();
         }
@@ -186,7 +186,7 @@ impl Method for Trs {
             let b = x.size()[0];
             let h = b / 2;
             let eps = self.cfg.eps_at(at.epoch, self.epochs);
-            let noise = batch.draws_of(self, at).pop().expect("the vicinity start is drawn");
+            let noise = batch.draws_of(self, model, at).pop().expect("the vicinity start is drawn");
             let far =
                 self.vicinity(model, &x.narrow(0, h, b - h), &y.narrow(0, h, b - h), eps, &noise);
             let xv = Tensor::cat(&[x.narrow(0, 0, h).detach(), far], 0).set_requires_grad(true);
