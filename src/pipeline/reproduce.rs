@@ -627,15 +627,15 @@ impl Plan {
             });
         };
         let rgn_arch = p.spec(MethodConfig::RgnWarmup, 1, 1).arch;
-        let eval_of = |jobs: &mut Vec<Job>,
-                       key: &str,
-                       name: String,
-                       method: &str,
-                       advt: bool,
-                       model: String,
-                       member: Option<usize>,
-                       runs: Vec<&str>,
-                       variant: Option<&EioVariant>| {
+        let eval = |jobs: &mut Vec<Job>,
+                    key: &str,
+                    name: String,
+                    method: &str,
+                    advt: bool,
+                    model: String,
+                    member: Option<usize>,
+                    runs: Vec<&str>,
+                    variant: Option<&EioVariant>| {
             let rgn = variant
                 .map(|v| p.variant_arch(v))
                 .or_else(|| (method == "eio").then(|| rgn_arch.clone()));
@@ -653,16 +653,6 @@ impl Plan {
                 },
                 outputs: vec![format!("eval/{key}.json")],
             });
-        };
-        let eval = |jobs: &mut Vec<Job>,
-                    key: &str,
-                    name: String,
-                    method: &str,
-                    advt: bool,
-                    model: String,
-                    member: Option<usize>,
-                    runs: Vec<&str>| {
-            eval_of(jobs, key, name, method, advt, model, member, runs, None)
         };
         let n = p.members;
         let needs_baseline =
@@ -708,6 +698,7 @@ impl Plan {
                     run_model(&ft_name),
                     None,
                     vec!["rgn-warmup", key, &ft_name],
+                    None,
                 );
             }
             eval(
@@ -719,6 +710,7 @@ impl Plan {
                 derived,
                 None,
                 vec!["rgn-warmup", key],
+                None,
             );
         }
         // The hyper-parameter studies: each variant's warm-up and training unless an arm or an
@@ -771,7 +763,7 @@ impl Plan {
                 )
             };
             if !has(&jobs, &format!("eval/{eval_key}")) {
-                eval_of(
+                eval(
                     &mut jobs,
                     &eval_key,
                     format!("{} ({what})", v.label()),
@@ -825,6 +817,7 @@ impl Plan {
                     run_model(&base),
                     None,
                     vec![&base],
+                    None,
                 );
                 eval(
                     &mut jobs,
@@ -835,6 +828,7 @@ impl Plan {
                     run_model(&base),
                     Some(0),
                     vec![&base],
+                    None,
                 );
             }
             for (arm, key, label, method) in &ensembles {
@@ -858,6 +852,7 @@ impl Plan {
                     run_model(&key),
                     None,
                     runs.clone(),
+                    None,
                 );
                 eval(
                     &mut jobs,
@@ -868,6 +863,7 @@ impl Plan {
                     run_model(&key),
                     Some(0),
                     runs,
+                    None,
                 );
             }
         }
@@ -887,6 +883,7 @@ impl Plan {
                 run_model("adv"),
                 None,
                 vec!["adv"],
+                None,
             );
         }
         // The transfer set depends only on the surrogates; evaluations read it.

@@ -237,6 +237,22 @@ fn curve(clean: f64, eps: &[f64], acc: &[f64], scale: f64) -> Vec<(f64, f64)> {
         .collect()
 }
 
+/// An accuracy-against-eps chart of `series` (eps 0 = clean accuracy), to the largest eps.
+fn eps_chart(title: String, series: Vec<Series>) -> Result<String> {
+    let x_max = series.iter().flat_map(|s| &s.points).map(|p| p.0).fold(0.01, f64::max);
+    LineChart {
+        title,
+        x_desc: "eps (L-inf)".into(),
+        y_desc: "accuracy (%)".into(),
+        x: (0.0, x_max * 1.05),
+        y: (0.0, 100.0),
+        integer_x: false,
+        bands: Vec::new(),
+        series,
+    }
+    .svg()
+}
+
 fn accuracy_figures(s: &Summary) -> Result<Vec<Item>> {
     let mut items = Vec::new();
     for (id, group_title, in_group) in GROUPS {
@@ -266,7 +282,6 @@ fn accuracy_figures(s: &Summary) -> Result<Vec<Item>> {
                     });
                 }
             }
-            let x_max = series.iter().flat_map(|s| &s.points).map(|p| p.0).fold(0.01, f64::max);
             let legend = if series.iter().any(|s| s.dashed) {
                 format!("Solid: this run; dashed: the paper's Table {}.", attack.paper().0)
             } else {
@@ -281,17 +296,7 @@ fn accuracy_figures(s: &Summary) -> Result<Vec<Item>> {
                     s.images,
                     attack.describe(s)
                 ),
-                svg: LineChart {
-                    title: format!("{} attack: {group_title}", attack.name()),
-                    x_desc: "eps (L-inf)".into(),
-                    y_desc: "accuracy (%)".into(),
-                    x: (0.0, x_max * 1.05),
-                    y: (0.0, 100.0),
-                    integer_x: false,
-                    bands: Vec::new(),
-                    series,
-                }
-                .svg()?,
+                svg: eps_chart(format!("{} attack: {group_title}", attack.name()), series)?,
                 data: Some(tables::accuracy_table_id(attack).into()),
             }));
         }
@@ -374,7 +379,6 @@ fn study_figures(s: &Summary) -> Result<Vec<Item>> {
                 points: curve(m.clean, attack.eps(s), attack.acc(m), 100.0),
             })
             .collect();
-        let x_max = series.iter().flat_map(|s| &s.points).map(|p| p.0).fold(0.01, f64::max);
         items.push(Item::Figure(Figure {
             id: id.into(),
             title: format!("Black-box accuracy by {title}"),
@@ -387,17 +391,7 @@ fn study_figures(s: &Summary) -> Result<Vec<Item>> {
                 s.images,
                 attack.describe(s)
             ),
-            svg: LineChart {
-                title: format!("black-box attack: EIO by {title}"),
-                x_desc: "eps (L-inf)".into(),
-                y_desc: "accuracy (%)".into(),
-                x: (0.0, x_max * 1.05),
-                y: (0.0, 100.0),
-                integer_x: false,
-                bands: Vec::new(),
-                series,
-            }
-            .svg()?,
+            svg: eps_chart(format!("black-box attack: EIO by {title}"), series)?,
             data: Some(tables::accuracy_table_id(attack).into()),
         }));
     }
