@@ -23,7 +23,7 @@ one warning.
 
 use std::ffi::c_void;
 use std::panic::{catch_unwind, AssertUnwindSafe};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 
 use tch::Device;
 
@@ -31,6 +31,7 @@ use crate::error::{Error, Result};
 
 static ENABLED: AtomicBool = AtomicBool::new(false);
 static WARNED: AtomicBool = AtomicBool::new(false);
+static FAILURES: AtomicUsize = AtomicUsize::new(0);
 
 thread_local! {
     /// This thread is inside [`CudaGraph::capture`]: steps run as they are, into that capture.
@@ -54,11 +55,17 @@ pub fn active(device: Device) -> bool {
     enabled() && device.is_cuda() && !CAPTURING.with(|c| c.get())
 }
 
-/// Reports a failed capture once per process (the step then runs eagerly).
+/// Counts a failed capture and reports the first of the process (the step then runs eagerly).
 pub fn warn_fallback(e: &Error) {
+    FAILURES.fetch_add(1, Ordering::Relaxed);
     if !WARNED.swap(true, Ordering::Relaxed) {
         eprintln!("warning: CUDA graph capture failed, running eagerly: {e}");
     }
+}
+
+/// Captures that failed in this process so far ([`warn_fallback`]).
+pub fn failures() -> usize {
+    FAILURES.load(Ordering::Relaxed)
 }
 
 /// A captured CUDA graph (libtorch's `at::cuda::CUDAGraph`).
