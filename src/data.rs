@@ -2,7 +2,7 @@
 //! storage, with seeded batching and augmentation (random crop with 4-pixel zero padding and
 //! horizontal flip).
 //!
-//! Images leave this module as NCHW f32 tensors in [0,1]; labels as i64.
+//! Images leave this module as NCHW f32 tensors in [0, 1]; labels as i64.
 
 use std::path::{Path, PathBuf};
 
@@ -254,7 +254,7 @@ impl Dataset {
         self.select(&self.random_index(n, seed))
     }
 
-    /// Images `idx` as a `[B, 3, 32, 32]` f32 tensor in [0,1] and labels `[B]` i64, augmented
+    /// Images `idx` as a `[B, 3, 32, 32]` f32 tensor in [0, 1] and labels `[B]` i64, augmented
     /// (random crop with 4-pixel zero padding, horizontal flip with probability 1/2) when `aug`
     /// gives a generator.
     pub fn batch(&self, idx: &[usize], aug: Option<&mut Rng>) -> (Tensor, Tensor) {
@@ -286,7 +286,7 @@ impl Dataset {
         (images, Tensor::from_slice(&labels))
     }
 
-    /// All images as one `[N, 3, 32, 32]` f32 tensor in [0,1] and labels `[N]`.
+    /// All images as one `[N, 3, 32, 32]` f32 tensor in [0, 1] and labels `[N]`.
     pub fn tensors(&self) -> (Tensor, Tensor) {
         let idx: Vec<usize> = (0..self.len()).collect();
         self.batch(&idx, None)
@@ -322,7 +322,7 @@ impl DeviceData {
         DeviceData { pixels, labels: Tensor::from_slice(&labels).to_device(device) }
     }
 
-    /// Images `idx` (`[B]` i64 on the device) as `[B, 3, 32, 32]` f32 in [0,1] and their labels;
+    /// Images `idx` (`[B]` i64 on the device) as `[B, 3, 32, 32]` f32 in [0, 1] and their labels;
     /// `aug` (`[B, 3]` i64: dy, dx, flip from [`draw_augment`]) crops the 4-pixel zero-padded
     /// image at (4 + dy, 4 + dx) and mirrors it where flip is 1.
     pub fn batch(&self, idx: &Tensor, aug: Option<&Tensor>) -> (Tensor, Tensor) {

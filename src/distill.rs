@@ -7,7 +7,7 @@ Given a source batch `x_s` and an independent target batch `x_t`, [`distill`] fi
 `||x' - x_s||_inf <= eps` whose layer-`l` features along one route match those of `x_t`:
 
 ```text
-x' = argmin_z MSE(f_l(z), f_l(x_t))   subject to ||z - x_s||_inf <= eps, z in [0,1]
+x' = argmin_z MSE(f_l(z), f_l(x_t))   subject to ||z - x_s||_inf <= eps, z in [0, 1]
 ```
 
 by sign-gradient descent (a PGD that *decreases* a feature MSE). Mirrors
@@ -137,12 +137,12 @@ pub fn check_layer(layer: usize) -> Result<()> {
 }
 
 /// Distilled images: `x'` near `x_s` whose layer-`layer` features along `route` imitate those of
-/// `x_t` (Eq. 2). The result is detached, within `cfg.eps` of `x_s` in L-infinity and in [0,1].
+/// `x_t` (Eq. 2). The result is detached, within `cfg.eps` of `x_s` in L-infinity and in [0, 1].
 /// The random start comes from `rng` (drawn on the host), so a seeded generator gives the same
 /// result on every device and whatever else runs in the process.
 ///
 /// # Shapes
-/// `x_s`, `x_t`: `[B, 3, 32, 32]` in [0,1], on the network's device -> `[B, 3, 32, 32]`.
+/// `x_s`, `x_t`: `[B, 3, 32, 32]` in [0, 1], on the network's device -> `[B, 3, 32, 32]`.
 pub fn distill(
     net: &Net,
     route: &Route,

@@ -3,7 +3,7 @@ Auto-PGD in L-infinity (Croce & Hein, "Reliable evaluation of adversarial robust
 ensemble of diverse parameter-free attacks", arXiv:2003.01690), mirroring `APGDAttack` in
 `autoattack/autopgd_base.py` of fra31/auto-attack:
 
-- start: `x + eps * t / ||t||_inf` with `t` uniform in [-1,1]^d, clipped to [0,1];
+- start: `x + eps * t / ||t||_inf` with `t` uniform in [-1,1]^d, clipped to [0, 1];
 - initial step size `2 eps`; step `z = P(x_k + eta * sign(g))`, then the momentum update
   `x_{k+1} = P(x_k + alpha (z - x_k) + (1 - alpha)(x_k - x_{k-1}))` with alpha 0.75 (1 at the
   first step);
@@ -31,7 +31,7 @@ use crate::seed::Rng;
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct ApgdConfig {
-    /// L-infinity radius in [0,1] pixel units (default 0.03).
+    /// L-infinity radius in [0, 1] pixel units (default 0.03).
     pub eps: f64,
     /// Iterations per restart (default 100).
     pub steps: usize,

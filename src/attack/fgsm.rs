@@ -1,7 +1,7 @@
 /*!
 Fast gradient sign method (Goodfellow et al., "Explaining and Harnessing Adversarial Examples",
 arXiv:1412.6572): one step of size eps along the sign of the input gradient,
-`x_adv = clip_[0,1](x + eps * sign(grad_x loss))`.
+`x_adv = clip_[0, 1](x + eps * sign(grad_x loss))`.
 */
 
 use serde::{Deserialize, Serialize};
@@ -16,7 +16,7 @@ use crate::seed::Rng;
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct FgsmConfig {
-    /// L-infinity radius in [0,1] pixel units (default 0.03).
+    /// L-infinity radius in [0, 1] pixel units (default 0.03).
     pub eps: f64,
     /// Loss to increase (default cross-entropy).
     pub loss: AttackLoss,

@@ -2,9 +2,9 @@
 L-infinity evasion attacks on any [`Classifier`].
 
 Every attack is a stateless, serialisable config implementing [`Attack::perturb`]: given clean
-images `x` (`[B,3,H,W]` in [0,1]) and labels `y` (`[B]`, i64) it returns `x_adv` with
-`||x_adv - x||_inf <= eps` and `x_adv` in [0,1]; every iterate is projected onto that box. eps is
-in [0,1] pixel units (`8.0 / 255.0`, or `0.03`). Attacks are untargeted and maximise an
+images `x` (`[B,3,H,W]` in [0, 1]) and labels `y` (`[B]`, i64) it returns `x_adv` with
+`||x_adv - x||_inf <= eps` and `x_adv` in [0, 1]; every iterate is projected onto that box. eps is
+in [0, 1] pixel units (`8.0 / 255.0`, or `0.03`). Attacks are untargeted and maximise an
 [`AttackLoss`].
 
 | attack | config | paper |
@@ -65,12 +65,12 @@ use crate::seed::{Rng, Seed, Stream};
 
 /// An untargeted L-infinity attack.
 pub trait Attack {
-    /// Adversarial examples for `x` with labels `y`, inside the eps ball around `x` and in [0,1].
+    /// Adversarial examples for `x` with labels `y`, inside the eps ball around `x` and in [0, 1].
     ///
     /// Random choices come from `rng` only.
     ///
     /// # Shapes
-    /// `x`: `[B, C, H, W]` float in [0,1]; `y`: `[B]` i64, on the device of `x` -> `[B, C, H, W]`.
+    /// `x`: `[B, C, H, W]` float in [0, 1]; `y`: `[B]` i64, on the device of `x` -> `[B, C, H, W]`.
     fn perturb(&self, target: &dyn Classifier, x: &Tensor, y: &Tensor, rng: &mut Rng) -> Tensor;
 
     /// The radius of the L-infinity ball.
@@ -194,7 +194,7 @@ pub fn loss_and_grad(
     Objective { target, loss, sgm, eot, diversity: None }.eval(&x.detach(), y, &mut rng)
 }
 
-/// The L-infinity ball of radius eps around `x`, intersected with [0,1].
+/// The L-infinity ball of radius eps around `x`, intersected with [0, 1].
 pub(crate) struct Ball {
     lo: Tensor,
     hi: Tensor,
@@ -284,7 +284,7 @@ pub(crate) fn with_restarts(
     best
 }
 
-/// Checks an attack's output: same shape, finite, in [0,1], and within `eps` (plus a rounding
+/// Checks an attack's output: same shape, finite, in [0, 1], and within `eps` (plus a rounding
 /// tolerance) of `x` in L-infinity. The evaluation protocols run it on every batch.
 pub fn check_output(x: &Tensor, x_adv: &Tensor, eps: f64) -> Result<()> {
     let _guard = tch::no_grad_guard();

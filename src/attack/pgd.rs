@@ -36,7 +36,7 @@ use crate::seed::Rng;
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct PgdConfig {
-    /// L-infinity radius in [0,1] pixel units (default 0.03).
+    /// L-infinity radius in [0, 1] pixel units (default 0.03).
     pub eps: f64,
     /// Step size in pixel units (default 0.006 = eps/5).
     pub step_size: f64,

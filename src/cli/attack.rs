@@ -156,7 +156,7 @@ fn load_config<C: Serialize + DeserializeOwned + Default>(file: Option<&Path>) -
 
 #[derive(Debug, Default, Args)]
 pub struct WhiteboxFlags {
-    /// Radii in [0,1] units, comma-separated (e.g. 0.01,0.02,0.03 or 8/255 as 0.0314)
+    /// Radii in [0, 1] units, comma-separated (e.g. 0.01,0.02,0.03 or 8/255 as 0.0314)
     /// [default: 0.01,0.02,...,0.07].
     #[arg(long, value_delimiter = ',')]
     eps: Option<Vec<f64>>,

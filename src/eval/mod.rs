@@ -14,7 +14,7 @@ use tch::{Device, Kind, Tensor};
 use crate::data::Dataset;
 use crate::model::Classifier;
 
-/// Predicted labels of `x` (`[N,3,32,32]` in [0,1]) in batches of `batch` (at least 1), under
+/// Predicted labels of `x` (`[N,3,32,32]` in [0, 1]) in batches of `batch` (at least 1), under
 /// `no_grad`: `[N]` i64 on the CPU (empty when `N = 0`).
 pub fn predict(target: &dyn Classifier, x: &Tensor, batch: usize, device: Device) -> Tensor {
     let _guard = tch::no_grad_guard();

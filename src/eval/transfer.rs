@@ -471,7 +471,7 @@ pub fn transfer_gen_with(
 
 /// Checks what a transfer file stores before it is scored: labels in range, the metadata
 /// consistent with the file (image count, one eps for the file, its plan and every version), and
-/// every adversarial version finite, in [0,1] and within eps of the clean images.
+/// every adversarial version finite, in [0, 1] and within eps of the clean images.
 fn check_stored(
     path: &Path,
     tf: &TensorFile,

@@ -70,7 +70,7 @@ pub fn named_attack(name: &str) -> Result<AttackConfig> {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct WhiteboxConfig {
-    /// Radii in [0,1] pixel units (default 0.01..=0.07 step 0.01).
+    /// Radii in [0, 1] pixel units (default 0.01..=0.07 step 0.01).
     pub eps: Vec<f64>,
     /// The attack at unit radius, scaled to each eps; robust = correct under all its restarts
     /// (default the paper's PGD, [`AttackConfig::paper_whitebox`] at eps 1).

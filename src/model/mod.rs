@@ -1,7 +1,7 @@
 //! Models: ResNet-20, its Random Gated Network, ensembles, and the [`Classifier`] contract that
 //! attacks and evaluation use.
 //!
-//! Contract: inputs are NCHW f32 in [0,1]; normalisation is the model's first operation; outputs
+//! Contract: inputs are NCHW f32 in [0, 1]; normalisation is the model's first operation; outputs
 //! are logits (for an ensemble, the log of the averaged softmax).
 
 pub mod io;
@@ -202,7 +202,7 @@ impl FromStr for Shortcut {
 /// Per-channel input normalisation `(x - mean) / std`, the first operation of every network.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct Normalization {
-    /// Channel means (R, G, B) of [0,1] inputs.
+    /// Channel means (R, G, B) of [0, 1] inputs.
     pub mean: [f64; 3],
     /// Channel standard deviations (R, G, B).
     pub std: [f64; 3],
@@ -277,7 +277,7 @@ pub struct ArchConfig {
     /// Left out of files when `projection`.
     #[serde(default, skip_serializing_if = "is_projection")]
     pub shortcut: Shortcut,
-    /// Channel means subtracted from the [0,1] input (see [`Normalization`]). Left out of files
+    /// Channel means subtracted from the [0, 1] input (see [`Normalization`]). Left out of files
     /// when CIFAR-10's, so existing files keep their metadata.
     #[serde(default = "cifar_mean", skip_serializing_if = "is_cifar_mean")]
     pub mean: [f64; 3],
@@ -464,9 +464,9 @@ impl Model {
     }
 }
 
-/// Something an attack can attack: maps [0,1] images to logits, in eval mode, differentiably.
+/// Something an attack can attack: maps [0, 1] images to logits, in eval mode, differentiably.
 pub trait Classifier {
-    /// Logits for `x` (`[B,3,32,32]` in [0,1]). With `sgm = Some(gamma)` the backward pass scales
+    /// Logits for `x` (`[B,3,32,32]` in [0, 1]). With `sgm = Some(gamma)` the backward pass scales
     /// the gradient through residual branches by gamma (skip gradient method).
     fn logits(&self, x: &Tensor, sgm: Option<f64>) -> Tensor;
     /// True when repeated calls on one input can differ (random routes): attacks then average

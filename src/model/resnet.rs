@@ -257,7 +257,7 @@ impl Net {
         self.gates_through[layer.clamp(1, FEATURE_LAYERS)]
     }
 
-    /// Logits of `x` (`[B,3,32,32]` in [0,1]) along `route`.
+    /// Logits of `x` (`[B,3,32,32]` in [0, 1]) along `route`.
     pub fn forward(&self, x: &Tensor, route: &Route, train: bool) -> Tensor {
         self.run(x, Pass { route, train, tap: None, sgm: None })
     }

@@ -57,7 +57,7 @@ pub struct ModelResult {
     pub adv_training: bool,
     /// The evaluated model file, relative to the output folder.
     pub file: String,
-    /// Clean accuracy in [0,1].
+    /// Clean accuracy in [0, 1].
     pub clean: f64,
     /// White-box accuracy per `eps_whitebox` (empty = not run).
     pub whitebox: Vec<f64>,
@@ -89,7 +89,7 @@ pub struct MatrixResult {
     pub labels: Vec<String>,
     /// Radius of the attack.
     pub eps: f64,
-    /// Success rates in [0,1], row = source, column = target.
+    /// Success rates in [0, 1], row = source, column = target.
     pub success: Vec<Vec<f64>>,
 }
 

@@ -206,14 +206,14 @@ impl LineChart {
     }
 }
 
-/// A square matrix of values in [0,1], one coloured cell each, the value printed inside.
+/// A square matrix of values in [0, 1], one coloured cell each, the value printed inside.
 #[derive(Debug, Clone)]
 pub struct Heatmap {
     /// Title above the matrix.
     pub title: String,
     /// Row and column labels.
     pub labels: Vec<String>,
-    /// Values in [0,1], `values[row][column]`.
+    /// Values in [0, 1], `values[row][column]`.
     pub values: Vec<Vec<f64>>,
     /// Label of the rows (left).
     pub row_desc: String,

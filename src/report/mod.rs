@@ -38,7 +38,7 @@ pub use html::escape;
 /// The report page's file name.
 pub const HTML_FILE: &str = "report.html";
 
-/// An accuracy or rate in [0,1] as the report prints it: `42.4%`. (Tables show a value that was
+/// An accuracy or rate in [0, 1] as the report prints it: `42.4%`. (Tables show a value that was
 /// not measured, `None` or NaN, as an empty cell, never through this.)
 pub fn pct(frac: f64) -> String {
     format!("{:.1}%", 100.0 * frac)

@@ -6,7 +6,7 @@ Transcribed from Cai et al., "Ensemble-in-One" (arXiv:2103.14795), Tables 2, 3 a
 these say 0.0. Nothing here is computed: a number the paper does not give is not in this file.
 */
 
-/// The radii of the columns of Tables 3 and 4: 0.01, 0.02, ..., 0.07 (L-infinity, [0,1] pixels).
+/// The radii of the columns of Tables 3 and 4: 0.01, 0.02, ..., 0.07 (L-infinity, [0, 1] pixels).
 pub const EPS: [f64; 7] = [0.01, 0.02, 0.03, 0.04, 0.05, 0.06, 0.07];
 
 /// One row of Table 3 or 4: one network selected from (or derived for) deployment.

@@ -3,7 +3,7 @@ published rows beside ours, the stability of derived paths, and the training cos
 long-format data behind the figures (CSV only).
 
 A [`Table`] keeps numbers as numbers ([`Cell`]): the HTML shows them formatted (percent, minutes),
-the CSV keeps the raw value (accuracy as a fraction in [0,1], time in seconds).
+the CSV keeps the raw value (accuracy as a fraction in [0, 1], time in seconds).
 */
 
 use crate::pipeline::summary::{ModelResult, Summary};
@@ -16,7 +16,7 @@ use super::{bytes, duration, pct};
 pub enum Cell {
     /// Plain text.
     Text(String),
-    /// An accuracy or rate in [0,1]; `None` or NaN = not measured (an empty cell).
+    /// An accuracy or rate in [0, 1]; `None` or NaN = not measured (an empty cell).
     Acc(Option<f64>),
     /// A count.
     Int(usize),

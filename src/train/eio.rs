@@ -8,10 +8,11 @@ Per batch (source `x_s, y_s` and an independent target batch `x_t`):
 
 1. draw the distillation layer `l` uniformly from 1..=20 (1..=min(k, 20) for a top-k RGN), per
    batch (EIO code) or once per epoch (DVERGE); [`EioConfig::layer`] fixes it;
-2. draw `p` routes whose gates among the first [`Net::gates_through`]`(l)` gates (those that
-   layer `l` depends on) pairwise differ ([`sample_distinct`]); `p` is capped at
+2. draw `p` routes whose gates among the first
+   [`crate::model::Net::gates_through`]`(l)` gates (those that layer `l` depends on) pairwise
+   differ ([`sample_distinct`]); `p` is capped at
    `n^gates_through(l)`;
-3. distil `x'_i` along each route `P_i` (Eq. 2, [`distill`]);
+3. distil `x'_i` along each route `P_i` (Eq. 2, [`crate::distill::distill`]);
 4. each route `P_j` accumulates the gradient of `sum_{i != j} CE(f_Pj(x'_i), y_s) / p`
    (train-mode forward), plus `CE(f_Pj(x_w,j), y_s) / p` with `x_w,j` a PGD example made against
    `P_j` when adversarial training is on (Eq. 5);

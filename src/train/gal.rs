@@ -13,7 +13,7 @@ loss = sum_i CE(f_i(x), y) / N + lambda * mean_b log(sum_{i<j} exp(cos(g_i, g_j)
 with `g_i = d CE(f_i(x), y) / dx` per image, taken with `create_graph` so the coherence term is
 back-propagated through the input gradients (double backprop; lambda 0.5). Training images get
 Gaussian noise (std 0.045) with probability 0.5 each, as the code's `AddGaussianNoise`
-transform (not clipped to [0,1], as there). With the adversarial term (GAL+AdvT) the loss adds
+transform (not clipped to [0, 1], as there). With the adversarial term (GAL+AdvT) the loss adds
 `sum_i CE(f_i(x_adv), y) / N`, `x_adv` made against the whole ensemble.
 
 One difference from the code: it runs a second forward of every member on the detached input for

@@ -88,7 +88,7 @@ impl TrainConfig {
     }
 }
 
-/// A training batch: images in [0,1] on the model's device, and labels.
+/// A training batch: images in [0, 1] on the model's device, and labels.
 pub struct Batch {
     /// Source images `[B,3,32,32]`.
     pub x: Tensor,

@@ -136,7 +136,7 @@ impl Trs {
 
     /// The vicinity PGD: moves `x` within `eps` to maximise the members' mean gradient
     /// magnitude (6 sign steps of eps/3 from the uniform random start `noise`, U[0,1) shaped
-    /// like `x`, in [0,1]).
+    /// like `x`, in [0, 1]).
     fn vicinity(&self, model: &Model, x: &Tensor, y: &Tensor, eps: f64, noise: &Tensor) -> Tensor {
         let (lo, hi) = ((x - eps).clamp_min(0.0), (x + eps).clamp_max(1.0));
         let mut adv = (x + (noise * 2.0 - 1.0) * eps).clamp(0.0, 1.0).detach();
