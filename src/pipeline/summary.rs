@@ -74,7 +74,7 @@ pub struct ModelResult {
     /// The EIO configuration of a hyper-parameter study's model (`None`: the paper's choice,
     /// or not an EIO model).
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub variant: Option<super::reproduce::EioVariant>,
+    pub variant: Option<super::studies::EioVariant>,
     /// Peak memory of its training, bytes (device memory on a GPU), when measured.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub peak_memory_bytes: Option<u64>,

@@ -28,7 +28,7 @@ pub mod tables;
 use std::path::{Path, PathBuf};
 
 use crate::error::{Error, Result};
-use crate::pipeline::reproduce::EioVariant;
+use crate::pipeline::studies::EioVariant;
 use crate::pipeline::summary::{ModelResult, StabilityResult, Summary};
 use figures::{color, Band, BarChart, Heatmap, LineChart, Series};
 use tables::{Attack, Table};

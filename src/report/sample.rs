@@ -7,7 +7,7 @@ made from it cannot be mistaken for results.
 use std::collections::BTreeMap;
 
 use crate::model::ArchConfig;
-use crate::pipeline::reproduce::EioVariant;
+use crate::pipeline::studies::EioVariant;
 use crate::pipeline::summary::{Curve, MatrixResult, ModelResult, StabilityResult, Summary};
 use crate::train::EpochRecord;
 

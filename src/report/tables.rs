@@ -366,7 +366,7 @@ pub fn table2(s: &Summary) -> Table {
     let mut shown = [false; TABLE2.len()];
     // Table 2 varies n and the derived sub-models (and shows the gated slots); models of the
     // other studies (p, eps_d) are Fig. 5's and 6's.
-    let paper = crate::pipeline::reproduce::EioVariant::paper();
+    let paper = crate::pipeline::studies::EioVariant::paper();
     let in_table = |m: &&ModelResult| {
         super::eio_setting(m).is_some_and(|v| v.paths == paper.paths && v.eps_d == paper.eps_d)
     };
