@@ -373,7 +373,12 @@ fn study_figures(s: &Summary) -> Result<Vec<Item>> {
             .iter()
             .enumerate()
             .map(|(k, (_, m, v))| Series {
-                label: format!("{} ({})", label(v), m.name),
+                // The study's notation, and whether the derived model was fine-tuned.
+                label: format!(
+                    "{}, {}",
+                    label(v),
+                    if m.name.contains("fine-tuned") { "fine-tuned" } else { "derived" }
+                ),
                 color: color(k),
                 dashed: false,
                 points: curve(m.clean, attack.eps(s), attack.acc(m), 100.0),
