@@ -403,7 +403,7 @@ pub fn device_check(device: Device) -> Result<Vec<CheckRow>> {
 }
 
 /// CUDA graphs (`--cuda-graphs`) against eager steps on `device`: a PGD-10 attack, and two
-/// epochs of training 2-member ensembles (baseline, DVERGE, GAL, TRS, PGD-AT: SGD and Adam,
+/// epochs of training 2-member ensembles (baseline, DVERGE, GAL, TRS, ADP, PGD-AT: SGD and Adam,
 /// noise and PGD starts drawn ahead) on 50 synthetic images in batches of 16 (eager warm-up, capture, replays, a partial
 /// batch, a new learning rate in epoch 2). The same
 /// kernels on the same inputs: the results should agree to the last bit.
@@ -479,6 +479,7 @@ fn graph_check(device: Device) -> Result<Vec<CheckRow>> {
         ("DVERGE, 2 members", MethodConfig::Dverge(dverge)),
         ("GAL, 2 members", MethodConfig::Gal(Default::default())),
         ("TRS, 2 members", MethodConfig::Trs(trs)),
+        ("ADP, 2 members", MethodConfig::Adp(Default::default())),
         ("PGD-AT, 2 members", MethodConfig::Adv(adv)),
     ];
     for (name, method) in methods {

@@ -16,9 +16,10 @@ What a graph can replay (the rules of `torch.cuda.graph`, PyTorch's CUDA graphs 
 - no host syncs inside the step (eio's steps have none: results/bench.md, "Host syncs").
 
 Off unless asked for (`--cuda-graphs`): [`set_enabled`]. Used by PGD iterations against a
-deterministic target ([`crate::attack::PgdConfig`]) and by the plain training step of
-independent members ([`crate::train::fit`]). A capture that fails falls back to eager steps with
-one warning.
+deterministic target ([`crate::attack::PgdConfig`]) and by the training loop
+([`crate::train::fit`]) for every method whose step draws nothing on the host per batch beyond
+what [`crate::train::Method::draw`] draws ahead (all but EIO). A capture that fails falls back
+to eager steps with one warning, and is counted ([`failures`]).
 */
 
 use std::ffi::c_void;

@@ -19,7 +19,7 @@ predictions"; alpha 2, beta 0.5). With the adversarial term (ADP+AdvT) the loss 
 use serde::{Deserialize, Serialize};
 use tch::{Kind, Tensor};
 
-use super::adv::{against_ensemble, AdvTerm};
+use super::adv::{against_ensemble, against_ensemble_start, AdvTerm};
 use super::methods::{ensemble_correct, sum, summed_ce};
 use super::{stat, Batch, Method, StepAt, StepStats};
 use crate::error::{Error, Result};
@@ -70,19 +70,26 @@ impl AdpConfig {
 pub fn regularisers(logits: &[Tensor], y: &Tensor, det_offset: f64) -> (Tensor, Tensor) {
     let n = logits.len() as i64;
     let k = logits[0].size()[1];
-    let b = y.size()[0];
     let probs: Vec<Tensor> = logits.iter().map(|l| l.softmax(-1, Kind::Float)).collect();
     let mean = Tensor::stack(&probs, 0).mean_dim([0].as_slice(), false, Kind::Float);
     let entropy = (-(&mean * (&mean + 1e-20).log())).sum_dim_intlist([-1].as_slice(), false, None);
-    let keep = y.one_hot(k).eq(0);
-    let non_max: Vec<Tensor> =
-        probs.iter().map(|p| p.masked_select(&keep).view([b, k - 1])).collect();
+    // Every class but the true one, in order: column c of a row is class c, or c + 1 from the
+    // true class on. A gather of fixed shape, where a boolean mask select would read the number
+    // of selected entries back from the device (a host sync, and no CUDA graph).
+    let idx = all_but(y, k);
+    let non_max: Vec<Tensor> = probs.iter().map(|p| p.gather(1, &idx, false)).collect();
     let m = Tensor::stack(&non_max, 1);
     let m = &m / m.norm_scalaropt_dim(2, [-1].as_slice(), true);
     let gram = m.matmul(&m.transpose(1, 2));
     let eye = Tensor::eye(n, (Kind::Float, gram.device())).unsqueeze(0);
     let log_det = (gram + eye * det_offset).logdet();
     (entropy.mean(Kind::Float), log_det.mean(Kind::Float))
+}
+
+/// `[B, K-1]` indices of every class but `y`'s, in increasing order.
+fn all_but(y: &Tensor, k: i64) -> Tensor {
+    let cols = Tensor::arange(k - 1, (Kind::Int64, y.device())).unsqueeze(0);
+    &cols + cols.ge_tensor(&y.unsqueeze(1)).to_kind(Kind::Int64)
 }
 
 /// ADP training of an ensemble.
@@ -104,11 +111,29 @@ impl Method for Adp {
         "adp"
     }
 
+    /// The adversarial term's random start (ADP+AdvT), when it draws nothing else.
+    fn draw(&self, _model: &Model, batch: &Batch, at: StepAt) -> Vec<Tensor> {
+        self.cfg
+            .adv
+            .as_ref()
+            .and_then(|a| against_ensemble_start(a, &batch.x, at))
+            .into_iter()
+            .collect()
+    }
+
+    /// Nothing drawn per batch but the adversarial start; the log-determinant's batched LU runs
+    /// on the device (whether cuSOLVER's kernels capture is for `eio bench --check` to tell).
+    fn graphable(&self) -> bool {
+        self.cfg.adv.as_ref().is_none_or(AdvTerm::draws_ahead)
+    }
+
     fn step(&mut self, model: &Model, batch: &Batch, at: StepAt) -> Result<StepStats> {
         if model.nets.len() < 2 || model.gates() > 0 {
             return Err(Error::config("ADP trains an ensemble of at least 2 plain ResNet-20s"));
         }
-        let xa = self.cfg.adv.as_ref().map(|a| against_ensemble(model, a, batch, at, None));
+        let start = batch.draws_of(self, model, at).pop();
+        let xa =
+            self.cfg.adv.as_ref().map(|a| against_ensemble(model, a, batch, at, start.as_ref()));
         let route = Route::zeros(0);
         let logits: Vec<Tensor> =
             model.nets.iter().map(|n| n.forward(&batch.x, &route, true)).collect();
@@ -131,5 +156,19 @@ impl Method for Adp {
             note: String::new(),
             terms,
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The gather picks what a boolean mask of the non-true classes selects, in its order.
+    #[test]
+    fn all_but_the_true_class_as_a_mask_would_select() {
+        let y = Tensor::from_slice(&[0i64, 9, 4, 4, 7]);
+        let p = Tensor::arange(50, (Kind::Float, tch::Device::Cpu)).view([5, 10]);
+        let masked = p.masked_select(&y.one_hot(10).eq(0)).view([5, 9]);
+        assert!(p.gather(1, &all_but(&y, 10), false).equal(&masked));
     }
 }

@@ -990,6 +990,7 @@ mod tests {
             MethodConfig::Gal(Default::default()),
             gal_advt,
             trs,
+            MethodConfig::Adp(adp::AdpConfig { adv: Some(term.clone()), ..Default::default() }),
             MethodConfig::Adv(term),
         ] {
             let mut spec = TrainSpec::defaults(method);
