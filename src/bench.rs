@@ -208,9 +208,8 @@ fn attacked_row(
 /// Milliseconds of one training step (method step plus optimiser step) of every training
 /// method at its defaults (EIO: n = 2, p = 3, 10 distillation steps; DVERGE, ADP, GAL, TRS: 3
 /// members), on `batch` random images, mean of `iters` after one warm-up step. On CUDA the
-/// methods whose step can be replayed ([`crate::train::Method::graphable`]: the baseline,
-/// DVERGE) get a second row with the step replayed from a CUDA graph, as `--cuda-graphs`
-/// trains them.
+/// methods whose step can be replayed ([`crate::train::Method::graphable`]: all but EIO) get a
+/// second row with the step replayed from a CUDA graph, as `--cuda-graphs` trains them.
 pub fn method_timings(batch: usize, iters: usize, device: Device) -> Result<Vec<(String, f64)>> {
     let mut rows = Vec::new();
     let (x, y) = random_batch(batch, device);
@@ -237,19 +236,7 @@ pub fn method_timings(batch: usize, iters: usize, device: Device) -> Result<Vec<
             let ms = time_ms_warm(iters, warm, device, || {
                 let at = StepAt { epoch: 0, step, seed: Seed(1) };
                 let out = match &mut replay {
-                    Some(g) => {
-                        // As the training loop does: the step's random tensors drawn ahead.
-                        let mut b = Batch::new(
-                            batch.x.shallow_clone(),
-                            batch.y.shallow_clone(),
-                            batch
-                                .target
-                                .as_ref()
-                                .map(|(x, y)| (x.shallow_clone(), y.shallow_clone())),
-                        );
-                        b.draws = m.draw(&model, &b, at);
-                        g.step(&model, m.as_mut(), &mut opt, &b, at, spec.optim.lr)
-                    }
+                    Some(g) => g.step(&model, m.as_mut(), &mut opt, &batch, at, spec.optim.lr),
                     None => {
                         opt.zero_grad();
                         m.step(&model, &batch, at).inspect(|_| opt.step(spec.optim.lr))
@@ -403,9 +390,9 @@ pub fn device_check(device: Device) -> Result<Vec<CheckRow>> {
 }
 
 /// CUDA graphs (`--cuda-graphs`) against eager steps on `device`: a PGD-10 attack, and two
-/// epochs of training 2-member ensembles (baseline, DVERGE, GAL, TRS, ADP, PGD-AT: SGD and Adam,
-/// noise and PGD starts drawn ahead) on 50 synthetic images in batches of 16 (eager warm-up, capture, replays, a partial
-/// batch, a new learning rate in epoch 2). The same
+/// epochs of training 2-member ensembles (baseline, DVERGE, GAL, TRS, ADP, PGD-AT: SGD and
+/// Adam, noise and PGD starts drawn ahead) on 50 synthetic images in batches of 16 (eager
+/// warm-up, capture, replays, a partial batch, a new learning rate in epoch 2). The same
 /// kernels on the same inputs: the results should agree to the last bit.
 fn graph_check(device: Device) -> Result<Vec<CheckRow>> {
     let was = crate::graph::enabled();

@@ -173,11 +173,12 @@ impl Optimizer {
         let sq = if adam { params.iter().map(|(_, t)| t.zeros_like()).collect() } else { vec![] };
         let steps = if adam { vec![0; params.len()] } else { vec![] };
         let cuda = params.first().is_some_and(|(_, t)| t.device().is_cuda());
-        let scalars = (adam && cuda).then(|| {
-            let (_, t) = &params[0];
-            Tensor::zeros([params.len() as i64, 2], (t.kind(), t.device()))
-        });
-        Optimizer { cfg, multi_tensor: cuda, params, bufs, sq, steps, scalars, lr: 0.0 }
+        let mut opt =
+            Optimizer { cfg, multi_tensor: cuda, params, bufs, sq, steps, scalars: None, lr: 0.0 };
+        if cuda {
+            opt.use_device_scalars();
+        }
+        opt
     }
 
     /// Chooses the multi-tensor SGD path (default: on CUDA) or the per-tensor loop.
@@ -238,17 +239,18 @@ impl Optimizer {
         if self.cfg.algorithm != Algorithm::Adam {
             return;
         }
-        let [b1, b2] = self.cfg.betas;
-        let mut host = Vec::with_capacity(2 * self.params.len());
         for (i, (_, p)) in self.params.iter().enumerate() {
             if all || p.grad().defined() {
                 self.steps[i] += 1;
             }
-            let t = self.steps[i] as i32;
-            host.push((1.0 - b2.powi(t)).sqrt());
-            host.push(lr / (1.0 - b1.powi(t)));
         }
         if let Some(sc) = &mut self.scalars {
+            let [b1, b2] = self.cfg.betas;
+            let host: Vec<f64> = self
+                .steps
+                .iter()
+                .flat_map(|&t| [(1.0 - b2.powi(t as i32)).sqrt(), lr / (1.0 - b1.powi(t as i32))])
+                .collect();
             // Without waiting for the device (a blocking copy would sync every step).
             let v = Tensor::from_slice(&host).view([-1, 2]);
             sc.copy_(&v.to_device_(sc.device(), sc.kind(), true, false));

@@ -226,8 +226,13 @@ impl PgdConfig {
     /// first. `None` for attacks that draw otherwise (restarts, input diversity, no random
     /// start).
     pub fn start_noise(&self, x: &Tensor, rng: &mut Rng) -> Option<Tensor> {
-        (self.random_start && self.restarts == 1 && self.diversity.is_none())
-            .then(|| super::uniform_like(x, rng))
+        self.draws_start_only().then(|| super::uniform_like(x, rng))
+    }
+
+    /// Whether the attack's only random draw is its start: a single run from a random start
+    /// without input diversity ([`PgdConfig::start_noise`] can draw it ahead).
+    pub fn draws_start_only(&self) -> bool {
+        self.random_start && self.restarts == 1 && self.diversity.is_none()
     }
 
     /// [`Attack::perturb`] of a single run from the start [`PgdConfig::start_noise`] drew, against

@@ -53,8 +53,8 @@ pub struct Cli {
     #[arg(long, global = true)]
     group_members: bool,
     /// Capture fixed-shape CUDA steps once and replay them as CUDA graphs: PGD iterations
-    /// against a deterministic target, plain training steps of independent members (CUDA only;
-    /// the same kernels on the same inputs, so the same numbers as eager steps).
+    /// against a deterministic target, training steps of every method but EIO (CUDA only; the
+    /// same kernels on the same inputs, so the same numbers as eager steps).
     #[arg(long, global = true)]
     cuda_graphs: bool,
     #[command(subcommand)]

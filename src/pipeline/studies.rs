@@ -115,13 +115,12 @@ impl EioVariant {
                 self.key()
             )));
         }
-        use crate::model::Augment;
-        let slots = match self.augment {
-            Augment::None => 0,
-            Augment::All => 21,
-            Augment::Conv3x3 => 19,
-            Augment::Top(k) => k.min(21),
+        let arch = crate::model::ArchConfig {
+            copies: self.copies,
+            augment: self.augment,
+            ..crate::model::ArchConfig::plain()
         };
+        let slots = arch.augmented_slots().iter().filter(|&&gated| gated).count();
         let routes = (self.copies as f64).powi(slots as i32);
         if slots == 0 || self.sub_models as f64 > routes {
             return Err(Error::config(format!(

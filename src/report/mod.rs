@@ -345,14 +345,14 @@ fn study_figures(s: &Summary) -> Result<Vec<Item>> {
         Study {
             id: "fig5-paths",
             title: "paths per iteration p (Fig. 5)",
-            pick: |v| v.eps_d == 0.07,
+            pick: |v| v.eps_d == EioVariant::paper().eps_d,
             label: |v| format!("Sample{}/{}", v.paths, v.sub_models),
             value: |v| v.paths as f64,
         },
         Study {
             id: "fig6-eps-d",
             title: "distillation eps_d (Fig. 6)",
-            pick: |v| v.paths == 3 && v.sub_models == 1,
+            pick: |v| v.paths == EioVariant::paper().paths && v.sub_models == 1,
             label: |v| format!("eps_d={}", v.eps_d),
             value: |v| v.eps_d,
         },

@@ -91,7 +91,7 @@ impl AdvTerm {
 
     /// Whether [`AdvTerm::start_noise`] can draw the term's randomness ahead.
     pub fn draws_ahead(&self) -> bool {
-        matches!(&self.attack, AttackConfig::Pgd(p) if p.random_start && p.restarts == 1 && p.diversity.is_none())
+        matches!(&self.attack, AttackConfig::Pgd(p) if p.draws_start_only())
     }
 }
 

@@ -159,10 +159,14 @@ pub fn adversarial_all(
         .enumerate()
         .map(|(j, b)| {
             let view = BranchView::new(model, std::slice::from_ref(b), term.bn_train);
-            let mut rng = start_seed(at).rng(Stream::Eval, 0, j as u64);
-            term.examples(&view, x, y, &mut rng, starts.map(|s| &s[j]))
+            term.examples(&view, x, y, &mut adversarial_rng(at, j), starts.map(|s| &s[j]))
         })
         .collect()
+}
+
+/// The generator of the adversarial examples against branch `j` at `at`.
+fn adversarial_rng(at: StepAt, j: usize) -> crate::seed::Rng {
+    start_seed(at).rng(Stream::Eval, 0, j as u64)
 }
 
 /// The random starts [`adversarial_all`] draws at `at` for `branches` branches, drawn ahead
@@ -173,9 +177,7 @@ pub fn adversarial_starts(
     x: &Tensor,
     at: StepAt,
 ) -> Option<Vec<Tensor>> {
-    (0..branches)
-        .map(|j| term.start_noise(x, &mut start_seed(at).rng(Stream::Eval, 0, j as u64)))
-        .collect()
+    (0..branches).map(|j| term.start_noise(x, &mut adversarial_rng(at, j))).collect()
 }
 
 /// Accumulates into the weights' `.grad` the cross-training gradient of branch `j`:
@@ -217,8 +219,8 @@ pub fn cross_train(
 
 /// One diversification batch over `plan`: distil on every branch, craft the adversarial
 /// examples when `adv` is given (from its random starts drawn ahead, when given), cross-train
-/// every branch (terms divided by `div`). The loss
-/// reported is the mean cross-entropy per (branch, distilled batch) pair.
+/// every branch (terms divided by `div`). The loss reported is the mean cross-entropy per
+/// (branch, distilled batch) pair.
 #[allow(clippy::too_many_arguments)]
 pub fn step(
     model: &Model,

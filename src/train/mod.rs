@@ -96,8 +96,8 @@ pub struct Batch {
     pub y: Tensor,
     /// An independent target batch (second shuffle), for methods that ask for it.
     pub target: Option<(Tensor, Tensor)>,
-    /// The step's random tensors ([`Method::draw`]) when the loop drew them before the step
-    /// (for a step replayed from a CUDA graph); empty: the step draws them itself.
+    /// The step's random tensors ([`Method::draw`]) when they were drawn before the step (a
+    /// step replayed from a CUDA graph reads them as inputs); empty: the step draws them itself.
     pub draws: Vec<Tensor>,
 }
 
@@ -105,6 +105,17 @@ impl Batch {
     /// A batch with an optional target batch and no pre-drawn random tensors.
     pub fn new(x: Tensor, y: Tensor, target: Option<(Tensor, Tensor)>) -> Self {
         Batch { x, y, target, draws: Vec::new() }
+    }
+
+    /// The same batch with `map` applied to each tensor (`Tensor::shallow_clone` to share them,
+    /// `Tensor::copy` for tensors of its own).
+    fn mapped(&self, map: impl Fn(&Tensor) -> Tensor) -> Batch {
+        Batch {
+            x: map(&self.x),
+            y: map(&self.y),
+            target: self.target.as_ref().map(|(x, y)| (map(x), map(y))),
+            draws: self.draws.iter().map(&map).collect(),
+        }
     }
 
     /// The random tensors of `method`'s step at `at`: those drawn before the step, else drawn
@@ -166,8 +177,9 @@ impl StepStats {
 }
 
 /// A training step replayed from a CUDA graph ([`crate::graph`]), for a [`Method::graphable`]
-/// method with a [replayable](Optimizer::replayable) optimiser: each full batch (and target batch) is copied into static tensors and the
-/// captured forward, backward and SGD update run with one launch. The first step of a run runs
+/// method with a [replayable](Optimizer::replayable) optimiser: each full batch (its target
+/// batch and its random tensors, [`Method::draw`], drawn ahead) is copied into static tensors
+/// and the captured forward, backward and update run with one launch. The first step of a run runs
 /// eagerly (lazy initialisation), the next is captured; each epoch is captured anew (the graph
 /// holds the learning rate and the method's per-epoch draws, such as DVERGE's layer, as
 /// constants). Replays compute what the eager step computes: same kernels, same inputs.
@@ -207,6 +219,10 @@ impl GraphedStep {
         at: StepAt,
         lr: f64,
     ) -> Result<StepStats> {
+        // A captured step reads its random tensors from its inputs: draw them now.
+        let mut batch = batch.mapped(Tensor::shallow_clone);
+        batch.draws = method.draw(model, &batch, at);
+        let batch = &batch;
         if let Some(c) = &mut self.captured {
             if c.epoch == at.epoch && c.lr == lr {
                 c.batch.x.copy_(&batch.x);
@@ -235,13 +251,7 @@ impl GraphedStep {
             return eager(method, opt);
         }
         opt.zero_grad();
-        let copy = |(x, y): &(Tensor, Tensor)| (x.copy(), y.copy());
-        let fixed = Batch {
-            x: batch.x.copy(),
-            y: batch.y.copy(),
-            target: batch.target.as_ref().map(copy),
-            draws: batch.draws.iter().map(|t| t.copy()).collect(),
-        };
+        let fixed = batch.mapped(Tensor::copy);
         // The update's host half runs before the capture (and before every replay).
         let counts = opt.counts();
         opt.prepare(lr, true);
@@ -827,14 +837,11 @@ pub fn fit(
             let (x, y) = draws.batch(&data, false, lo, len);
             let target = target_order.is_some().then(|| draws.batch(&data, true, lo, len));
             let at = StepAt { epoch, step, seed };
-            let mut batch = Batch::new(x, y, target);
+            let batch = Batch::new(x, y, target);
             let replayed = graphed.as_mut().filter(|_| len == bs);
             let updated = replayed.is_some();
             let st = match replayed {
-                Some(g) => {
-                    batch.draws = method.draw(model, &batch, at);
-                    g.step(model, method, &mut opt, &batch, at, lr)?
-                }
+                Some(g) => g.step(model, method, &mut opt, &batch, at, lr)?,
                 None => {
                     opt.zero_grad();
                     method.step(model, &batch, at)?
@@ -1020,13 +1027,7 @@ mod tests {
                 for (step, b) in batches.iter().enumerate() {
                     let at = StepAt { epoch: 0, step, seed: Seed(1) };
                     if graphed {
-                        let mut b = Batch::new(
-                            b.x.shallow_clone(),
-                            b.y.shallow_clone(),
-                            b.target.as_ref().map(|(x, y)| (x.shallow_clone(), y.shallow_clone())),
-                        );
-                        b.draws = m.draw(&model, &b, at);
-                        g.step(&model, m.as_mut(), &mut opt, &b, at, 1e-3).unwrap();
+                        g.step(&model, m.as_mut(), &mut opt, b, at, 1e-3).unwrap();
                     } else {
                         opt.zero_grad();
                         m.step(&model, b, at).unwrap();
