@@ -624,6 +624,47 @@ fn transfer_sets_round_trip_and_resume() {
     assert_eq!(std::fs::metadata(&files[0]).unwrap().modified().unwrap(), mtime);
     assert!(f.meta.contains_key(PLAN_KEY));
 
+    // An interrupted generation resumes within a file: versions saved under .partial/ (the
+    // format `transfer_gen` writes after each version) are taken, not made again; a saved
+    // version of another plan is made again; the rest equals an uninterrupted run bit for bit.
+    let dir2 = tempfile::tempdir().unwrap();
+    let saved = |file: &str, key: &str, plan: &str, adv: &Tensor| {
+        let mut p = TensorFile::default();
+        p.tensors.insert("adv".into(), adv.shallow_clone());
+        p.meta.insert(PLAN_KEY.into(), plan.to_string());
+        p.meta.insert("eio.transfer.fooled".into(), "0.25".into());
+        p.write(&dir2.path().join(".partial").join(file).join(format!("{key}.safetensors")))
+            .unwrap();
+    };
+    let plan_of = |file: &str| {
+        TensorFile::read(&dir.path().join(format!("{file}.safetensors"))).unwrap().meta[PLAN_KEY]
+            .clone()
+    };
+    // The clean images as a "version": no attack makes them, so the file shows where it came from.
+    saved("resnet_eps0.05", "adv.mpgd.ce.0", &plan_of("resnet_eps0.05"), &x);
+    saved("lin_eps0.02", "adv.sgm.cw.0", &plan_of("resnet_eps0.05"), &x);
+    transfer_gen(&sur, &data, &index, &cfg, dir2.path(), Device::Cpu, Seed(4)).unwrap();
+    assert!(!dir2.path().join(".partial").exists(), "the saved versions are removed at the end");
+    for file in &files {
+        let name = file.file_name().unwrap();
+        let a = TensorFile::read(file).unwrap();
+        let b = TensorFile::read(&dir2.path().join(name)).unwrap();
+        let (ma, mb): (TransferFile, TransferFile) = (
+            serde_json::from_str(&a.meta[TRANSFER_KEY]).unwrap(),
+            serde_json::from_str(&b.meta[TRANSFER_KEY]).unwrap(),
+        );
+        for (va, vb) in ma.versions.iter().zip(&mb.versions) {
+            let resumed = name == "resnet_eps0.05.safetensors" && va.key == "adv.mpgd.ce.0";
+            if resumed {
+                assert!(b.tensors[&vb.key].equal(&x));
+                assert_eq!(vb.surrogate_fooled, Some(0.25));
+            } else {
+                assert!(a.tensors[&va.key].equal(&b.tensors[&vb.key]), "{name:?} {}", va.key);
+                assert_eq!(va, vb);
+            }
+        }
+    }
+
     // Evaluating the surrogate on its own white-box versions.
     let ev = transfer_eval(&surrogate, &files, 2, Device::Cpu).unwrap();
     assert_eq!((ev.images, ev.clean_accuracy), (3, 1.0));

@@ -24,7 +24,8 @@ File layout (`<out_dir>/<surrogate>_eps<eps>.safetensors`):
 The metadata key `eio.transfer` holds a JSON [`TransferFile`] (surrogate, eps, seed, and per
 version its attack, loss, restart, full [`AttackConfig`] and the surrogate's own fooling rate);
 `eio.transfer.plan` identifies what was asked for, so an interrupted generation resumes by
-skipping the files already complete. Files written before attacks were [`AttackConfig`]s hold
+skipping the files already complete, and, within a file, the versions already made (each is
+saved under `<out_dir>/.partial/` as soon as it is made). Files written before attacks were [`AttackConfig`]s hold
 a bare `PgdConfig` per version; they read as `AttackConfig::Pgd`, and their plans still match.
 */
 
@@ -424,9 +425,19 @@ pub fn transfer_gen_with(
             }
             let mut out = transfer_header(&images_u8, &y, &index_t);
             let mut done_versions = Vec::new();
+            let partial = Partial::dir(out_dir, &path);
             for mut v in versions {
                 let label = format!("transfer/{}/eps={eps}/{}", s.name, v.key);
                 let msg = format!("{} eps {eps} {}", s.name, v.key);
+                let made = Partial { plan: &plan, key: &v.key };
+                if let Some((adv, fooled)) = made.read(&partial, n)? {
+                    out.tensors.insert(v.key.clone(), adv);
+                    v.surrogate_fooled = Some(fooled);
+                    done_versions.push(v);
+                    pos += n as u64;
+                    progress.update(pos, &format!("{msg}: made before"));
+                    continue;
+                }
                 let judged = attack_and_judge(
                     &v.config,
                     s.target,
@@ -442,9 +453,11 @@ pub fn transfer_gen_with(
                         progress.update(pos, &msg);
                     },
                 )?;
-                let adv = judged.adv.expect("kept");
-                out.tensors.insert(v.key.clone(), adv.to_kind(Kind::Float));
-                v.surrogate_fooled = Some(1.0 - fraction(&judged.correct[0]));
+                let adv = judged.adv.expect("kept").to_kind(Kind::Float);
+                let fooled = 1.0 - fraction(&judged.correct[0]);
+                made.write(&partial, &adv, fooled)?;
+                out.tensors.insert(v.key.clone(), adv);
+                v.surrogate_fooled = Some(fooled);
                 done_versions.push(v);
             }
             let file = TransferFile {
@@ -456,6 +469,7 @@ pub fn transfer_gen_with(
             };
             out.meta.insert(PLAN_KEY.into(), serde_json::to_string(&plan).expect("serialises"));
             write_transfer(out, &file, &path)?;
+            Partial::remove(out_dir, &partial)?;
             files.push(TransferFileReport { path, skipped: false, file });
         }
     }
@@ -543,6 +557,74 @@ fn check_stored(
         }
     }
     Ok(())
+}
+
+/// One version of a transfer file saved on its own as soon as it is made
+/// (`<out_dir>/.partial/<file stem>/<key>.safetensors`: tensor `adv`, the file's plan and the
+/// surrogate's fooling rate in the metadata), so that an interrupted generation loses at most
+/// the version in progress. The finished file replaces them. A version is taken from here only
+/// when its file's plan (surrogate, eps, seed, images, every version's attack) is the one asked
+/// for; each version is seeded by its own label, so a resumed file equals an uninterrupted one.
+struct Partial<'a> {
+    plan: &'a Plan,
+    key: &'a str,
+}
+
+/// Metadata key of a saved version's fooling rate.
+const PARTIAL_FOOLED_KEY: &str = "eio.transfer.fooled";
+
+impl Partial<'_> {
+    /// The folder of the saved versions of the transfer file `path` in `out_dir`.
+    fn dir(out_dir: &Path, path: &Path) -> PathBuf {
+        let stem = path.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_default();
+        out_dir.join(".partial").join(stem)
+    }
+
+    fn path(&self, dir: &Path) -> PathBuf {
+        dir.join(format!("{}.safetensors", self.key))
+    }
+
+    /// The saved version (images, fooling rate), if there is one made for this plan with `n`
+    /// images. A saved version that does not read (or not for this plan) is made again.
+    fn read(&self, dir: &Path, n: usize) -> Result<Option<(Tensor, f64)>> {
+        let path = self.path(dir);
+        if !path.is_file() {
+            return Ok(None);
+        }
+        let found = TensorFile::read(&path).ok().and_then(|mut f| {
+            let plan: Plan = serde_json::from_str(f.meta.get(PLAN_KEY)?).ok()?;
+            let fooled: f64 = f.meta.get(PARTIAL_FOOLED_KEY)?.parse().ok()?;
+            let adv = f.tensors.remove("adv")?;
+            let shape_ok = adv.size() == [n as i64, 3, 32, 32] && adv.kind() == Kind::Float;
+            (plan == *self.plan && shape_ok).then_some((adv, fooled))
+        });
+        if found.is_none() {
+            eprintln!("{}: not from this plan or unreadable; made again", path.display());
+        }
+        Ok(found)
+    }
+
+    /// Saves `adv` (the version's images) and `fooled` (atomically).
+    fn write(&self, dir: &Path, adv: &Tensor, fooled: f64) -> Result<()> {
+        let mut f = TensorFile::default();
+        f.tensors.insert("adv".into(), adv.shallow_clone());
+        f.meta.insert(PLAN_KEY.into(), serde_json::to_string(self.plan).expect("serialises"));
+        // Rust prints an f64 with the fewest digits that read back to the same value.
+        f.meta.insert(PARTIAL_FOOLED_KEY.into(), fooled.to_string());
+        f.write(&self.path(dir))
+    }
+
+    /// Removes the saved versions of a finished file (and `.partial` when nothing is left).
+    fn remove(out_dir: &Path, dir: &Path) -> Result<()> {
+        match std::fs::remove_dir_all(dir) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(Error::io(dir, e)),
+        }
+        // Fails, as it should, while other files' versions are there.
+        let _ = std::fs::remove_dir(out_dir.join(".partial"));
+        Ok(())
+    }
 }
 
 /// The tensors every transfer file starts with: the clean images as exact u8, their labels and
@@ -799,6 +881,33 @@ pub fn transfer_eval(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn saved_versions_read_back_exactly_and_only_for_their_plan() {
+        let dir = tempfile::tempdir().unwrap();
+        let cfg = TransferGenConfig::default();
+        let plan = |seed| Plan {
+            surrogate: "s".into(),
+            eps: 0.03,
+            seed,
+            images: 2,
+            fingerprint: "7".into(),
+            versions: cfg.versions(0.03),
+        };
+        let (p1, p2) = (plan(1), plan(2));
+        let adv = Tensor::rand([2, 3, 32, 32], (Kind::Float, Device::Cpu));
+        let fooled = 1.0 / 3.0;
+        let saved = Partial { plan: &p1, key: "adv.sgm.ce.0" };
+        assert!(saved.read(dir.path(), 2).unwrap().is_none(), "nothing saved yet");
+        saved.write(dir.path(), &adv, fooled).unwrap();
+        let (back, f) = saved.read(dir.path(), 2).unwrap().unwrap();
+        assert!(back.equal(&adv));
+        assert_eq!(f, fooled);
+        assert!(Partial { plan: &p2, key: "adv.sgm.ce.0" }.read(dir.path(), 2).unwrap().is_none());
+        assert!(saved.read(dir.path(), 3).unwrap().is_none(), "another image count");
+        Partial::remove(dir.path(), dir.path()).unwrap();
+        assert!(saved.read(dir.path(), 2).unwrap().is_none());
+    }
 
     #[test]
     fn paper_suite_has_ten_versions_per_surrogate_and_eps() {

@@ -5,7 +5,7 @@ A ResNet-20 at batch 128 keeps a GPU busy only between kernel launches (results/
 per train step on an H100, most of it launch overhead), and a many-core CPU scales poorly past a
 few threads per job; independent jobs side by side fill both. A job starts when the jobs that
 write the files it reads ([`Plan::dependencies`]) are done, at most `workers` at a time, in plan
-order. Each job's output goes to `DIR/logs/<job>.log`. A failed job stops only the jobs that
+order. Each job's output is appended to `DIR/logs/<job>.log`. A failed job stops only the jobs that
 need it; the others run to the end, and the error names every job that failed or could not run.
 What the caller runs for a job is its business (the CLI starts `eio reproduce --only JOB`), so
 the numbers are those of a sequential run: each job computes from its own files and seed.
@@ -37,6 +37,25 @@ pub enum Outcome {
 /// The log of `job` under `out`.
 pub fn log_path(out: &Path, job: &Job) -> PathBuf {
     out.join("logs").join(format!("{}.log", job.name.replace(['/', ' '], "-")))
+}
+
+/// Opens `log` for appending, after a line that marks this start: a job resumed after an
+/// interruption keeps the log of its earlier runs.
+fn open_log(log: &Path) -> std::io::Result<File> {
+    use std::io::Write;
+    let mut file = std::fs::OpenOptions::new().create(true).append(true).open(log)?;
+    let t = time::OffsetDateTime::now_utc();
+    writeln!(
+        file,
+        "--- started {:04}-{:02}-{:02} {:02}:{:02}:{:02} UTC ---",
+        t.year(),
+        u8::from(t.month()),
+        t.day(),
+        t.hour(),
+        t.minute(),
+        t.second()
+    )?;
+    Ok(file)
 }
 
 enum State {
@@ -140,7 +159,7 @@ pub fn run_workers(
             } else if ready && running < workers {
                 let job = &plan.jobs[k];
                 let log = log_path(out, job);
-                let file = File::create(&log).map_err(|e| Error::io(&log, e))?;
+                let file = open_log(&log).map_err(|e| Error::io(&log, e))?;
                 let child = spawn(job, file).map_err(|e| Error::io(&log, e))?;
                 started += 1;
                 running += 1;
@@ -198,7 +217,7 @@ mod tests {
     fn fake(out: &Path, fail: &'static str) -> impl Fn(&Job, File) -> std::io::Result<Child> {
         let out = out.to_path_buf();
         move |job: &Job, log: File| {
-            let mut script = String::from("set -e\n");
+            let mut script = format!("set -e\necho running {}\n", job.name);
             for i in job.inputs() {
                 script += &format!("test -e '{i}' || {{ echo missing {i}; exit 2; }}\n");
             }
@@ -246,6 +265,16 @@ mod tests {
         assert!(err.contains("needs train/baseline, which failed"), "{err}");
         // Independent of the baseline: trained all the same.
         assert!(dir.path().join("runs/rgn-warmup/model.safetensors").exists());
+        // The rerun appends to the failed job's log: both runs are in it, each after its mark.
+        run_workers(&plan, dir.path(), &[], 3, &fake(dir.path(), "")).unwrap();
+        let job = plan.jobs.iter().find(|j| j.name == "train/baseline").unwrap();
+        let log = std::fs::read_to_string(log_path(dir.path(), job)).unwrap();
+        let lines: Vec<&str> = log.lines().collect();
+        assert_eq!(lines.len(), 4, "{log}");
+        for run in lines.chunks(2) {
+            assert!(run[0].starts_with("--- started 20") && run[0].ends_with(" UTC ---"), "{log}");
+            assert_eq!(run[1], "running train/baseline");
+        }
         // --only with a job whose input no selected job makes is refused for that job.
         let dir = tempfile::tempdir().unwrap();
         let only = vec!["train/eio".to_string()];
