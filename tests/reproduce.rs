@@ -37,7 +37,18 @@ fn smoke_preset_runs_resumes_and_summarises() {
             assert!((0.0..=1.0).contains(&v), "{}: {v}", m.name);
         }
         assert!(m.train_secs > 0.0 && m.train_epochs > 0, "{}", m.name);
+        let per_epoch = m.epoch_secs.expect("recorded");
+        assert!(per_epoch > 0.0 && per_epoch <= m.train_secs, "{}", m.name);
     }
+    // DVERGE's cost per epoch is that of its diversification, not of the baseline it starts from.
+    let history: Vec<serde_json::Value> = serde_json::from_str(
+        &std::fs::read_to_string(out.join("runs/dverge/history.json")).unwrap(),
+    )
+    .unwrap();
+    let own = history.iter().map(|e| e["train_secs"].as_f64().unwrap()).sum::<f64>()
+        / history.len() as f64;
+    let dverge = summary.models.iter().find(|m| m.name == "DVERGE (ensemble of 2)").unwrap();
+    assert_eq!(dverge.epoch_secs, Some(own));
     // The summary holds exactly what the evaluation jobs wrote.
     let eio_ft: Evaluation =
         serde_json::from_str(&std::fs::read_to_string(out.join("eval/eio-finetune.json")).unwrap())

@@ -1024,12 +1024,19 @@ pub fn run(
                 let wb = whitebox(&target, &eval_set, &p.whitebox(), device, seed)?;
                 let files = transfer_files(&out.join("transfer"))?;
                 let bb = transfer_eval(&target, &files, 500, device)?;
-                let (mut secs, mut epochs) = (0.0, 0);
-                for r in runs {
+                let (mut secs, mut epochs, mut epoch_secs) = (0.0, 0, None);
+                // A chain is [warm-up or baseline, ] the method's run[, its fine-tuning]; the
+                // fine-tuning runs are the ones this module names `<key>-finetune`.
+                let own = runs.iter().rposition(|r| !r.ends_with("-finetune"));
+                for (k, r) in runs.iter().enumerate() {
                     let h: Vec<EpochRecord> =
                         read_json(&out.join("runs").join(r).join("history.json"))?;
-                    secs += h.iter().map(|e| e.train_secs).sum::<f64>();
+                    let run_secs = h.iter().map(|e| e.train_secs).sum::<f64>();
+                    secs += run_secs;
                     epochs += h.len();
+                    if Some(k) == own && !h.is_empty() {
+                        epoch_secs = Some(run_secs / h.len() as f64);
+                    }
                 }
                 let result = ModelResult {
                     name: name.clone(),
@@ -1051,6 +1058,7 @@ pub fn run(
                         .collect::<Result<_>>()?,
                     train_secs: secs,
                     train_epochs: epochs,
+                    epoch_secs,
                     rgn: rgn.clone(),
                     variant: variant.as_deref().cloned(),
                     peak_memory_bytes: None,

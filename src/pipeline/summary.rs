@@ -67,6 +67,11 @@ pub struct ModelResult {
     pub train_secs: f64,
     /// Training epochs of everything this model needed.
     pub train_epochs: usize,
+    /// Mean wall time per epoch, seconds, of the method's own training run (DVERGE's or EIO's
+    /// diversification), not of a warm-up, the baseline DVERGE starts from or a fine-tuning.
+    /// Absent in summaries written before it was recorded.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub epoch_secs: Option<f64>,
     /// For a model derived from a Random Gated Network: that RGN's architecture (copies n and
     /// gated slots, which the paper's Table 2 and "EIO(topk)" rows are about).
     #[serde(default, skip_serializing_if = "Option::is_none")]

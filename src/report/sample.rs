@@ -44,6 +44,7 @@ pub fn sample_summary() -> Summary {
             blackbox: if bb > 0.0 { decay(clean, bb, &eps_blackbox) } else { Vec::new() },
             train_secs: 600.0 * members as f64 + 1000.0 * clean,
             train_epochs: 10 * members,
+            epoch_secs: Some(60.0 + 100.0 * clean),
             rgn: (method == "eio").then(|| ArchConfig::rgn(2)),
             variant: None,
             peak_memory_bytes: None,

@@ -20,7 +20,7 @@ pub enum Cell {
     Acc(Option<f64>),
     /// A count.
     Int(usize),
-    /// A duration in seconds.
+    /// A duration in seconds; NaN = not measured (an empty cell).
     Secs(f64),
     /// A size in bytes; `None` = not measured.
     Bytes(Option<u64>),
@@ -45,7 +45,8 @@ impl Cell {
             Cell::Text(s) => s.clone(),
             Cell::Acc(v) => v.filter(|v| v.is_finite()).map(number).unwrap_or_default(),
             Cell::Int(n) => n.to_string(),
-            Cell::Secs(s) => number(*s),
+            Cell::Secs(s) if s.is_finite() => number(*s),
+            Cell::Secs(_) => String::new(),
             Cell::Bytes(b) => b.map(|b| b.to_string()).unwrap_or_default(),
         }
     }
@@ -465,11 +466,14 @@ pub fn stability(s: &Summary) -> Option<Table> {
     })
 }
 
-/// Training cost per model: epochs, wall time, peak memory where measured.
+/// Training cost per model: epochs, wall time, wall time per epoch of the method's own
+/// training, peak memory where measured.
 pub fn cost(s: &Summary) -> Table {
     let memory = s.models.iter().any(|m| m.peak_memory_bytes.is_some());
     let mut header: Vec<String> =
-        ["model", "method", "epochs", "training wall time"].map(String::from).to_vec();
+        ["model", "method", "epochs", "training wall time", "per epoch of its method"]
+            .map(String::from)
+            .to_vec();
     if memory {
         header.push("peak memory".into());
     }
@@ -482,6 +486,7 @@ pub fn cost(s: &Summary) -> Table {
                 Cell::Text(m.method.clone()),
                 Cell::Int(m.train_epochs),
                 Cell::Secs(m.train_secs),
+                Cell::Secs(m.epoch_secs.unwrap_or(f64::NAN)),
             ];
             if memory {
                 cells.push(Cell::Bytes(m.peak_memory_bytes));
@@ -493,7 +498,9 @@ pub fn cost(s: &Summary) -> Table {
         id: "cost".into(),
         title: "Training cost".into(),
         caption: "Wall time and epochs of all the training each model needed (an ensemble's \
-                  members, an RGN's warm-up, diversification and fine-tuning)."
+                  members, an RGN's warm-up, diversification and fine-tuning), and the mean wall \
+                  time of one epoch of the model's own method (DVERGE's or EIO's \
+                  diversification, not the warm-up, baseline or fine-tuning around it)."
             .into(),
         header,
         rows,
