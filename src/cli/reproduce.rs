@@ -7,7 +7,7 @@ use clap::Args;
 
 use super::DataArgs;
 use eio::data::Split;
-use eio::pipeline::reproduce::{load_from, run, Data, Plan, Preset};
+use eio::pipeline::reproduce::{load_from, run, Data, JobState, Plan, Preset};
 use eio::pipeline::workers;
 
 #[derive(Debug, Args)]
@@ -29,7 +29,8 @@ pub struct ReproduceArgs {
     /// they needed are skipped. The transfer set is always made here.
     #[arg(long, value_name = "DIR")]
     from: Option<PathBuf>,
-    /// Print the plan's jobs, each done, to do or not needed in --out, and exit.
+    /// Print the plan's jobs, each done, to do or not needed in --out (with the last line of
+    /// its log for a job begun by --workers), and exit.
     #[arg(long)]
     list: bool,
     /// Run up to N jobs side by side, each in its own eio process (logs in DIR/logs/), as soon
@@ -45,14 +46,16 @@ pub struct ReproduceArgs {
 pub fn run_cmd(a: ReproduceArgs) -> Result<()> {
     let plan = Plan::new(Preset::named(&a.preset)?);
     if a.list {
-        let needed = plan.needed(&a.out);
-        for (j, needed) in plan.jobs.iter().zip(needed) {
-            let state = match (j.is_done(&a.out), needed) {
-                (true, _) => "done",
-                (false, true) => "to do",
-                (false, false) => "not needed",
-            };
-            println!("{:<28} {state:<10} -> {}", j.name, j.outputs.join(", "));
+        for (j, state) in plan.jobs.iter().zip(plan.states(&a.out)) {
+            println!("{:<28} {:<10} -> {}", j.name, state.label(), j.outputs.join(", "));
+            if let (JobState::ToDo, Some((line, age))) = (state, workers::last_log_line(&a.out, j))
+            {
+                println!(
+                    "{:<28} log, {} ago: {line}",
+                    "",
+                    eio::report::duration(age.as_secs_f64())
+                );
+            }
         }
         return Ok(());
     }

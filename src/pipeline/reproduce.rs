@@ -808,6 +808,19 @@ impl Plan {
         needed
     }
 
+    /// Where each job stands in `out` (what `eio reproduce --list` prints).
+    pub fn states(&self, out: &Path) -> Vec<JobState> {
+        self.jobs
+            .iter()
+            .zip(self.needed(out))
+            .map(|(j, needed)| match (j.is_done(out), needed) {
+                (true, _) => JobState::Done,
+                (false, true) => JobState::ToDo,
+                (false, false) => JobState::NotNeeded,
+            })
+            .collect()
+    }
+
     /// Refuses names in `only` that are not jobs of this plan.
     pub fn check_only(&self, only: &[String]) -> Result<()> {
         match only.iter().find(|n| !self.jobs.iter().any(|j| &j.name == *n)) {
@@ -816,6 +829,28 @@ impl Plan {
                 self.names().join(", ")
             ))),
             None => Ok(()),
+        }
+    }
+}
+
+/// Where a job stands in an output folder.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum JobState {
+    /// Every output exists.
+    Done,
+    /// Not done, and the plan needs it.
+    ToDo,
+    /// Not done, but every job that reads its files is ([`Plan::needed`]).
+    NotNeeded,
+}
+
+impl JobState {
+    /// As `--list` prints it.
+    pub fn label(self) -> &'static str {
+        match self {
+            JobState::Done => "done",
+            JobState::ToDo => "to do",
+            JobState::NotNeeded => "not needed",
         }
     }
 }

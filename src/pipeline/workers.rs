@@ -39,6 +39,23 @@ pub fn log_path(out: &Path, job: &Job) -> PathBuf {
     out.join("logs").join(format!("{}.log", job.name.replace(['/', ' '], "-")))
 }
 
+/// The last line of `job`'s log under `out` and how long ago the log was written, when it has
+/// one: where a job running (or stopped) in the background stands.
+pub fn last_log_line(out: &Path, job: &Job) -> Option<(String, Duration)> {
+    use std::io::{Read, Seek, SeekFrom};
+    let path = log_path(out, job);
+    let mut file = File::open(&path).ok()?;
+    let len = file.metadata().ok()?.len();
+    // Progress lines are short: the end of the file holds the last one.
+    file.seek(SeekFrom::Start(len.saturating_sub(4096))).ok()?;
+    let mut tail = Vec::new();
+    file.read_to_end(&mut tail).ok()?;
+    let tail = String::from_utf8_lossy(&tail);
+    let line = tail.split(['\n', '\r']).map(str::trim).rfind(|l| !l.is_empty())?;
+    let age = file.metadata().ok()?.modified().ok()?.elapsed().unwrap_or_default();
+    Some((line.to_string(), age))
+}
+
 /// Opens `log` for appending, after a line that marks this start: a job resumed after an
 /// interruption keeps the log of its earlier runs.
 fn open_log(log: &Path) -> std::io::Result<File> {
@@ -275,6 +292,9 @@ mod tests {
             assert!(run[0].starts_with("--- started 20") && run[0].ends_with(" UTC ---"), "{log}");
             assert_eq!(run[1], "running train/baseline");
         }
+        let (last, age) = last_log_line(dir.path(), job).unwrap();
+        assert_eq!(last, "running train/baseline");
+        assert!(age < Duration::from_secs(60), "{age:?}");
         // --only with a job whose input no selected job makes is refused for that job.
         let dir = tempfile::tempdir().unwrap();
         let only = vec!["train/eio".to_string()];
