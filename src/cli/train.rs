@@ -104,7 +104,7 @@ pub struct TrainFlags {
     #[arg(long, value_name = "N", value_parser = super::positive)]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub test_per_class: Option<usize>,
-    /// Also checkpoint every N steps within an epoch.
+    /// Also checkpoint every N steps within an epoch (and at least every 10 minutes).
     #[arg(long, value_name = "N", value_parser = super::positive)]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub checkpoint_every: Option<usize>,

@@ -32,6 +32,10 @@ use crate::optim::{OptimConfig, Optimizer};
 use crate::progress::Progress;
 use crate::seed::{Seed, Stream};
 
+/// With in-epoch checkpoints on ([`TrainConfig::checkpoint_every`]), the longest a run trains
+/// without writing one.
+pub const CHECKPOINT_AT_LEAST_EVERY: std::time::Duration = std::time::Duration::from_secs(600);
+
 /// Settings shared by every training method.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -46,7 +50,10 @@ pub struct TrainConfig {
     pub train_per_class: Option<usize>,
     /// Evaluate on the first N test images of each class only.
     pub test_per_class: Option<usize>,
-    /// Also checkpoint every this many steps inside an epoch (0 = at epoch ends only).
+    /// Also checkpoint every this many steps inside an epoch, and after any step that ends
+    /// [`CHECKPOINT_AT_LEAST_EVERY`] or more after the last checkpoint, so that slow steps
+    /// (DVERGE on a CPU: about 40 s each at one thread) lose little to an interruption (0 = at
+    /// epoch ends only). Where a run checkpoints does not change its numbers (exact resume).
     pub checkpoint_every: usize,
     /// Random crop and flip of training images.
     pub augment: bool,
@@ -831,6 +838,7 @@ pub fn fit(
             })
         };
         let t0 = Instant::now();
+        let mut last_save = Instant::now();
         let mut note = String::new();
         for step in state.step..steps {
             let (lo, len) = (step * bs, ((step + 1) * bs).min(n) - step * bs);
@@ -876,9 +884,11 @@ pub fn fit(
                 ),
             );
             if cfg.checkpoint_every > 0
-                && (step + 1) % cfg.checkpoint_every == 0
+                && ((step + 1) % cfg.checkpoint_every == 0
+                    || last_save.elapsed() >= CHECKPOINT_AT_LEAST_EVERY)
                 && step + 1 < steps
             {
+                last_save = Instant::now();
                 if let Err(e) = read(&mut acc, &mut pending) {
                     bar.finish();
                     return Err(e);
