@@ -7,8 +7,10 @@
 //   (torch/optim/sgd.py, `_multi_tensor_sgd`): a handful of kernel launches per step instead of
 //   six per tensor;
 // - CUDA graphs (at::cuda::CUDAGraph, what torch.cuda.graph wraps): a fixed-shape step captured
-//   once on a side stream and replayed with one launch. Compiled only against a libtorch with
-//   CUDA (build.rs defines EIO_CUDA); elsewhere these functions return an error.
+//   once on a side stream and replayed with one launch;
+// - the CUDA caching allocator's peak of allocated bytes (torch.cuda.max_memory_allocated and
+//   reset_peak_memory_stats). The CUDA parts are compiled only against a libtorch with CUDA
+//   (build.rs defines EIO_CUDA); elsewhere these functions return an error.
 // Every function catches C++ exceptions and returns the message (malloc'd) or null.
 #include <ATen/core/Tensor.h>
 #include <ATen/ops/_foreach_add.h>
@@ -17,6 +19,7 @@
 
 #ifdef EIO_CUDA
 #include <ATen/cuda/CUDAGraph.h>
+#include <c10/cuda/CUDACachingAllocator.h>
 #include <c10/cuda/CUDAFunctions.h>
 #include <c10/cuda/CUDAStream.h>
 #endif
@@ -155,6 +158,21 @@ char *eio_graph_replay(void *graph) {
 }
 
 void eio_graph_free(void *graph) { delete static_cast<Graph *>(graph); }
+
+// The most bytes allocated at once on `device` since the last reset (or the start), through
+// `out`; with `reset`, the peak restarts from what is allocated now.
+char *eio_cuda_peak_allocated(int device, int reset, int64_t *out) {
+  try {
+    auto idx = static_cast<c10::DeviceIndex>(device);
+    auto stats = c10::cuda::CUDACachingAllocator::getDeviceStats(idx);
+    auto all = static_cast<size_t>(c10::CachingAllocator::StatType::AGGREGATE);
+    *out = stats.allocated_bytes[all].peak;
+    if (reset) c10::cuda::CUDACachingAllocator::resetPeakStats(idx);
+    return nullptr;
+  } catch (const std::exception &e) {
+    return message(e.what());
+  }
+}
 #else
 char *eio_graph_begin(int, void **) {
   return message("CUDA graphs need a libtorch built with CUDA");
@@ -162,5 +180,8 @@ char *eio_graph_begin(int, void **) {
 char *eio_graph_end(void *) { return message("CUDA graphs need a libtorch built with CUDA"); }
 char *eio_graph_replay(void *) { return message("CUDA graphs need a libtorch built with CUDA"); }
 void eio_graph_free(void *) {}
+char *eio_cuda_peak_allocated(int, int, int64_t *) {
+  return message("CUDA memory statistics need a libtorch built with CUDA");
+}
 #endif
 }

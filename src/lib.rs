@@ -18,6 +18,7 @@ pub mod error;
 pub mod eval;
 pub mod fsx;
 pub mod graph;
+pub mod memory;
 pub mod model;
 pub mod optim;
 pub mod pipeline;

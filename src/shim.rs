@@ -1,6 +1,7 @@
 //! The libtorch entry points eio needs that tch does not bind (`csrc/shim.cpp`, compiled by
 //! build.rs against the libtorch torch-sys links): clearing a gradient, PyTorch's
-//! multi-tensor SGD update, and CUDA graphs (wrapped by [`crate::graph`]).
+//! multi-tensor SGD update, CUDA graphs (wrapped by [`crate::graph`]) and the CUDA allocator's
+//! peak memory (read by [`crate::memory`]).
 
 use std::ffi::{c_char, c_double, c_int, c_void, CStr};
 
@@ -27,6 +28,17 @@ extern "C" {
     pub(crate) fn eio_graph_end(graph: *mut c_void) -> *mut c_char;
     pub(crate) fn eio_graph_replay(graph: *mut c_void) -> *mut c_char;
     pub(crate) fn eio_graph_free(graph: *mut c_void);
+    fn eio_cuda_peak_allocated(device: c_int, reset: c_int, out: *mut i64) -> *mut c_char;
+}
+
+/// The most bytes the CUDA caching allocator had allocated at once on `device` since the last
+/// reset (`torch.cuda.max_memory_allocated`); with `reset`, the peak then restarts from what is
+/// allocated now (`torch.cuda.reset_peak_memory_stats`). An error without CUDA.
+pub fn cuda_peak_allocated(device: usize, reset: bool) -> Result<u64> {
+    let mut out = 0i64;
+    // SAFETY: `out` outlives the call; the shim writes one i64 there.
+    check(unsafe { eio_cuda_peak_allocated(device as c_int, reset as c_int, &mut out) })?;
+    Ok(out.max(0) as u64)
 }
 
 /// The shim's error message, if any (it allocates it with malloc; freed here).

@@ -38,6 +38,9 @@ fn smoke_preset_runs_resumes_and_summarises() {
         }
         assert!(m.train_secs > 0.0 && m.train_epochs > 0, "{}", m.name);
         let per_epoch = m.epoch_secs.expect("recorded");
+        // Linux reports a resident set: at least libtorch's and the data set's 100 MB.
+        #[cfg(target_os = "linux")]
+        assert!(m.peak_memory_bytes.expect("measured") > 100 << 20, "{}", m.name);
         assert!(per_epoch > 0.0 && per_epoch <= m.train_secs, "{}", m.name);
     }
     // DVERGE's cost per epoch is that of its diversification, not of the baseline it starts from.

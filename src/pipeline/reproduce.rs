@@ -1060,6 +1060,7 @@ pub fn run(
                 let files = transfer_files(&out.join("transfer"))?;
                 let bb = transfer_eval(&target, &files, 500, device)?;
                 let (mut secs, mut epochs, mut epoch_secs) = (0.0, 0, None);
+                let mut peak: Option<u64> = None;
                 // A chain is [warm-up or baseline, ] the method's run[, its fine-tuning]; the
                 // fine-tuning runs are the ones this module names `<key>-finetune`.
                 let own = runs.iter().rposition(|r| !r.ends_with("-finetune"));
@@ -1069,6 +1070,7 @@ pub fn run(
                     let run_secs = h.iter().map(|e| e.train_secs).sum::<f64>();
                     secs += run_secs;
                     epochs += h.len();
+                    peak = h.iter().filter_map(|e| e.peak_memory_bytes).chain(peak).max();
                     if Some(k) == own && !h.is_empty() {
                         epoch_secs = Some(run_secs / h.len() as f64);
                     }
@@ -1096,7 +1098,7 @@ pub fn run(
                     epoch_secs,
                     rgn: rgn.clone(),
                     variant: variant.as_deref().cloned(),
-                    peak_memory_bytes: None,
+                    peak_memory_bytes: peak,
                 };
                 write_json(&out.join(&job.outputs[0]), &Evaluation { result })?;
             }

@@ -80,7 +80,9 @@ pub struct ModelResult {
     /// or not an EIO model).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub variant: Option<super::studies::EioVariant>,
-    /// Peak memory of its training, bytes (device memory on a GPU), when measured.
+    /// Peak memory of its training, bytes: the highest epoch peak of the runs it needed
+    /// ([`crate::memory`]: allocated device memory on CUDA, the process's resident set on the
+    /// CPU), when measured.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub peak_memory_bytes: Option<u64>,
 }

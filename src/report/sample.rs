@@ -126,6 +126,7 @@ pub fn sample_summary() -> Summary {
                 train_secs: 12.5 * e as f64,
                 images_per_sec: 800.0,
                 terms: BTreeMap::new(),
+                peak_memory_bytes: Some(900 << 20),
             })
             .collect(),
     };

@@ -480,6 +480,11 @@ pub struct EpochRecord {
     /// Epoch means of the method's named loss terms.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub terms: BTreeMap<String, f64>,
+    /// Peak memory of the epoch (its training steps and test evaluation), bytes, as
+    /// [`crate::memory::peak`] measures it: allocated device memory on CUDA, the process's
+    /// resident set on the CPU. Absent where not measured.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub peak_memory_bytes: Option<u64>,
 }
 
 /// Progress of a run, stored in its checkpoint.
@@ -826,6 +831,7 @@ pub fn fit(
         let draws =
             EpochDraws::new(&order, target_order.as_deref(), bs, cfg.augment, seed, epoch, device);
         let mut bar = Progress::new(steps as u64, format!("epoch {}/{}", epoch + 1, cfg.epochs));
+        crate::memory::reset_peak(device);
         let (loss_sum, correct, seen, secs_before) = state.partial;
         let terms = std::mem::take(&mut state.partial_terms);
         let mut acc = Totals { loss_sum, correct, seen, terms };
@@ -929,14 +935,16 @@ pub fn fit(
             train_secs,
             images_per_sec: n as f64 / train_secs.max(1e-9),
             terms: term_sums.iter().map(|(k, v)| (k.clone(), v / seen.max(1) as f64)).collect(),
+            peak_memory_bytes: crate::memory::peak(device),
         };
         let terms: String = rec.terms.iter().map(|(k, v)| format!(" {k} {v:.4}")).collect();
         say(
             &run.dir,
             &format!(
-                "epoch {}/{} lr {} loss {:.4}{terms} train acc {:.2}% test acc {:.2}% ({:.1}s, {:.0} img/s){}",
+                "epoch {}/{} lr {} loss {:.4}{terms} train acc {:.2}% test acc {:.2}% ({:.1}s, {:.0} img/s{}){}",
                 rec.epoch, cfg.epochs, short(lr), rec.train_loss, 100.0 * rec.train_acc, 100.0 * rec.test_acc,
                 rec.train_secs, rec.images_per_sec,
+                rec.peak_memory_bytes.map(|b| format!(", peak {}", crate::report::bytes(b))).unwrap_or_default(),
                 if note.is_empty() { String::new() } else { format!(" {note}") }
             ),
         )?;
