@@ -15,6 +15,8 @@ pub struct Progress {
     start: Instant,
     next_line: u64,
     last_line: Option<(Instant, u64)>,
+    /// Where the rate is measured from: (time, position); moved by [`Progress::skip_to`].
+    rate_origin: (Instant, u64),
 }
 
 /// The longest a log goes without a line while the work advances.
@@ -36,7 +38,25 @@ impl Progress {
             b.set_prefix(prefix.clone());
             b
         });
-        Progress { bar, prefix, len, start: Instant::now(), next_line: 0, last_line: None }
+        Progress {
+            bar,
+            prefix,
+            len,
+            start: Instant::now(),
+            next_line: 0,
+            last_line: None,
+            rate_origin: (Instant::now(), 0),
+        }
+    }
+
+    /// Moves to `pos`, reached by earlier work (a resumed run, a file kept from before): the
+    /// rate and ETA count only the work done from here.
+    pub fn skip_to(&mut self, pos: u64) {
+        self.rate_origin = (Instant::now(), pos);
+        if let Some(b) = &self.bar {
+            b.set_position(pos);
+            b.reset_eta();
+        }
     }
 
     /// Sets the position to `pos` with a status message.
@@ -47,10 +67,10 @@ impl Progress {
                 b.set_message(msg.to_string());
             }
             None => {
-                if self.line_due(pos, Instant::now()) {
-                    let secs = self.start.elapsed().as_secs_f64();
-                    let eta =
-                        if pos > 0 { secs / pos as f64 * (self.len - pos) as f64 } else { 0.0 };
+                let now = Instant::now();
+                if self.line_due(pos, now) {
+                    let secs = now.duration_since(self.start).as_secs_f64();
+                    let eta = self.eta_secs(pos, now);
                     eprintln!(
                         "{} {pos}/{} {msg} [{:.0}s elapsed, ETA {:.0}s]",
                         self.prefix, self.len, secs, eta
@@ -62,6 +82,17 @@ impl Progress {
                 }
             }
         }
+    }
+
+    /// Seconds left at `pos` and time `now`, at the rate since [`Progress::skip_to`] (or the
+    /// start); 0 before any work.
+    fn eta_secs(&self, pos: u64, now: Instant) -> f64 {
+        let (since, from) = self.rate_origin;
+        let done = pos.saturating_sub(from);
+        if done == 0 {
+            return 0.0;
+        }
+        now.duration_since(since).as_secs_f64() / done as f64 * self.len.saturating_sub(pos) as f64
     }
 
     /// Whether a plain line is due at `pos` and time `now`: at the first update, at every tenth
@@ -103,5 +134,16 @@ mod tests {
         assert!(!p.line_due(0, t0 + Duration::from_secs(61)), "but only when the work advanced");
         assert!(p.line_due(100, t0 + Duration::from_secs(1)), "a tenth of the work");
         assert!(p.line_due(1000, t0), "the end");
+    }
+
+    #[test]
+    fn work_done_before_a_resume_does_not_count_in_the_rate() {
+        let mut p = Progress::new(100, "test");
+        p.skip_to(50);
+        let t0 = p.rate_origin.0;
+        assert_eq!(p.eta_secs(50, t0 + Duration::from_secs(5)), 0.0);
+        // 10 items in 10 s since the resume: 40 left, 40 s (not 10/60 * 40).
+        let eta = p.eta_secs(60, t0 + Duration::from_secs(10));
+        assert!((eta - 40.0).abs() < 1e-9, "{eta}");
     }
 }

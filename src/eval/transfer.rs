@@ -417,6 +417,7 @@ pub fn transfer_gen_with(
                         meta.get(TRANSFER_KEY).and_then(|j| serde_json::from_str(j).ok())
                     {
                         pos += (versions.len() * n) as u64;
+                        progress.skip_to(pos);
                         progress.update(pos, &format!("{} eps {eps}: kept", s.name));
                         files.push(TransferFileReport { path, skipped: true, file });
                         continue;
@@ -435,6 +436,7 @@ pub fn transfer_gen_with(
                     v.surrogate_fooled = Some(fooled);
                     done_versions.push(v);
                     pos += n as u64;
+                    progress.skip_to(pos);
                     progress.update(pos, &format!("{msg}: made before"));
                     continue;
                 }

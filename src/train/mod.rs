@@ -831,6 +831,7 @@ pub fn fit(
         let draws =
             EpochDraws::new(&order, target_order.as_deref(), bs, cfg.augment, seed, epoch, device);
         let mut bar = Progress::new(steps as u64, format!("epoch {}/{}", epoch + 1, cfg.epochs));
+        bar.skip_to(state.step as u64);
         crate::memory::reset_peak(device);
         let (loss_sum, correct, seen, secs_before) = state.partial;
         let terms = std::mem::take(&mut state.partial_terms);
