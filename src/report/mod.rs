@@ -143,52 +143,38 @@ pub fn render(summary: &Summary) -> Result<Report> {
             Item::Table(tables::accuracy_table(s, Attack::WhiteBox)),
         ],
     }];
-    let accuracy = accuracy_figures(s)?;
-    if !accuracy.is_empty() {
-        sections.push(Section {
-            id: "sec-accuracy".into(),
-            title: "Accuracy against eps (Fig. 7, 9, 11)".into(),
-            items: accuracy,
-        });
-    }
-    let studies = study_figures(s)?;
-    if !studies.is_empty() {
-        sections.push(Section {
-            id: "sec-studies".into(),
-            title: "EIO hyper-parameters: paths per iteration and eps_d (Fig. 5, 6)".into(),
-            items: studies,
-        });
-    }
-    let transfer = transferability_figures(s)?;
-    if !transfer.is_empty() {
-        sections.push(Section {
-            id: "sec-transferability".into(),
-            title: "Transferability among sub-models (Fig. 8)".into(),
-            items: transfer,
-        });
-    }
+    // A section with nothing to show (an arm or study the preset left out) is left out.
+    let mut add = |id: &str, title: &str, items: Vec<Item>| {
+        if !items.is_empty() {
+            sections.push(Section { id: id.into(), title: title.into(), items });
+        }
+    };
+    add("sec-accuracy", "Accuracy against eps (Fig. 7, 9, 11)", accuracy_figures(s)?);
+    add(
+        "sec-studies",
+        "EIO hyper-parameters: paths per iteration and eps_d (Fig. 5, 6)",
+        study_figures(s)?,
+    );
+    add(
+        "sec-transferability",
+        "Transferability among sub-models (Fig. 8)",
+        transferability_figures(s)?,
+    );
     if let (Some(table), Some(st)) = (tables::stability(s), &s.stability) {
         let figure = stability_figure(s, st)?;
-        sections.push(Section {
-            id: "sec-stability".into(),
-            title: "Stability of derived paths (Fig. 10)".into(),
-            items: vec![Item::Figure(figure), Item::Table(table)],
-        });
+        add(
+            "sec-stability",
+            "Stability of derived paths (Fig. 10)",
+            vec![Item::Figure(figure), Item::Table(table)],
+        );
     }
-    let curves = training_figures(s)?;
-    if !curves.is_empty() {
-        sections.push(Section {
-            id: "sec-training".into(),
-            title: "Training curves".into(),
-            items: curves,
-        });
-    }
+    add("sec-training", "Training curves", training_figures(s)?);
     if !s.models.is_empty() {
-        sections.push(Section {
-            id: "sec-cost".into(),
-            title: "Cost per method".into(),
-            items: vec![Item::Figure(cost_figure(s)?), Item::Table(tables::cost(s))],
-        });
+        add(
+            "sec-cost",
+            "Cost per method",
+            vec![Item::Figure(cost_figure(s)?), Item::Table(tables::cost(s))],
+        );
     }
     let mut data = Vec::new();
     if !s.transferability.is_empty() {
