@@ -16,6 +16,9 @@ fn smoke_preset_runs_resumes_and_summarises() {
         eio(&["--threads", "1", "reproduce", "--preset", "smoke", "--out", out_s]);
     assert!(ok, "{err}");
     assert!(stdout.contains("EIO (derived, fine-tuned)") && stdout.contains("DVERGE (1 of 2)"));
+    // It ends with the path of the report.
+    let report = out.join("report.html");
+    assert!(stdout.trim_end().lines().last().unwrap().contains(report.to_str().unwrap()));
     let summary: Summary =
         serde_json::from_str(&std::fs::read_to_string(out.join("summary.json")).unwrap()).unwrap();
     assert_eq!(summary.preset, "smoke");

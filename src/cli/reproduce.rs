@@ -83,6 +83,7 @@ pub fn run_cmd(a: ReproduceArgs) -> Result<()> {
     let summary = run(&plan, &a.out, &a.only, &data, device, &command)?;
     println!("{}", summary.table());
     println!("summary: {}", a.out.join("summary.json").display());
+    println!("report: {} (open it in a browser)", a.out.join(eio::report::HTML_FILE).display());
     Ok(())
 }
 
