@@ -7,6 +7,17 @@
 
 use tch::Device;
 
+/// A size as people read it: `512.0 MiB`, `1.50 GiB`.
+pub fn bytes(b: u64) -> String {
+    const MIB: f64 = 1024.0 * 1024.0;
+    let b = b as f64;
+    if b < 1024.0 * MIB {
+        format!("{:.1} MiB", b / MIB)
+    } else {
+        format!("{:.2} GiB", b / (1024.0 * MIB))
+    }
+}
+
 /// Restarts the peak of `device` from what is in use now, so that [`peak`] measures what
 /// follows; false where that cannot be done (no `/proc`, a libtorch without CUDA), and the
 /// peak stays the peak since the start.

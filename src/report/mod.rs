@@ -55,16 +55,8 @@ pub fn duration(secs: f64) -> String {
     }
 }
 
-/// A size as the report prints it: `512.0 MiB`, `1.50 GiB`.
-pub fn bytes(b: u64) -> String {
-    const MIB: f64 = 1024.0 * 1024.0;
-    let b = b as f64;
-    if b < 1024.0 * MIB {
-        format!("{:.1} MiB", b / MIB)
-    } else {
-        format!("{:.2} GiB", b / (1024.0 * MIB))
-    }
-}
+/// A size as the report (and a training log) prints it: `512.0 MiB`, `1.50 GiB`.
+pub use crate::memory::bytes;
 
 /// One figure: an SVG document and what it shows.
 #[derive(Debug, Clone)]

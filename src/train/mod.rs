@@ -945,7 +945,7 @@ pub fn fit(
                 "epoch {}/{} lr {} loss {:.4}{terms} train acc {:.2}% test acc {:.2}% ({:.1}s, {:.0} img/s{}){}",
                 rec.epoch, cfg.epochs, short(lr), rec.train_loss, 100.0 * rec.train_acc, 100.0 * rec.test_acc,
                 rec.train_secs, rec.images_per_sec,
-                rec.peak_memory_bytes.map(|b| format!(", peak {}", crate::report::bytes(b))).unwrap_or_default(),
+                rec.peak_memory_bytes.map(|b| format!(", peak {}", crate::memory::bytes(b))).unwrap_or_default(),
                 if note.is_empty() { String::new() } else { format!(" {note}") }
             ),
         )?;
