@@ -6,11 +6,12 @@ use std::collections::BTreeMap;
 
 use tch::{Device, Kind, Tensor};
 
+use eio::model::Branch;
 use eio::model::{with_global_seed, ArchConfig, Model, ModelSpec};
 use eio::optim::{OptimConfig, Optimizer};
 use eio::seed::Seed;
 use eio::train::adp::regularisers;
-use eio::train::diversify::{self, Branch, Plan};
+use eio::train::diversify::{self, Plan};
 use eio::train::dverge::DvergeConfig;
 use eio::train::gal::{coherence, Gal, GalConfig};
 use eio::train::trs::{magnitude, similarity};

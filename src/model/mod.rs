@@ -4,6 +4,7 @@
 //! Contract: inputs are NCHW f32 in [0, 1]; normalisation is the model's first operation; outputs
 //! are logits (for an ensemble, the log of the averaged softmax).
 
+pub mod branch;
 pub mod io;
 pub mod pth;
 pub mod resnet;
@@ -19,6 +20,7 @@ use tch::{nn, Device, Tensor};
 
 use crate::error::{Error, Result};
 use crate::seed::{Rng, Seed, Stream};
+pub use branch::{Branch, BranchView};
 pub use resnet::{Net, Tap, FEATURE_LAYERS};
 pub use route::Route;
 

@@ -17,12 +17,11 @@ images themselves unused, as `train_adv.py` does.
 use serde::{Deserialize, Serialize};
 use tch::Tensor;
 
-use super::diversify::Branch;
 use super::methods::ce_and_correct;
 use super::{stat, Batch, Method, StepAt, StepStats};
 use crate::attack::{Attack, AttackConfig, AttackLoss, PgdConfig};
 use crate::error::{Error, Result};
-use crate::model::{ensemble_logits, Classifier, Model};
+use crate::model::{Branch, BranchView, Classifier, Model};
 use crate::seed::{Rng, Seed, Stream};
 
 /// The adversarial-training term: which attack, and the BatchNorm mode it sees.
@@ -92,37 +91,6 @@ impl AdvTerm {
     /// Whether [`AdvTerm::start_noise`] can draw the term's randomness ahead.
     pub fn draws_ahead(&self) -> bool {
         matches!(&self.attack, AttackConfig::Pgd(p) if p.draws_start_only())
-    }
-}
-
-/// Some branches of a model as one [`Classifier`] with BatchNorm in train or eval mode: one
-/// branch gives its logits, several the log of their averaged softmax.
-pub struct BranchView<'a> {
-    model: &'a Model,
-    branches: &'a [Branch],
-    train: bool,
-}
-
-impl<'a> BranchView<'a> {
-    /// A view of `branches` of `model`.
-    pub fn new(model: &'a Model, branches: &'a [Branch], train: bool) -> Self {
-        BranchView { model, branches, train }
-    }
-}
-
-impl Classifier for BranchView<'_> {
-    fn logits(&self, x: &Tensor, sgm: Option<f64>) -> Tensor {
-        let run = |b: &Branch| {
-            let net = b.net(self.model);
-            match sgm {
-                Some(g) if !self.train => net.forward_sgm(x, &b.route, g),
-                _ => net.forward(x, &b.route, self.train),
-            }
-        };
-        if self.branches.len() == 1 {
-            return run(&self.branches[0]);
-        }
-        ensemble_logits(self.branches.iter().map(run).collect())
     }
 }
 

@@ -27,12 +27,12 @@ batches are detached, the loss of branch `j` reaches only branch `j`'s weights.
 use rand::Rng as _;
 use tch::Tensor;
 
-use super::adv::{AdvTerm, BranchView};
+use super::adv::AdvTerm;
 use super::methods::ce_and_correct;
 use super::{stat, StepAt, StepStats};
 use crate::distill::{distill, DistillConfig};
 use crate::error::{Error, Result};
-use crate::model::{Model, Net, Route};
+use crate::model::{Branch, BranchView, Model};
 use crate::seed::{Seed, Stream};
 
 /// How often the distillation layer is redrawn.
@@ -53,29 +53,6 @@ impl std::str::FromStr for LayerPer {
             "epoch" => Ok(LayerPer::Epoch),
             _ => Err(Error::config(format!("layer-per must be 'batch' or 'epoch', got '{s}'"))),
         }
-    }
-}
-
-/// One member network along one route.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Branch {
-    /// Index of the member network in [`Model::nets`].
-    pub member: usize,
-    /// Its route (empty for a plain network).
-    pub route: Route,
-}
-
-impl Branch {
-    /// Every member of `model` on its all-zero route (an ensemble's members).
-    pub fn members(model: &Model) -> Vec<Branch> {
-        (0..model.nets.len())
-            .map(|member| Branch { member, route: Route::zeros(model.gates()) })
-            .collect()
-    }
-
-    /// The network this branch runs on.
-    pub fn net<'a>(&self, model: &'a Model) -> &'a Net {
-        &model.nets[self.member]
     }
 }
 

@@ -21,10 +21,11 @@ use serde::{Deserialize, Serialize};
 use tch::Tensor;
 
 use super::adv::AdvTerm;
-use super::diversify::{self, draw_layer, Branch, LayerPer, Plan};
+use super::diversify::{self, draw_layer, LayerPer, Plan};
 use super::{Batch, Method, StepAt, StepStats};
 use crate::distill::DistillConfig;
 use crate::error::{Error, Result};
+use crate::model::Branch;
 use crate::model::{Model, FEATURE_LAYERS};
 
 /// DVERGE settings. `Default` = the DVERGE code.

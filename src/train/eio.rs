@@ -36,11 +36,12 @@ is trained on its own distilled batch, `CE(f_P(x'_P), y_s)`, so that the batch s
 use serde::{Deserialize, Serialize};
 
 use super::adv::AdvTerm;
-use super::diversify::{self, draw_layer, Branch, LayerPer, Plan};
+use super::diversify::{self, draw_layer, LayerPer, Plan};
 use super::{Batch, Method, StepAt, StepStats};
 use crate::distill::DistillConfig;
 use crate::error::{Error, Result};
 use crate::model::route::sample_distinct;
+use crate::model::Branch;
 use crate::model::{Augment, Model, Routing, FEATURE_LAYERS};
 use crate::seed::Stream;
 
