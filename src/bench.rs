@@ -205,12 +205,24 @@ fn attacked_row(
     })
 }
 
-/// Milliseconds of one training step (method step plus optimiser step) of every training
-/// method at its defaults (EIO: n = 2, p = 3, 10 distillation steps; DVERGE, ADP, GAL, TRS: 3
+/// One row of [`method_timings`].
+#[derive(Debug, Clone, Serialize)]
+pub struct MethodTiming {
+    /// The method, its member count, and whether its step was replayed from a CUDA graph.
+    pub method: String,
+    /// Milliseconds per step.
+    pub ms: f64,
+    /// Peak memory over the timed steps ([`crate::memory::peak`]: allocated device memory on
+    /// CUDA, weights and optimiser state included; the process's resident set on the CPU).
+    pub peak_memory_bytes: Option<u64>,
+}
+
+/// Milliseconds and peak memory of one training step (method step plus optimiser step) of
+/// every training method at its defaults (EIO: n = 2, p = 3, 10 distillation steps; DVERGE, ADP, GAL, TRS: 3
 /// members), on `batch` random images, mean of `iters` after one warm-up step. On CUDA the
 /// methods whose step can be replayed ([`crate::train::Method::graphable`]: all but EIO) get a
 /// second row with the step replayed from a CUDA graph, as `--cuda-graphs` trains them.
-pub fn method_timings(batch: usize, iters: usize, device: Device) -> Result<Vec<(String, f64)>> {
+pub fn method_timings(batch: usize, iters: usize, device: Device) -> Result<Vec<MethodTiming>> {
     let mut rows = Vec::new();
     let (x, y) = random_batch(batch, device);
     for method in MethodConfig::every() {
@@ -233,6 +245,7 @@ pub fn method_timings(batch: usize, iters: usize, device: Device) -> Result<Vec<
             let mut failed = None;
             // Warm-up and capture are the first two steps.
             let warm = if graphs { 2 } else { 1 };
+            crate::memory::reset_peak(device);
             let ms = time_ms_warm(iters, warm, device, || {
                 let at = StepAt { epoch: 0, step, seed: Seed(1) };
                 let out = match &mut replay {
@@ -255,7 +268,11 @@ pub fn method_timings(batch: usize, iters: usize, device: Device) -> Result<Vec<
                 Some(_) => ", CUDA graph",
                 None => "",
             };
-            rows.push((format!("{label} ({} member(s){suffix})", spec.members), ms));
+            rows.push(MethodTiming {
+                method: format!("{label} ({} member(s){suffix})", spec.members),
+                ms,
+                peak_memory_bytes: crate::memory::peak(device),
+            });
         }
     }
     Ok(rows)

@@ -717,3 +717,34 @@ fn threads_flag_sets_libtorch_threads() {
     assert!(ok, "{err}");
     assert!(out.contains(", 1 threads"), "{out}");
 }
+
+#[test]
+fn bench_methods_times_every_method_and_its_peak_memory() {
+    let dir = crate::util::tempdir();
+    let json = dir.path().join("methods.json");
+    let (ok, out, err) = crate::util::eio(&[
+        "--threads",
+        "1",
+        "bench",
+        "--methods",
+        "--iters",
+        "10",
+        "--batch-size",
+        "4",
+        "--json",
+        json.to_str().unwrap(),
+    ]);
+    assert!(ok, "{err}");
+    let rows: Vec<serde_json::Value> =
+        serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
+    for name in ["baseline", "eio", "dverge", "adp", "gal", "trs", "adv"] {
+        let row = rows
+            .iter()
+            .find(|r| r["method"].as_str().unwrap().starts_with(&format!("{name} (")))
+            .unwrap_or_else(|| panic!("no {name} row: {rows:?}"));
+        assert!(row["ms"].as_f64().unwrap() > 0.0, "{row}");
+        #[cfg(target_os = "linux")]
+        assert!(row["peak_memory_bytes"].as_u64().unwrap() > 10 << 20, "{row}");
+        assert!(out.contains(row["method"].as_str().unwrap()), "{out}");
+    }
+}

@@ -19,8 +19,8 @@ pub struct BenchArgs {
     /// every training method run there; exits 1 when a check fails.
     #[arg(long)]
     check: bool,
-    /// Instead of the model rows: ms per training step of every method at its defaults
-    /// (iterations: --iters / 10, at least 1).
+    /// Instead of the model rows: ms per training step of every method at its defaults, and
+    /// the peak memory of its steps (iterations: --iters / 10, at least 1).
     #[arg(long, conflicts_with = "check")]
     methods: bool,
     /// Also write the rows as JSON to this file.
@@ -67,10 +67,11 @@ pub fn run(a: BenchArgs) -> Result<()> {
             a.batch_size,
             tch::get_num_threads()
         );
-        println!("{:<36} {:>14}", "method", "ms per step");
+        println!("{:<44} {:>12} {:>14}", "method", "ms per step", "peak memory");
         let rows = eio::bench::method_timings(a.batch_size, iters, device)?;
-        for (name, ms) in &rows {
-            println!("{name:<36} {ms:>14.1}");
+        for r in &rows {
+            let peak = r.peak_memory_bytes.map(eio::memory::bytes).unwrap_or_default();
+            println!("{:<44} {:>12.1} {peak:>14}", r.method, r.ms);
         }
         if let Some(f) = &a.json {
             super::write_json(f, &rows)?;
