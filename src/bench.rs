@@ -232,8 +232,10 @@ pub fn method_timings(batch: usize, iters: usize, device: Device) -> Result<Vec<
             m => m.name().to_string(),
         };
         for graphs in [false, true] {
-            let model = Model::new(&spec.model_spec(), device, Seed(0))?;
+            let mut model = Model::new(&spec.model_spec(), device, Seed(0))?;
             let mut m = spec.build()?;
+            // As training lays it out (GAL and TRS contiguous on the CPU under auto).
+            crate::train::layout_for(&mut model, m.as_ref());
             if graphs && !(device.is_cuda() && m.graphable()) {
                 continue;
             }

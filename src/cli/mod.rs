@@ -40,7 +40,9 @@ pub struct Cli {
     device: DeviceArg,
     /// Layout of conv weights and activations: channels-last trains faster on CPUs (oneDNN) and
     /// on GPUs (cuDNN) but sums in another order, so its numbers differ from contiguous ones
-    /// within float rounding (auto: the layout measured fastest, channels-last on CPU and CUDA).
+    /// within float rounding (auto: the layout measured fastest, channels-last on CPU and CUDA,
+    /// but contiguous for GAL and TRS training on the CPU, whose double backprop is slower in
+    /// channels-last there).
     #[arg(long, global = true, value_name = "FORMAT", default_value = "auto", value_parser = parsed::<MemoryFormat>)]
     memory_format: MemoryFormat,
     /// Let cuDNN time its convolution algorithms for each shape and keep the fastest (CUDA only;

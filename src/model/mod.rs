@@ -33,7 +33,8 @@ pub use route::Route;
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum MemoryFormat {
-    /// The layout measured fastest on the device: channels-last on the CPU and on CUDA.
+    /// The layout measured fastest on the device: channels-last on the CPU and on CUDA (but
+    /// see [`crate::train::layout_for`]: GAL and TRS train contiguous on the CPU).
     #[default]
     Auto,
     /// NCHW, libtorch's default layout.

@@ -167,6 +167,10 @@ impl Method for Gal {
         "gal"
     }
 
+    fn double_backprop(&self) -> bool {
+        true
+    }
+
     /// The augmentation noise ([`gaussian_noise`]) when on, then the adversarial term's random
     /// start (GAL+AdvT) when it draws nothing else.
     fn draw(&self, _model: &Model, batch: &Batch, at: StepAt) -> Vec<Tensor> {

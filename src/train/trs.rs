@@ -156,6 +156,10 @@ impl Method for Trs {
         "trs"
     }
 
+    fn double_backprop(&self) -> bool {
+        true
+    }
+
     /// The vicinity PGD's uniform random start for the second half of the batch.
     fn draw(&self, _model: &Model, batch: &Batch, at: StepAt) -> Vec<Tensor> {
         if !self.cfg.vicinity {
