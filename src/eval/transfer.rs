@@ -25,8 +25,9 @@ The metadata key `eio.transfer` holds a JSON [`TransferFile`] (surrogate, eps, s
 version its attack, loss, restart, full [`AttackConfig`] and the surrogate's own fooling rate);
 `eio.transfer.plan` identifies what was asked for, so an interrupted generation resumes by
 skipping the files already complete, and, within a file, the versions already made (each is
-saved under `<out_dir>/.partial/` as soon as it is made). Files written before attacks were [`AttackConfig`]s hold
-a bare `PgdConfig` per version; they read as `AttackConfig::Pgd`, and their plans still match.
+saved under `<out_dir>/.partial/` as soon as it is made). Files written before attacks were
+[`AttackConfig`]s hold a bare `PgdConfig` per version; they read as `AttackConfig::Pgd`, and
+their plans still match.
 */
 
 use std::collections::BTreeMap;
@@ -431,7 +432,7 @@ pub fn transfer_gen_with(
                 let label = format!("transfer/{}/eps={eps}/{}", s.name, v.key);
                 let msg = format!("{} eps {eps} {}", s.name, v.key);
                 let made = Partial { plan: &plan, key: &v.key };
-                if let Some((adv, fooled)) = made.read(&partial, n)? {
+                if let Some((adv, fooled)) = made.read(&partial, n) {
                     out.tensors.insert(v.key.clone(), adv);
                     v.surrogate_fooled = Some(fooled);
                     done_versions.push(v);
@@ -588,10 +589,10 @@ impl Partial<'_> {
 
     /// The saved version (images, fooling rate), if there is one made for this plan with `n`
     /// images. A saved version that does not read (or not for this plan) is made again.
-    fn read(&self, dir: &Path, n: usize) -> Result<Option<(Tensor, f64)>> {
+    fn read(&self, dir: &Path, n: usize) -> Option<(Tensor, f64)> {
         let path = self.path(dir);
         if !path.is_file() {
-            return Ok(None);
+            return None;
         }
         let found = TensorFile::read(&path).ok().and_then(|mut f| {
             let plan: Plan = serde_json::from_str(f.meta.get(PLAN_KEY)?).ok()?;
@@ -603,7 +604,7 @@ impl Partial<'_> {
         if found.is_none() {
             eprintln!("{}: not from this plan or unreadable; made again", path.display());
         }
-        Ok(found)
+        found
     }
 
     /// Saves `adv` (the version's images) and `fooled` (atomically).
@@ -900,15 +901,15 @@ mod tests {
         let adv = Tensor::rand([2, 3, 32, 32], (Kind::Float, Device::Cpu));
         let fooled = 1.0 / 3.0;
         let saved = Partial { plan: &p1, key: "adv.sgm.ce.0" };
-        assert!(saved.read(dir.path(), 2).unwrap().is_none(), "nothing saved yet");
+        assert!(saved.read(dir.path(), 2).is_none(), "nothing saved yet");
         saved.write(dir.path(), &adv, fooled).unwrap();
-        let (back, f) = saved.read(dir.path(), 2).unwrap().unwrap();
+        let (back, f) = saved.read(dir.path(), 2).unwrap();
         assert!(back.equal(&adv));
         assert_eq!(f, fooled);
-        assert!(Partial { plan: &p2, key: "adv.sgm.ce.0" }.read(dir.path(), 2).unwrap().is_none());
-        assert!(saved.read(dir.path(), 3).unwrap().is_none(), "another image count");
+        assert!(Partial { plan: &p2, key: "adv.sgm.ce.0" }.read(dir.path(), 2).is_none());
+        assert!(saved.read(dir.path(), 3).is_none(), "another image count");
         Partial::remove(dir.path(), dir.path()).unwrap();
-        assert!(saved.read(dir.path(), 2).unwrap().is_none());
+        assert!(saved.read(dir.path(), 2).is_none());
     }
 
     #[test]
