@@ -115,16 +115,16 @@ pub fn timings(batch: usize, iters: usize, device: Device) -> Result<Vec<Timing>
                 rows.push(attacked_row(name, train_ms, &target, &x, &y, iters, device, graphs)?);
             }
             rows.push(ensemble_timing(3, batch, iters, device, graphs)?);
-            if crate::graph::failures() > before {
-                for r in rows.iter_mut().filter(|r| r.model.ends_with("(CUDA graph)")) {
-                    r.model += " [some captures failed: eager]";
-                }
-            }
         }
         Ok(())
     };
     let out = run();
     crate::graph::set_enabled(was);
+    if crate::graph::failures() > before {
+        for r in rows.iter_mut().filter(|r| r.model.ends_with("(CUDA graph)")) {
+            r.model += " [some captures failed: eager]";
+        }
+    }
     out.map(|()| rows)
 }
 
@@ -218,10 +218,11 @@ pub struct MethodTiming {
 }
 
 /// Milliseconds and peak memory of one training step (method step plus optimiser step) of
-/// every training method at its defaults (EIO: n = 2, p = 3, 10 distillation steps; DVERGE, ADP, GAL, TRS: 3
-/// members), on `batch` random images, mean of `iters` after one warm-up step. On CUDA the
-/// methods whose step can be replayed ([`crate::train::Method::graphable`]: all but EIO) get a
-/// second row with the step replayed from a CUDA graph, as `--cuda-graphs` trains them.
+/// every training method at its defaults (EIO: n = 2, p = 3, 10 distillation steps; DVERGE,
+/// ADP, GAL, TRS: 3 members), on `batch` random images, mean of `iters` after one warm-up
+/// step. On CUDA the methods whose step can be replayed ([`crate::train::Method::graphable`]:
+/// all but EIO) get a second row with the step replayed from a CUDA graph, as `--cuda-graphs`
+/// trains them.
 pub fn method_timings(batch: usize, iters: usize, device: Device) -> Result<Vec<MethodTiming>> {
     let mut rows = Vec::new();
     let (x, y) = random_batch(batch, device);

@@ -78,7 +78,7 @@ impl Progress {
                     if pos >= self.next_line {
                         self.next_line = pos + (self.len / 10).max(1);
                     }
-                    self.last_line = Some((Instant::now(), pos));
+                    self.last_line = Some((now, pos));
                 }
             }
         }

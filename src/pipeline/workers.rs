@@ -5,8 +5,9 @@ A ResNet-20 at batch 128 keeps a GPU busy only between kernel launches (results/
 per train step on an H100, most of it launch overhead), and a many-core CPU scales poorly past a
 few threads per job; independent jobs side by side fill both. A job starts when the jobs that
 write the files it reads ([`Plan::dependencies`]) are done, at most `workers` at a time, in plan
-order. Each job's output is appended to `DIR/logs/<job>.log`. A failed job stops only the jobs that
-need it; the others run to the end, and the error names every job that failed or could not run.
+order. Each job's output is appended to `DIR/logs/<job>.log`. A failed job stops only the jobs
+that need it; the others run to the end, and the error names every job that failed or could
+not run.
 What the caller runs for a job is its business (the CLI starts `eio reproduce --only JOB`), so
 the numbers are those of a sequential run: each job computes from its own files and seed.
 */
@@ -45,14 +46,14 @@ pub fn last_log_line(out: &Path, job: &Job) -> Option<(String, Duration)> {
     use std::io::{Read, Seek, SeekFrom};
     let path = log_path(out, job);
     let mut file = File::open(&path).ok()?;
-    let len = file.metadata().ok()?.len();
+    let meta = file.metadata().ok()?;
     // Progress lines are short: the end of the file holds the last one.
-    file.seek(SeekFrom::Start(len.saturating_sub(4096))).ok()?;
+    file.seek(SeekFrom::Start(meta.len().saturating_sub(4096))).ok()?;
     let mut tail = Vec::new();
     file.read_to_end(&mut tail).ok()?;
     let tail = String::from_utf8_lossy(&tail);
     let line = tail.split(['\n', '\r']).map(str::trim).rfind(|l| !l.is_empty())?;
-    let age = file.metadata().ok()?.modified().ok()?.elapsed().unwrap_or_default();
+    let age = meta.modified().ok()?.elapsed().unwrap_or_default();
     Some((line.to_string(), age))
 }
 
