@@ -9,9 +9,12 @@
 // - CUDA graphs (at::cuda::CUDAGraph, what torch.cuda.graph wraps): a fixed-shape step captured
 //   once on a side stream and replayed with one launch;
 // - the CUDA caching allocator's peak of allocated bytes (torch.cuda.max_memory_allocated and
-//   reset_peak_memory_stats). The CUDA parts are compiled only against a libtorch with CUDA
+//   reset_peak_memory_stats);
+// - libtorch's global numerics switches (torch.use_deterministic_algorithms,
+//   torch.backends.cudnn.deterministic, torch.backends.cudnn.allow_tf32). The CUDA parts are compiled only against a libtorch with CUDA
 //   (build.rs defines EIO_CUDA); elsewhere these functions return an error.
 // Every function catches C++ exceptions and returns the message (malloc'd) or null.
+#include <ATen/Context.h>
 #include <ATen/core/Tensor.h>
 #include <ATen/ops/_foreach_add.h>
 #include <ATen/ops/_foreach_mul.h>
@@ -89,6 +92,31 @@ char *eio_foreach_sgd(at::Tensor **params, at::Tensor **grads, at::Tensor **bufs
   }
 }
 
+// Deterministic algorithms (cuDNN's and ATen's; an op without one warns once and runs as it
+// is) and TF32 in cuDNN convolutions (PyTorch's default: on).
+char *eio_numerics_get(int *deterministic, int *cudnn_tf32) {
+  try {
+    auto &c = at::globalContext();
+    *deterministic = c.deterministicAlgorithms() && c.deterministicCuDNN();
+    *cudnn_tf32 = c.allowTF32CuDNN();
+    return nullptr;
+  } catch (const std::exception &e) {
+    return message(e.what());
+  }
+}
+
+char *eio_numerics_set(int deterministic, int cudnn_tf32) {
+  try {
+    auto &c = at::globalContext();
+    c.setDeterministicAlgorithms(deterministic != 0, /*warn_only=*/true);
+    c.setDeterministicCuDNN(deterministic != 0);
+    c.setAllowTF32CuDNN(cudnn_tf32 != 0);
+    return nullptr;
+  } catch (const std::exception &e) {
+    return message(e.what());
+  }
+}
+
 #ifdef EIO_CUDA
 namespace {
 // A graph and the stream that was current before its capture began (restored at its end).
@@ -108,6 +136,7 @@ c10::cuda::CUDAStream capture_stream(int device) {
   if (!streams[device]) streams[device] = c10::cuda::getStreamFromPool(false, device);
   return *streams[device];
 }
+
 }  // namespace
 
 // Starts capturing on the side stream of `device` (capture is not allowed on the default
@@ -157,7 +186,27 @@ char *eio_graph_replay(void *graph) {
   }
 }
 
-void eio_graph_free(void *graph) { delete static_cast<Graph *>(graph); }
+// Frees a graph and the memory of its private pool. A dropped graph's pool is only marked
+// freeable: the allocator releases such pools when the cache is emptied, or on running out of
+// memory, but not while a capture is under way. Every PGD run captures a graph of its own, so
+// at batch 2048 an H100 ran out of memory in the next capture with 60 GiB held in the pools of
+// dropped graphs. Emptying this pool at once keeps one graph's memory at a time.
+void eio_graph_free(void *graph) {
+  auto *g = static_cast<Graph *>(graph);
+  std::optional<at::cuda::MempoolId_t> pool;
+  try {
+    pool = g->graph.pool();
+  } catch (const std::exception &) {
+    // A graph whose capture failed: nothing of its own to empty.
+  }
+  delete g;
+  if (!pool) return;
+  try {
+    c10::cuda::CUDACachingAllocator::emptyCache(*pool);
+  } catch (const std::exception &) {
+    // Nothing to report to: the pool stays cached until the cache is emptied.
+  }
+}
 
 // The most bytes allocated at once on `device` since the last reset (or the start), through
 // `out`; with `reset`, the peak restarts from what is allocated now.

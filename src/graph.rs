@@ -60,7 +60,10 @@ pub fn active(device: Device) -> bool {
 pub fn warn_fallback(e: &Error) {
     FAILURES.fetch_add(1, Ordering::Relaxed);
     if !WARNED.swap(true, Ordering::Relaxed) {
-        eprintln!("warning: CUDA graph capture failed, running eagerly: {e}");
+        // libtorch's message goes on with its C++ stack: its first line says what failed.
+        let e = e.to_string();
+        let first = e.lines().next().unwrap_or_default().trim();
+        eprintln!("warning: CUDA graph capture failed, running eagerly: {first}");
     }
 }
 
@@ -90,7 +93,12 @@ impl CudaGraph {
         crate::shim::check(unsafe { crate::shim::eio_graph_begin(index, &mut ptr) })?;
         let graph = CudaGraph { ptr };
         CAPTURING.with(|c| c.set(true));
+        // A failed capture is reported once, as an error ([`warn_fallback`]): the default hook
+        // would print each panic's message and backtrace (libtorch's run to many kilobytes).
+        let hook = std::panic::take_hook();
+        std::panic::set_hook(Box::new(|_| {}));
         let out = catch_unwind(AssertUnwindSafe(f));
+        std::panic::set_hook(hook);
         CAPTURING.with(|c| c.set(false));
         // SAFETY: `graph.ptr` is the live graph begun above; ending always restores the stream.
         let ended = crate::shim::check(unsafe { crate::shim::eio_graph_end(graph.ptr) });

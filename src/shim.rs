@@ -1,7 +1,8 @@
 //! The libtorch entry points eio needs that tch does not bind (`csrc/shim.cpp`, compiled by
 //! build.rs against the libtorch torch-sys links): clearing a gradient, PyTorch's
-//! multi-tensor SGD update, CUDA graphs (wrapped by [`crate::graph`]) and the CUDA allocator's
-//! peak memory (read by [`crate::memory`]).
+//! multi-tensor SGD update, CUDA graphs (wrapped by [`crate::graph`]), the CUDA allocator's
+//! peak memory (read by [`crate::memory`]) and libtorch's global numerics switches
+//! ([`Numerics`]).
 
 use std::ffi::{c_char, c_double, c_int, c_void, CStr};
 
@@ -29,6 +30,49 @@ extern "C" {
     pub(crate) fn eio_graph_replay(graph: *mut c_void) -> *mut c_char;
     pub(crate) fn eio_graph_free(graph: *mut c_void);
     fn eio_cuda_peak_allocated(device: c_int, reset: c_int, out: *mut i64) -> *mut c_char;
+    fn eio_numerics_get(deterministic: *mut c_int, cudnn_tf32: *mut c_int) -> *mut c_char;
+    fn eio_numerics_set(deterministic: c_int, cudnn_tf32: c_int) -> *mut c_char;
+}
+
+/// libtorch's process-wide numerics switches, PyTorch's `torch.use_deterministic_algorithms`
+/// with `torch.backends.cudnn.deterministic`, and `torch.backends.cudnn.allow_tf32`. They
+/// matter on CUDA: some cuDNN convolution backward kernels sum with atomics (two runs differ in
+/// the last bits, and training amplifies that), and TF32 convolutions round their inputs to 10
+/// mantissa bits (about 1e-3 relative). PyTorch's defaults, kept by eio unless asked
+/// (`--deterministic`): not deterministic, TF32 on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Numerics {
+    /// Deterministic algorithms only (an op without one warns once and runs as it is).
+    pub deterministic: bool,
+    /// TF32 in cuDNN convolutions.
+    pub cudnn_tf32: bool,
+}
+
+impl Numerics {
+    /// The switches as they are now.
+    pub fn current() -> Numerics {
+        let (mut d, mut t) = (0, 0);
+        // SAFETY: both outlive the call; the shim writes one int to each.
+        check(unsafe { eio_numerics_get(&mut d, &mut t) }).expect("reading libtorch's context");
+        Numerics { deterministic: d != 0, cudnn_tf32: t != 0 }
+    }
+
+    /// Sets the switches for the whole process; returns what they were.
+    pub fn set(self) -> Numerics {
+        let was = Numerics::current();
+        // SAFETY: plain ints; the shim only sets flags of libtorch's global context.
+        check(unsafe { eio_numerics_set(self.deterministic as c_int, self.cudnn_tf32 as c_int) })
+            .expect("setting libtorch's context");
+        was
+    }
+
+    /// Runs `f` under these switches and restores the earlier ones.
+    pub fn within<T>(self, f: impl FnOnce() -> T) -> T {
+        let was = self.set();
+        let out = f();
+        was.set();
+        out
+    }
 }
 
 /// The most bytes the CUDA caching allocator had allocated at once on `device` since the last
@@ -89,4 +133,20 @@ pub fn foreach_sgd(
             nesterov as c_int,
         )
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Numerics;
+
+    /// The switches reach libtorch's context and come back as they were. PyTorch's defaults
+    /// hold at the start (nothing else in the tests sets them for good).
+    #[test]
+    fn numerics_are_set_and_restored() {
+        let was = Numerics::current();
+        assert_eq!(was, Numerics { deterministic: false, cudnn_tf32: true });
+        let flipped = Numerics { deterministic: true, cudnn_tf32: false };
+        assert_eq!(flipped.within(Numerics::current), flipped);
+        assert_eq!(Numerics::current(), was);
+    }
 }

@@ -18,7 +18,7 @@ pub struct BenchArgs {
     /// gradients of a ResNet-20, an RGN and an ensemble on fixed images) and that two steps of
     /// every training method run there; exits 1 when a check fails.
     #[arg(long)]
-    check: bool,
+    pub(super) check: bool,
     /// Instead of the model rows: ms per training step of every method at its defaults, and
     /// the peak memory of its steps (iterations: --iters / 10, at least 1).
     #[arg(long, conflicts_with = "check")]

@@ -50,6 +50,12 @@ pub struct Cli {
     /// differ from run to run).
     #[arg(long, global = true)]
     cudnn_benchmark: bool,
+    /// Deterministic algorithms only (CUDA: cuDNN's and libtorch's deterministic kernels, as
+    /// torch.use_deterministic_algorithms): a rerun gives the same bits, at some cost in speed.
+    /// Without it some CUDA backward kernels sum with atomics and reruns differ in the last
+    /// bits, which training amplifies (the CPU is deterministic either way).
+    #[arg(long, global = true)]
+    deterministic: bool,
     /// Attack and evaluate a plain ensemble's members as one grouped network (one launch per
     /// layer for all members; measured slower on 2 CPU cores and on an H100, kept to measure).
     #[arg(long, global = true)]
@@ -92,6 +98,13 @@ enum Command {
 
 /// Runs the parsed command.
 pub fn run(cli: Cli) -> Result<()> {
+    // cuBLAS is deterministic only with a fixed workspace configuration, read when it first
+    // runs (PyTorch's reproducibility notes): set before any work, while no thread reads the
+    // environment. The device check compares runs that must agree to the bit.
+    let check = matches!(&cli.cmd, Command::Bench(a) if a.check);
+    if (cli.deterministic || check) && std::env::var_os("CUBLAS_WORKSPACE_CONFIG").is_none() {
+        std::env::set_var("CUBLAS_WORKSPACE_CONFIG", ":4096:8");
+    }
     if let Some(n) = cli.threads {
         tch::set_num_threads(n as i32);
     }
@@ -102,6 +115,9 @@ pub fn run(cli: Cli) -> Result<()> {
     eio::graph::set_enabled(cli.cuda_graphs);
     if cli.cudnn_benchmark {
         tch::Cuda::cudnn_set_benchmark(true);
+    }
+    if cli.deterministic {
+        eio::shim::Numerics { deterministic: true, ..eio::shim::Numerics::current() }.set();
     }
     match cli.cmd {
         Command::Train(c) => train::run(c),

@@ -125,6 +125,22 @@ impl Batch {
         }
     }
 
+    /// Its tensors in a fixed order: images, labels, the target batch's, then the draws.
+    fn tensors(&self) -> impl Iterator<Item = &Tensor> {
+        let target = self.target.iter().flat_map(|(x, y)| [x, y]);
+        [&self.x, &self.y].into_iter().chain(target).chain(&self.draws)
+    }
+
+    /// Copies `from`'s tensors into this batch's own, in place (the static inputs of a step
+    /// replayed from a CUDA graph; the two batches have the same shapes).
+    fn copy_from(&mut self, from: &Batch) {
+        let target = self.target.iter_mut().flat_map(|(x, y)| [x, y]);
+        let own = [&mut self.x, &mut self.y].into_iter().chain(target).chain(&mut self.draws);
+        for (to, t) in own.zip(from.tensors()) {
+            to.copy_(t);
+        }
+    }
+
     /// The random tensors of `method`'s step at `at`: those drawn before the step, else drawn
     /// now (the same numbers).
     pub fn draws_of<M: Method + ?Sized>(
@@ -232,15 +248,7 @@ impl GraphedStep {
         let batch = &batch;
         if let Some(c) = &mut self.captured {
             if c.epoch == at.epoch && c.lr == lr {
-                c.batch.x.copy_(&batch.x);
-                c.batch.y.copy_(&batch.y);
-                if let (Some((sx, sy)), Some((x, y))) = (&mut c.batch.target, &batch.target) {
-                    sx.copy_(x);
-                    sy.copy_(y);
-                }
-                for (s, d) in c.batch.draws.iter_mut().zip(&batch.draws) {
-                    s.copy_(d);
-                }
+                c.batch.copy_from(batch);
                 opt.prepare(lr, true);
                 c.graph.replay()?;
                 return Ok(c.stats.copied());
@@ -1006,6 +1014,23 @@ fn strip_epochs(cfg: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A replayed step's static batch takes every tensor of the new batch: images, labels,
+    /// the target batch and the draws.
+    #[test]
+    fn a_batch_copies_every_tensor_in_place() {
+        let t = |v: f64, n: i64| Tensor::full([n], v, (Kind::Float, Device::Cpu));
+        let mut fixed = Batch::new(t(0.0, 2), t(0.0, 2), Some((t(0.0, 3), t(0.0, 3))));
+        fixed.draws = vec![t(0.0, 4), t(0.0, 5)];
+        let kept = fixed.x.data_ptr();
+        let mut new = Batch::new(t(1.0, 2), t(2.0, 2), Some((t(3.0, 3), t(4.0, 3))));
+        new.draws = vec![t(5.0, 4), t(6.0, 5)];
+        fixed.copy_from(&new);
+        assert_eq!(fixed.x.data_ptr(), kept, "copied in place");
+        let got: Vec<f64> =
+            fixed.tensors().map(|t| t.mean(Kind::Double).double_value(&[])).collect();
+        assert_eq!(got, [1.0, 2.0, 3.0, 4.0, 5.0, 6.0]);
+    }
 
     /// Where a capture fails (here: always, on the CPU) the graphed step falls back to eager
     /// steps and trains exactly as the plain loop does: target batches (DVERGE), random tensors
