@@ -427,8 +427,9 @@ fn device_check_now(device: Device) -> Result<Vec<CheckRow>> {
 /// warm-up, capture, replays, a partial batch, a new learning rate in epoch 2). The same
 /// kernels on the same inputs: with deterministic algorithms ([`Numerics`]) the results should
 /// agree to the last bit. Without them, two eager runs already differ (an H100's cuDNN sums some
-/// weight gradients with atomics; 2 epochs at these rates amplify it to 0.3-1 relative in the
-/// smallest tensors): the first row is that floor, two eager runs of the baseline.
+/// weight gradients with atomics; 2 epochs at these rates amplified it to 0.3-1 relative in the
+/// most-changed tensor): the row before the training rows, two eager runs of the baseline,
+/// shows that the deterministic runs the graphs are compared with do repeat.
 fn graph_check(device: Device) -> Result<Vec<CheckRow>> {
     if !device.is_cuda() {
         return graph_check_now(device);
