@@ -325,7 +325,7 @@ fn angle(a: &Tensor, b: &Tensor) -> f64 {
 /// put the gradients' direction 2e-3 off; relative tolerance 1e-3 for logits, gradients within
 /// 1e-3 of the CPU's direction, 1 - cosine: other summation orders and algorithms), and that two
 /// steps of every training method run there with finite losses. On CUDA also the CUDA-graph
-/// check ([`graph_check`]).
+/// check (CUDA graphs against eager steps).
 pub fn device_check(device: Device) -> Result<Vec<CheckRow>> {
     // The switches are process-wide: left alone on the CPU, where they change nothing.
     if !device.is_cuda() {
