@@ -11,8 +11,9 @@
 // - the CUDA caching allocator's peak of allocated bytes (torch.cuda.max_memory_allocated and
 //   reset_peak_memory_stats);
 // - libtorch's global numerics switches (torch.use_deterministic_algorithms,
-//   torch.backends.cudnn.deterministic, torch.backends.cudnn.allow_tf32). The CUDA parts are compiled only against a libtorch with CUDA
-//   (build.rs defines EIO_CUDA); elsewhere these functions return an error.
+//   torch.backends.cudnn.deterministic, torch.backends.cudnn.allow_tf32).
+// The CUDA parts are compiled only against a libtorch with CUDA (build.rs defines EIO_CUDA);
+// elsewhere these functions return an error.
 // Every function catches C++ exceptions and returns the message (malloc'd) or null.
 #include <ATen/Context.h>
 #include <ATen/core/Tensor.h>
@@ -136,7 +137,6 @@ c10::cuda::CUDAStream capture_stream(int device) {
   if (!streams[device]) streams[device] = c10::cuda::getStreamFromPool(false, device);
   return *streams[device];
 }
-
 }  // namespace
 
 // Starts capturing on the side stream of `device` (capture is not allowed on the default

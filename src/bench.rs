@@ -311,6 +311,12 @@ fn rel(a: &Tensor, b: &Tensor) -> f64 {
     (&a - &b).abs().max().double_value(&[]) / a.abs().max().double_value(&[]).max(1e-12)
 }
 
+/// The largest [`rel`] difference over the variables of two models of one spec.
+fn rel_models(a: &Model, b: &Model) -> f64 {
+    let theirs = b.vs.variables();
+    a.vs.variables().iter().map(|(k, v)| rel(v, &theirs[k])).fold(0.0, f64::max)
+}
+
 /// 1 - cosine similarity. Input gradients are compared by direction: they jump where a
 /// pre-activation lies within rounding of a ReLU kink, which a few of the ~10^6 activations of
 /// a batch do under any change of summation order (layout, device, f32 against f64).
@@ -530,8 +536,7 @@ fn graph_check_now(device: Device) -> Result<Vec<CheckRow>> {
     let spec = small(MethodConfig::Baseline);
     let (a, b) = (train(&spec, false)?, train(&spec, false)?);
     crate::graph::set_enabled(was);
-    let theirs = b.vs.variables();
-    let d = a.vs.variables().iter().map(|(k, v)| rel(v, &theirs[k])).fold(0.0, f64::max);
+    let d = rel_models(&a, &b);
     rows.push(row(
         "2 epochs of a baseline ensemble of 2, eager twice",
         d,
@@ -543,8 +548,7 @@ fn graph_check_now(device: Device) -> Result<Vec<CheckRow>> {
         let trained = (train(&spec, false), train(&spec, true));
         crate::graph::set_enabled(was);
         let (eager, replayed) = (trained.0?, trained.1?);
-        let theirs = replayed.vs.variables();
-        let d = eager.vs.variables().iter().map(|(k, v)| rel(v, &theirs[k])).fold(0.0, f64::max);
+        let d = rel_models(&eager, &replayed);
         rows.push(row(&format!("2 epochs of {name} from CUDA graphs vs eager"), d, before));
     }
     Ok(rows)
