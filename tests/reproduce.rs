@@ -1,7 +1,7 @@
 //! `eio reproduce` (issue 9): the smoke preset end to end, resume, --only, the summary's
 //! numbers are the evaluation files' numbers.
 
-use eio::pipeline::reproduce::Evaluation;
+use eio::pipeline::reproduce::{Blackbox, Evaluation};
 use eio::pipeline::summary::Summary;
 
 use crate::util::{assert_user_error, eio, tempdir};
@@ -55,10 +55,17 @@ fn smoke_preset_runs_resumes_and_summarises() {
         / history.len() as f64;
     let dverge = summary.models.iter().find(|m| m.name == "DVERGE (ensemble of 2)").unwrap();
     assert_eq!(dverge.epoch_secs, Some(own));
-    // The summary holds exactly what the evaluation jobs wrote.
-    let eio_ft: Evaluation =
+    // The summary holds exactly what the evaluation jobs wrote: the white-box job's row with the
+    // black-box job's accuracies.
+    let mut eio_ft: Evaluation =
         serde_json::from_str(&std::fs::read_to_string(out.join("eval/eio-finetune.json")).unwrap())
             .unwrap();
+    assert!(eio_ft.result.blackbox.is_empty());
+    let bb: Blackbox = serde_json::from_str(
+        &std::fs::read_to_string(out.join("eval/eio-finetune-blackbox.json")).unwrap(),
+    )
+    .unwrap();
+    eio_ft.result.blackbox = bb.accuracy;
     assert!(summary.models.contains(&eio_ft.result));
     assert_eq!(summary.transferability.len(), 3);
     assert_eq!(summary.stability.as_ref().map(|s| s.paths.len()), Some(2));
@@ -90,7 +97,8 @@ fn smoke_preset_runs_resumes_and_summarises() {
     assert_user_error(&["reproduce", "--preset", "huge", "--out", out_s], "unknown preset");
 
     // --from: jobs whose outputs a folder holds are loaded from it, not run, and evaluate to
-    // the same numbers.
+    // the same numbers. The white-box evaluation runs without the transfer set, the black-box
+    // one after it.
     let zoo = dir.path().join("zoo");
     for run in ["baseline", "surrogate2"] {
         std::fs::create_dir_all(zoo.join("runs").join(run)).unwrap();
@@ -111,7 +119,7 @@ fn smoke_preset_runs_resumes_and_summarises() {
         "--from",
         zoo.to_str().unwrap(),
         "--only",
-        "train/baseline,train/surrogate2,transfer-gen,eval/baseline",
+        "train/baseline,train/surrogate2,eval/baseline",
     ]);
     assert!(ok, "{err}");
     assert!(
@@ -119,6 +127,21 @@ fn smoke_preset_runs_resumes_and_summarises() {
         "{err}"
     );
     assert!(!loaded.join("runs/baseline/train.log").exists(), "trained instead of loaded");
+    assert!(loaded.join("eval/baseline.json").exists() && !loaded.join("transfer").exists());
+    let (ok, _, err) = eio(&[
+        "--threads",
+        "1",
+        "reproduce",
+        "--preset",
+        "smoke",
+        "--out",
+        loaded.to_str().unwrap(),
+        "--from",
+        zoo.to_str().unwrap(),
+        "--only",
+        "transfer-gen,blackbox/baseline",
+    ]);
+    assert!(ok, "{err}");
     let s: Summary =
         serde_json::from_str(&std::fs::read_to_string(loaded.join("summary.json")).unwrap())
             .unwrap();
@@ -130,7 +153,12 @@ fn smoke_preset_runs_resumes_and_summarises() {
             .unwrap()
     };
     let (a, b) = (eval(&out).result, eval(&loaded).result);
-    assert_eq!((a.clean, &a.whitebox, &a.blackbox), (b.clean, &b.whitebox, &b.blackbox));
+    assert_eq!((a.clean, &a.whitebox), (b.clean, &b.whitebox));
+    let bb = |d: &std::path::Path| {
+        std::fs::read_to_string(d.join("eval/baseline-blackbox.json")).unwrap()
+    };
+    assert_eq!(bb(&out), bb(&loaded));
+    assert!(s.models.iter().any(|m| m.name == a.name && m.blackbox.len() == 1));
     assert_user_error(
         &["reproduce", "--preset", "smoke", "--out", out_s, "--from", "/no/such/zoo"],
         "--from /no/such/zoo",

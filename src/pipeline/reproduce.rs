@@ -1,8 +1,10 @@
 /*!
 The paper's comparison in one resumable command (`eio reproduce --preset NAME --out DIR`): train
 every arm a [`Preset`] lists, derive and fine-tune the EIO model, craft the black-box transfer
-set once from baseline surrogate ensembles, evaluate every model (clean, white-box, black-box;
-whole ensembles and one selected member, as the paper's Fig. 9), transferability matrices and
+set once from baseline surrogate ensembles, evaluate every model (clean and white-box, then
+black-box on the transfer set as a job of its own, so that white-box results do not wait for the
+transfer set; whole ensembles and one selected member, as the paper's Fig. 9), transferability
+matrices and
 the stability of derived paths, then write `summary.json` (see [`super::summary`]). A preset may
 add ensemble sizes (`more_members`: the paper's 5 and 8) and the EIO hyper-parameter studies
 (`eio_variants`, [`EioVariant`]: Table 2, Fig. 5, Fig. 6, EIO(top-k)).
@@ -386,7 +388,7 @@ pub enum JobKind {
         /// Surrogate model files.
         surrogates: Vec<String>,
     },
-    /// Clean, white-box and black-box accuracy of one model (or one member of it).
+    /// Clean and white-box accuracy of one model (or one member of it), and its training cost.
     Evaluate {
         /// Display name (`label` in plan.toml, where `name` is the job's).
         #[serde(rename = "label")]
@@ -407,6 +409,13 @@ pub enum JobKind {
         /// The EIO configuration of a hyper-parameter study's model (`None`: the paper's).
         #[serde(default, skip_serializing_if = "Option::is_none")]
         variant: Option<Box<EioVariant>>,
+    },
+    /// Black-box accuracy of one model (or one member of it) on the transfer set.
+    Blackbox {
+        /// The model file.
+        model: String,
+        /// Evaluate this member alone.
+        member: Option<usize>,
     },
     /// The transferability matrix of an ensemble's members or an RGN's paths.
     Transferability {
@@ -452,6 +461,11 @@ fn is_one(n: &usize) -> bool {
     *n == 1
 }
 
+/// Where the black-box job of evaluation `key` writes (beside `eval/<key>.json`).
+fn blackbox_output(key: &str) -> String {
+    format!("eval/{key}-blackbox.json")
+}
+
 fn run_model(name: &str) -> String {
     format!("runs/{name}/model.safetensors")
 }
@@ -478,6 +492,7 @@ impl Plan {
                     member: Option<usize>,
                     runs: Vec<&str>,
                     variant: Option<&EioVariant>| {
+            let model_file = model;
             let rgn = variant
                 .map(|v| p.variant_arch(v))
                 .or_else(|| (method == "eio").then(|| rgn_arch.clone()));
@@ -487,13 +502,18 @@ impl Plan {
                     name,
                     method: method.into(),
                     adv_training: advt,
-                    model,
+                    model: model_file.clone(),
                     member,
                     runs: runs.into_iter().map(String::from).collect(),
                     rgn,
                     variant: variant.cloned().map(Box::new),
                 },
                 outputs: vec![format!("eval/{key}.json")],
+            });
+            jobs.push(Job {
+                name: format!("blackbox/{key}"),
+                kind: JobKind::Blackbox { model: model_file, member },
+                outputs: vec![blackbox_output(key)],
             });
         };
         let n = p.members;
@@ -728,8 +748,11 @@ impl Plan {
                 None,
             );
         }
-        // The transfer set depends only on the surrogates; evaluations read it.
-        let pos = jobs.iter().position(|j| j.name.starts_with("eval/")).unwrap_or(jobs.len());
+        // The transfer set depends only on the surrogates; black-box evaluations read it.
+        let pos = jobs
+            .iter()
+            .position(|j| matches!(j.kind, JobKind::Blackbox { .. }))
+            .unwrap_or(jobs.len());
         jobs.insert(
             pos,
             Job {
@@ -776,11 +799,11 @@ impl Plan {
     }
 
     /// The jobs that must finish before job `k` starts (indices): those that write a file it
-    /// reads; an evaluation also waits for the transfer set, which it reads as a folder.
+    /// reads; a black-box evaluation also waits for the transfer set, which it reads as a folder.
     pub fn dependencies(&self, k: usize) -> Vec<usize> {
         let job = &self.jobs[k];
         let inputs = job.inputs();
-        let evaluates = matches!(job.kind, JobKind::Evaluate { .. });
+        let evaluates = matches!(job.kind, JobKind::Blackbox { .. });
         (0..self.jobs.len())
             .filter(|&i| {
                 let j = &self.jobs[i];
@@ -857,7 +880,7 @@ impl JobState {
 
 impl Job {
     /// The files it reads, relative to the output folder (besides the data set, and for an
-    /// evaluation the transfer set's folder).
+    /// black-box evaluation the transfer set's folder).
     pub fn inputs(&self) -> Vec<String> {
         match &self.kind {
             JobKind::Train { init, .. } => init.iter().cloned().collect(),
@@ -866,7 +889,9 @@ impl Job {
             JobKind::Evaluate { model, runs, .. } => std::iter::once(model.clone())
                 .chain(runs.iter().map(|r| format!("runs/{r}/history.json")))
                 .collect(),
-            JobKind::Transferability { model, .. } => vec![model.clone()],
+            JobKind::Transferability { model, .. } | JobKind::Blackbox { model, .. } => {
+                vec![model.clone()]
+            }
         }
     }
 
@@ -889,6 +914,14 @@ pub struct Data {
 pub struct Evaluation {
     /// The model's row of the summary.
     pub result: ModelResult,
+}
+
+/// What one black-box job writes: the model's accuracy on the transfer set at each of the
+/// preset's black-box eps (robust = correct on every version of the image).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Blackbox {
+    /// Accuracy at each `eps_blackbox`, in order.
+    pub accuracy: Vec<f64>,
 }
 
 /// Copies into `out` the outputs of every job (of `only`, or all) that `from` holds whole and
@@ -1057,8 +1090,6 @@ pub fn run(
                 };
                 let target = Target::fixed_zero(&m);
                 let wb = whitebox(&target, &eval_set, &p.whitebox(), device, seed)?;
-                let files = transfer_files(&out.join("transfer"))?;
-                let bb = transfer_eval(&target, &files, 500, device)?;
                 let (mut secs, mut epochs, mut epoch_secs) = (0.0, 0, None);
                 let mut peak: Option<u64> = None;
                 // A chain is [warm-up or baseline, ] the method's run[, its fine-tuning]; the
@@ -1084,15 +1115,8 @@ pub fn run(
                     file: model.clone(),
                     clean: wb.clean_accuracy,
                     whitebox: wb.rows.iter().map(|r| r.robust_accuracy).collect(),
-                    blackbox: p
-                        .eps_blackbox
-                        .iter()
-                        .map(|e| {
-                            bb.accuracy(*e).ok_or_else(|| {
-                                Error::config(format!("the transfer set has no eps {e}"))
-                            })
-                        })
-                        .collect::<Result<_>>()?,
+                    // The black-box job's, joined in by `summarise`.
+                    blackbox: Vec::new(),
                     train_secs: secs,
                     train_epochs: epochs,
                     epoch_secs,
@@ -1101,6 +1125,25 @@ pub fn run(
                     peak_memory_bytes: peak,
                 };
                 write_json(&out.join(&job.outputs[0]), &Evaluation { result })?;
+            }
+            JobKind::Blackbox { model, member } => {
+                let (m, _) = Model::load(&out.join(model), device)?;
+                let m = match member {
+                    Some(i) => m.member(*i)?,
+                    None => m,
+                };
+                let files = transfer_files(&out.join("transfer"))?;
+                let bb = transfer_eval(&Target::fixed_zero(&m), &files, 500, device)?;
+                let accuracy = p
+                    .eps_blackbox
+                    .iter()
+                    .map(|e| {
+                        bb.accuracy(*e).ok_or_else(|| {
+                            Error::config(format!("the transfer set has no eps {e}"))
+                        })
+                    })
+                    .collect::<Result<_>>()?;
+                write_json(&out.join(&job.outputs[0]), &Blackbox { accuracy })?;
             }
             JobKind::Transferability { name, model } => {
                 let (m, _) = Model::load(&out.join(model), device)?;
@@ -1223,7 +1266,12 @@ pub fn summarise(plan: &Plan, out: &Path, command: &str) -> Result<Summary> {
         let path = out.join(&job.outputs[0]);
         match &job.kind {
             JobKind::Evaluate { .. } if path.exists() => {
-                s.models.push(read_json::<Evaluation>(&path)?.result);
+                let mut result = read_json::<Evaluation>(&path)?.result;
+                let bb = out.join(blackbox_output(job.name.trim_start_matches("eval/")));
+                if bb.exists() {
+                    result.blackbox = read_json::<Blackbox>(&bb)?.accuracy;
+                }
+                s.models.push(result);
             }
             JobKind::Transferability { .. } if path.exists() => {
                 s.transferability.push(read_json(&path)?);
@@ -1393,7 +1441,12 @@ mod tests {
         std::fs::remove_file(dir.path().join("eval/adp.json")).unwrap();
         let needed = plan.needed(dir.path());
         let is = |name: &str| needed[plan.jobs.iter().position(|j| j.name == name).unwrap()];
-        assert!(is("eval/adp") && is("train/adp") && is("transfer-gen"));
+        assert!(is("eval/adp") && is("train/adp") && !is("transfer-gen"));
+        std::fs::write(dir.path().join("eval/adp.json"), b"").unwrap();
+        std::fs::remove_file(dir.path().join("eval/adp-blackbox.json")).unwrap();
+        let needed = plan.needed(dir.path());
+        let is = |name: &str| needed[plan.jobs.iter().position(|j| j.name == name).unwrap()];
+        assert!(is("blackbox/adp") && is("transfer-gen") && !is("eval/adp"));
         assert!(!is("train/eio") && !is("eval/baseline"));
     }
 
@@ -1419,8 +1472,12 @@ mod tests {
                 }
                 let deps = plan.dependencies(k);
                 assert!(deps.iter().all(|&d| d < k), "{name}: {} {deps:?}", job.name);
-                if matches!(job.kind, JobKind::Evaluate { .. }) {
-                    assert!(deps.iter().any(|&d| plan.jobs[d].name == "transfer-gen"));
+                // White-box results never wait for the transfer set; black-box ones do.
+                let waits = deps.iter().any(|&d| plan.jobs[d].name == "transfer-gen");
+                match job.kind {
+                    JobKind::Evaluate { .. } => assert!(!waits, "{name}: {}", job.name),
+                    JobKind::Blackbox { .. } => assert!(waits, "{name}: {}", job.name),
+                    _ => {}
                 }
             }
         }
