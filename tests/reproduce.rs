@@ -85,6 +85,17 @@ fn smoke_preset_runs_resumes_and_summarises() {
         "{err}"
     );
     assert_eq!(before, std::fs::read(out.join("eval/eio-finetune.json")).unwrap());
+    // --report rewrites the summary from the jobs' files alone: the same models, nothing run.
+    std::fs::remove_file(out.join("summary.json")).unwrap();
+    let (ok, stdout, err) = eio(&["reproduce", "--preset", "smoke", "--out", out_s, "--report"]);
+    assert!(ok && !err.contains("started") && stdout.contains("report:"), "{err}");
+    let again: Summary =
+        serde_json::from_str(&std::fs::read_to_string(out.join("summary.json")).unwrap()).unwrap();
+    assert_eq!(again.models, summary.models);
+    assert_user_error(
+        &["reproduce", "--preset", "smoke", "--out", "/no/such/run", "--report"],
+        "no plan.toml",
+    );
     // --only runs a subset; unknown job names and presets are refused.
     std::fs::remove_file(out.join("eval/adp.json")).unwrap();
     let (ok, _, err) =

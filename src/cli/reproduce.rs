@@ -7,7 +7,7 @@ use clap::Args;
 
 use super::DataArgs;
 use eio::data::Split;
-use eio::pipeline::reproduce::{load_from, run, Data, JobState, Plan, Preset};
+use eio::pipeline::reproduce::{load_from, report, run, Data, JobState, Plan, Preset};
 use eio::pipeline::workers;
 
 #[derive(Debug, Args)]
@@ -33,6 +33,10 @@ pub struct ReproduceArgs {
     /// its log for a job begun by --workers), and exit.
     #[arg(long)]
     list: bool,
+    /// Write summary.json and the report from the jobs done so far in --out, and exit: the
+    /// partial results of a reproduction still running (it reads the jobs' files only).
+    #[arg(long, conflicts_with_all = ["list", "only", "from"])]
+    report: bool,
     /// Run up to N jobs side by side, each in its own eio process (logs in DIR/logs/), as soon
     /// as the jobs whose files it reads are done; the numbers are those of one job after the
     /// other. Pays on a GPU (a ResNet-20 at batch 128 leaves it idle between launches) and on
@@ -59,6 +63,14 @@ pub fn run_cmd(a: ReproduceArgs) -> Result<()> {
         }
         return Ok(());
     }
+    let command = std::env::args().collect::<Vec<_>>().join(" ");
+    if a.report {
+        if !a.out.join("plan.toml").exists() {
+            anyhow::bail!("--out {}: no reproduction there (no plan.toml)", a.out.display());
+        }
+        let summary = report(&plan, &a.out, &command)?;
+        return print_summary(&summary, &a.out);
+    }
     let device = super::device()?;
     if let Some(from) = &a.from {
         let loaded = load_from(&plan, from, &a.out, &a.only)?;
@@ -79,11 +91,14 @@ pub fn run_cmd(a: ReproduceArgs) -> Result<()> {
     }
     let data =
         Data { train: a.data.load(Split::Train, None)?, test: a.data.load(Split::Test, None)? };
-    let command = std::env::args().collect::<Vec<_>>().join(" ");
     let summary = run(&plan, &a.out, &a.only, &data, device, &command)?;
+    print_summary(&summary, &a.out)
+}
+
+fn print_summary(summary: &eio::pipeline::summary::Summary, out: &std::path::Path) -> Result<()> {
     println!("{}", summary.table());
-    println!("summary: {}", a.out.join("summary.json").display());
-    println!("report: {} (open it in a browser)", a.out.join(eio::report::HTML_FILE).display());
+    println!("summary: {}", out.join("summary.json").display());
+    println!("report: {} (open it in a browser)", out.join(eio::report::HTML_FILE).display());
     Ok(())
 }
 

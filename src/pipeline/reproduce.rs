@@ -1188,6 +1188,13 @@ pub fn run(
         }
         eprintln!("{}: {:.1}s", job.name, t0.elapsed().as_secs_f64());
     }
+    report(plan, out, command)
+}
+
+/// Writes `summary.json`, the report and the RobustBench cards from the jobs of `plan` done so
+/// far in `out` (a finished run's, or a running one's partial results: it only reads the jobs'
+/// files), and returns the summary.
+pub fn report(plan: &Plan, out: &Path, command: &str) -> Result<Summary> {
     let summary = summarise(plan, out, command)?;
     // Writes summary.json beside the page and its CSVs.
     let html = crate::report::write(&summary, out)?;
