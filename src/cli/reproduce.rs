@@ -21,7 +21,9 @@ pub struct ReproduceArgs {
     /// A rerun continues where the last one stopped.
     #[arg(long, value_name = "DIR")]
     out: PathBuf,
-    /// Run only these jobs (names as listed by --list); the others are left as they are.
+    /// Run only these jobs (names as listed by --list), in the order named (a job never before
+    /// one it needs: so the cheap jobs of a long run can go first); the others are left as they
+    /// are.
     #[arg(long, value_name = "JOB", value_delimiter = ',')]
     only: Vec<String>,
     /// First copy in, from this folder, the outputs of every job it holds whole (shipped

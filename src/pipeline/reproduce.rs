@@ -814,6 +814,31 @@ impl Plan {
             .collect()
     }
 
+    /// The order the jobs run in (indices of every job): with `only` empty, the plan's; else the
+    /// jobs `only` names first, in the order it names them except that a job never comes before
+    /// one it needs, then the others in plan order. So `--only` also says which jobs to start
+    /// first (the cheap ones of a long run, say).
+    pub fn order(&self, only: &[String]) -> Vec<usize> {
+        let n = self.jobs.len();
+        let rank = |k: usize| only.iter().position(|o| *o == self.jobs[k].name);
+        let mut wanted: Vec<usize> = (0..n).filter(|&k| rank(k).is_some()).collect();
+        wanted.sort_by_key(|&k| rank(k));
+        let deps: Vec<Vec<usize>> = (0..n).map(|k| self.dependencies(k)).collect();
+        let mut placed = vec![false; n];
+        let mut order = Vec::with_capacity(n);
+        // Each round places the first named job whose named dependencies are placed; one
+        // always exists, since dependencies come earlier in the plan.
+        while let Some(i) =
+            wanted.iter().position(|&k| deps[k].iter().all(|&d| placed[d] || rank(d).is_none()))
+        {
+            let k = wanted.remove(i);
+            placed[k] = true;
+            order.push(k);
+        }
+        order.extend((0..n).filter(|&k| !placed[k]));
+        order
+    }
+
     /// Which jobs still have to run for the plan to finish in `out`: a job not done that is
     /// final (nothing reads its files) or that a job still to run reads. A job whose readers are
     /// all done (for instance loaded with [`load_from`]) is not needed.
@@ -984,7 +1009,8 @@ pub fn run(
     let test = data.test.first_per_class(p.test_per_class);
     let seed = Seed(p.seed);
     let needed = plan.needed(out);
-    for (k, job) in plan.jobs.iter().enumerate() {
+    for k in plan.order(only) {
+        let job = &plan.jobs[k];
         if !only.is_empty() && !only.contains(&job.name) {
             continue;
         }
@@ -1421,6 +1447,22 @@ mod tests {
         let mut p = Preset::named("smoke").unwrap();
         p.more_members = vec![p.members];
         assert!(p.validate().is_err());
+    }
+
+    /// `only` orders the jobs it names, never before what they need; the rest follow in plan
+    /// order.
+    #[test]
+    fn only_orders_the_jobs_it_names() {
+        let plan = Plan::new(Preset::named("smoke").unwrap());
+        let k = |name: &str| plan.jobs.iter().position(|j| j.name == name).unwrap();
+        assert_eq!(plan.order(&[]), (0..plan.jobs.len()).collect::<Vec<_>>());
+        let only: Vec<String> = ["eval/adp", "train/adp", "train/dverge"].map(String::from).into();
+        let order = plan.order(&only);
+        assert_eq!(order[..3], [k("train/adp"), k("eval/adp"), k("train/dverge")]);
+        let mut all = order.clone();
+        all.sort();
+        assert_eq!(all, (0..plan.jobs.len()).collect::<Vec<_>>());
+        assert!(order[3..].windows(2).all(|w| w[0] < w[1]));
     }
 
     /// A job is needed while something that reads its files is still to run.

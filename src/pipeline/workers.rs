@@ -85,7 +85,7 @@ enum State {
 }
 
 /// Runs the jobs of `plan` named in `only` (or all) that are not done, up to `workers` at a time,
-/// each through `spawn(job, log)` (a process writing to `log`). Returns each selected job's
+/// each as soon as its inputs are done, in the order of [`Plan::order`], each through `spawn(job, log)` (a process writing to `log`). Returns each selected job's
 /// outcome, in plan order, or an error naming the jobs that failed or could not run.
 pub fn run_workers(
     plan: &Plan,
@@ -117,6 +117,7 @@ pub fn run_workers(
         })
         .collect();
     let total = state.iter().filter(|s| matches!(s, State::Pending)).count();
+    let order = plan.order(only);
     let (mut started, t0) = (0, Instant::now());
     loop {
         // Reap.
@@ -141,9 +142,9 @@ pub fn run_workers(
                 }
             }
         }
-        // Start what can start, in plan order.
+        // Start what can start, in the order of --only (else the plan's).
         let mut running = state.iter().filter(|s| matches!(s, State::Running(..))).count();
-        for k in 0..state.len() {
+        for &k in &order {
             if !matches!(state[k], State::Pending) {
                 continue;
             }
@@ -235,7 +236,7 @@ mod tests {
     fn fake(out: &Path, fail: &'static str) -> impl Fn(&Job, File) -> std::io::Result<Child> {
         let out = out.to_path_buf();
         move |job: &Job, log: File| {
-            let mut script = format!("set -e\necho running {}\n", job.name);
+            let mut script = format!("set -e\necho running {0}\necho {0} >> started\n", job.name);
             for i in job.inputs() {
                 script += &format!("test -e '{i}' || {{ echo missing {i}; exit 2; }}\n");
             }
@@ -270,6 +271,18 @@ mod tests {
         // A rerun finds everything done and starts nothing.
         let again = run_workers(&plan, dir.path(), &[], 4, &fake(dir.path(), "")).unwrap();
         assert!(again.iter().all(|(_, o)| *o == Outcome::AlreadyDone));
+    }
+
+    /// Jobs start in the order --only names them (a job after those it needs).
+    #[test]
+    fn jobs_start_in_the_order_named() {
+        let dir = tempfile::tempdir().unwrap();
+        let plan = Plan::new(Preset::named("smoke").unwrap());
+        let only: Vec<String> =
+            ["train/adp", "eval/baseline", "train/baseline"].map(String::from).into();
+        run_workers(&plan, dir.path(), &only, 1, &fake(dir.path(), "")).unwrap();
+        let started = std::fs::read_to_string(dir.path().join("started")).unwrap();
+        assert_eq!(started, "train/adp\ntrain/baseline\neval/baseline\n");
     }
 
     #[test]
