@@ -119,19 +119,12 @@ fn smoke_preset_runs_resumes_and_summarises() {
         }
     }
     let loaded = dir.path().join("loaded");
-    let (ok, _, err) = eio(&[
-        "--threads",
-        "1",
-        "reproduce",
-        "--preset",
-        "smoke",
-        "--out",
-        loaded.to_str().unwrap(),
-        "--from",
-        zoo.to_str().unwrap(),
-        "--only",
-        "train/baseline,train/surrogate2,eval/baseline",
-    ]);
+    let (loaded_s, zoo_s) = (loaded.to_str().unwrap(), zoo.to_str().unwrap());
+    let from_zoo = |only: &str| {
+        let args = ["--threads", "1", "reproduce", "--preset", "smoke", "--out", loaded_s];
+        eio(&[&args[..], &["--from", zoo_s, "--only", only]].concat())
+    };
+    let (ok, _, err) = from_zoo("train/baseline,train/surrogate2,eval/baseline");
     assert!(ok, "{err}");
     assert!(
         err.contains("loaded from") && err.contains("train/baseline, train/surrogate2"),
@@ -139,19 +132,7 @@ fn smoke_preset_runs_resumes_and_summarises() {
     );
     assert!(!loaded.join("runs/baseline/train.log").exists(), "trained instead of loaded");
     assert!(loaded.join("eval/baseline.json").exists() && !loaded.join("transfer").exists());
-    let (ok, _, err) = eio(&[
-        "--threads",
-        "1",
-        "reproduce",
-        "--preset",
-        "smoke",
-        "--out",
-        loaded.to_str().unwrap(),
-        "--from",
-        zoo.to_str().unwrap(),
-        "--only",
-        "transfer-gen,blackbox/baseline",
-    ]);
+    let (ok, _, err) = from_zoo("transfer-gen,blackbox/baseline");
     assert!(ok, "{err}");
     let s: Summary =
         serde_json::from_str(&std::fs::read_to_string(loaded.join("summary.json")).unwrap())
