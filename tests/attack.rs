@@ -12,7 +12,9 @@ use eio::eval::transfer::{
     TRANSFER_KEY,
 };
 use eio::eval::transferability::{transferability, TransferabilityConfig};
-use eio::eval::whitebox::{named_attack, whitebox, WhiteboxConfig, ATTACK_NAMES};
+use eio::eval::whitebox::{
+    named_attack, whitebox, whitebox_resumable, WhiteboxConfig, ATTACK_NAMES,
+};
 use eio::model::io::TensorFile;
 use eio::model::{ArchConfig, Classifier, Model, ModelSpec, Routing, Target};
 use eio::seed::{Rng, Seed, Stream};
@@ -355,6 +357,66 @@ fn whitebox_report_is_consistent() {
     assert!(whitebox(&t, &data, &bad, Device::Cpu, Seed(1)).is_err());
 }
 
+/// A classifier that stops the process (a panic here) at its `calls`-th forward pass.
+struct StopsAt<'a> {
+    inner: &'a dyn Classifier,
+    calls: std::cell::Cell<usize>,
+}
+
+impl Classifier for StopsAt<'_> {
+    fn logits(&self, x: &Tensor, sgm: Option<f64>) -> Tensor {
+        let left = self.calls.get();
+        assert!(left > 0, "stopped");
+        self.calls.set(left - 1);
+        self.inner.logits(x, sgm)
+    }
+}
+
+/// A white-box evaluation stopped part-way continues from its state file to the numbers of an
+/// uninterrupted run; the state of another run is not used.
+#[test]
+fn whitebox_resumes_exactly_after_a_stop() {
+    let m = plain_model();
+    let t = Target::fixed_zero(&m);
+    let data = labelled(&t, 8, 32, 1);
+    let cfg = WhiteboxConfig {
+        eps: vec![0.01, 0.03, 0.06],
+        attack: AttackConfig::paper_whitebox(1.0).with_steps(3).with_restarts(3),
+        batch: 4,
+    };
+    let whole = whitebox(&t, &data, &cfg, Device::Cpu, Seed(5)).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let state = dir.path().join("wb.state.json");
+    // The forward passes of a whole run, then three stops a quarter of them apart.
+    let counting = StopsAt { inner: &t, calls: usize::MAX.into() };
+    whitebox(&counting, &data, &cfg, Device::Cpu, Seed(5)).unwrap();
+    let calls = (usize::MAX - counting.calls.get()) / 4;
+    assert!(calls > 10);
+    for _ in 0..3 {
+        let stops = StopsAt { inner: &t, calls: calls.into() };
+        let stopped = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            whitebox_resumable(&stops, &data, &cfg, Device::Cpu, Seed(5), &state)
+        }));
+        assert!(stopped.is_err() && state.exists());
+    }
+    let (resumed, detail) =
+        whitebox_resumable(&t, &data, &cfg, Device::Cpu, Seed(5), &state).unwrap();
+    assert_eq!(detail.robust.len(), 3);
+    assert!(!state.exists());
+    let rows = |r: &eio::eval::whitebox::WhiteboxReport| {
+        r.rows.iter().map(|w| (w.robust, w.accuracy_after_restart.clone())).collect::<Vec<_>>()
+    };
+    assert_eq!(rows(&resumed), rows(&whole));
+    assert_eq!(resumed.clean_accuracy, whole.clean_accuracy);
+    // Another seed's state: started over, the same numbers as that seed's own run.
+    let stops = StopsAt { inner: &t, calls: (2 * calls).into() };
+    let _ = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        whitebox_resumable(&stops, &data, &cfg, Device::Cpu, Seed(5), &state)
+    }));
+    let other = whitebox_resumable(&t, &data, &cfg, Device::Cpu, Seed(6), &state).unwrap().0;
+    assert_eq!(rows(&other), rows(&whitebox(&t, &data, &cfg, Device::Cpu, Seed(6)).unwrap()));
+}
+
 #[test]
 fn whitebox_runs_every_attack_below_clean_accuracy() {
     // A linear model, 8 images of which 2 are misclassified clean.
@@ -469,12 +531,16 @@ fn whitebox_cli_runs_apgd_fgsm_and_mpgd() {
         ("mpgd", &["--momentum", "0.5"][..], "mu 0.5"),
     ] {
         let (json, csv) = (d(&format!("{attack}.json")), d(&format!("{attack}.csv")));
+        // The state file of some other run (here unreadable) is not used, and is gone after.
+        let state = d(&format!("{attack}.state.json"));
+        std::fs::write(&state, "{}").unwrap();
         let mut args: Vec<&str> = base.to_vec();
         args.extend(["--attack", attack, "--json", &json, "--csv", &csv]);
         args.extend(extra);
         let (ok, out, err) = eio(&args);
         assert!(ok, "eio {args:?} failed:\n{err}");
         assert!(out.contains(says), "{out}");
+        assert!(err.contains("starting over") && !std::path::Path::new(&state).exists(), "{err}");
         let report: serde_json::Value =
             serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
         assert_eq!(report["attack"], attack, "{report}");

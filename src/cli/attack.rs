@@ -19,7 +19,7 @@ use eio::eval::transfer::{
     TransferGenConfig, TransferVersion,
 };
 use eio::eval::transferability::{members, transferability, TransferabilityConfig};
-use eio::eval::whitebox::{named_attack, whitebox_detailed, WhiteboxConfig};
+use eio::eval::whitebox::{named_attack, whitebox_detailed, whitebox_resumable, WhiteboxConfig};
 use eio::model::io::write_atomic;
 use eio::model::{Model, Routing, Target};
 use eio::seed::Seed;
@@ -81,7 +81,9 @@ impl ImagesArgs {
 /// Where reports go.
 #[derive(Debug, Args)]
 pub struct OutputArgs {
-    /// Write the report as JSON.
+    /// Write the report as JSON. `attack whitebox` also keeps its progress in FILE's
+    /// `.state.json` sibling after every restart, so that the same command, run again after a
+    /// stop, continues from there (not with --save-adv or a random-route target).
     #[arg(long, value_name = "FILE")]
     json: Option<PathBuf>,
     /// Write the result table as CSV.
@@ -290,8 +292,12 @@ fn run_whitebox(a: WhiteboxArgs) -> Result<()> {
             check_new_output(&adv_file(dir, e), a.out.force)?;
         }
     }
-    let (report, detail) =
-        whitebox_detailed(&target, &data, &cfg, device, seed, a.save_adv.is_some())?;
+    // With a report file, a stopped run continues on the next start (see --json).
+    let state = a.out.json.as_ref().map(|j| j.with_extension("state.json"));
+    let (report, detail) = match (&state, &a.save_adv) {
+        (Some(state), None) => whitebox_resumable(&target, &data, &cfg, device, seed, state)?,
+        _ => whitebox_detailed(&target, &data, &cfg, device, seed, a.save_adv.is_some())?,
+    };
     if let Some(p) = &a.per_image {
         write_atomic(p, detail.to_csv(&cfg.eps, &idx).as_bytes())?;
         eprintln!("wrote {}", p.display());

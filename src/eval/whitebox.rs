@@ -11,10 +11,16 @@ others are already counted as broken), which gives the same accuracy as running 
 has no random start and runs once. [`named_attack`] gives the attacks the command line offers
 by name.
 
+[`whitebox_resumable`] keeps its progress in a state file after every restart, so a long
+evaluation (hours on a CPU) that is stopped continues where it was: each restart draws from its
+own labelled seed and attacks the images still robust, so the result is the same as an
+uninterrupted run's.
+
 Random-route targets are attacked with EOT (the attack's `eot` gradient samples per step) and
 judged with one random forward per adversarial image.
 */
 
+use std::path::Path;
 use std::time::Instant;
 
 use serde::{Deserialize, Serialize};
@@ -196,7 +202,58 @@ pub fn whitebox(
     device: Device,
     seed: Seed,
 ) -> Result<WhiteboxReport> {
-    Ok(whitebox_detailed(target, data, cfg, device, seed, false)?.0)
+    Ok(run(target, data, cfg, device, seed, false, None)?.0)
+}
+
+/// [`whitebox`] with per-image results, that keeps its progress in `state` (JSON, written
+/// atomically after every restart) and, when `state` holds the progress of the same protocol on
+/// the same images and clean predictions, continues from it; the file is removed when the run
+/// ends. The result is the same as an uninterrupted run's, but for its `seconds` (the runs' wall
+/// time, summed). A random-route target draws its routes from a stream a stop would lose: it
+/// runs from the start, without a state file.
+pub fn whitebox_resumable(
+    target: &dyn Classifier,
+    data: &Dataset,
+    cfg: &WhiteboxConfig,
+    device: Device,
+    seed: Seed,
+    state: &Path,
+) -> Result<(WhiteboxReport, WhiteboxDetail)> {
+    if target.is_random() {
+        return run(target, data, cfg, device, seed, false, None);
+    }
+    let done = run(target, data, cfg, device, seed, false, Some(state))?;
+    if state.exists() {
+        std::fs::remove_file(state).map_err(|e| Error::io(state, e))?;
+    }
+    Ok(done)
+}
+
+/// The progress of a [`whitebox_resumable`] run: what it ran on, and what it found so far.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+struct WhiteboxState {
+    config: WhiteboxConfig,
+    seed: u64,
+    labels: Vec<i64>,
+    /// Clean predictions: a different model (or data) shows here.
+    predictions: Vec<i64>,
+    /// Finished eps, in order: the row and which images stayed robust.
+    done: Vec<(WhiteboxRow, Vec<bool>)>,
+    /// The eps under way (the next after `done`), when one restart or more of it ran.
+    current: Option<Current>,
+    /// Wall-clock seconds spent so far.
+    seconds: f64,
+}
+
+/// An eps part-way through its restarts.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+struct Current {
+    /// Robust after the restarts done.
+    robust: Vec<bool>,
+    /// Accuracy after each restart done.
+    after: Vec<f64>,
+    /// Wall-clock seconds spent on this eps.
+    seconds: f64,
 }
 
 /// Per-image results of the white-box protocol.
@@ -244,7 +301,22 @@ pub fn whitebox_detailed(
     seed: Seed,
     keep_adv: bool,
 ) -> Result<(WhiteboxReport, WhiteboxDetail)> {
+    run(target, data, cfg, device, seed, keep_adv, None)
+}
+
+/// The protocol, with per-image results, adversarial examples (`keep_adv`) or a state file
+/// (`state`; not with `keep_adv`, whose examples it does not keep).
+fn run(
+    target: &dyn Classifier,
+    data: &Dataset,
+    cfg: &WhiteboxConfig,
+    device: Device,
+    seed: Seed,
+    keep_adv: bool,
+    state_file: Option<&Path>,
+) -> Result<(WhiteboxReport, WhiteboxDetail)> {
     cfg.validate()?;
+    debug_assert!(!(keep_adv && state_file.is_some()));
     crate::validate::check_classes(data)?;
     let start = Instant::now();
     let (x, y) = data.tensors();
@@ -252,6 +324,39 @@ pub fn whitebox_detailed(
     let predictions = Vec::<i64>::try_from(super::predict(target, &x, cfg.batch, device))?;
     let labels = Vec::<i64>::try_from(&y)?;
     let clean: Vec<bool> = predictions.iter().zip(&labels).map(|(p, l)| p == l).collect();
+    let fresh = WhiteboxState {
+        config: cfg.clone(),
+        seed: seed.0,
+        labels: labels.clone(),
+        predictions: predictions.clone(),
+        done: Vec::new(),
+        current: None,
+        seconds: 0.0,
+    };
+    let mut state = match state_file.filter(|f| f.exists()) {
+        Some(f) => match crate::fsx::read_json::<WhiteboxState>(f) {
+            Ok(s)
+                if (&s.config, s.seed, &s.labels, &s.predictions)
+                    == (cfg, seed.0, &labels, &predictions) =>
+            {
+                eprintln!(
+                    "white-box: continuing from {} ({} of {} eps done)",
+                    f.display(),
+                    s.done.len(),
+                    cfg.eps.len()
+                );
+                s
+            }
+            _ => {
+                eprintln!(
+                    "warning: {} is the state of another white-box run; starting over",
+                    f.display()
+                );
+                fresh
+            }
+        },
+        None => fresh,
+    };
     let mut detail =
         WhiteboxDetail { labels, predictions, robust: Vec::new(), adversarial: Vec::new() };
     let runs = cfg.runs();
@@ -259,13 +364,22 @@ pub fn whitebox_detailed(
     let mut progress = Progress::new(total, "white-box");
     let mut pos = 0u64;
     let mut rows = Vec::new();
-    for &eps in &cfg.eps {
+    for (row, robust) in &state.done {
+        rows.push(row.clone());
+        detail.robust.push(robust.clone());
+        pos += (runs * n) as u64;
+    }
+    let previous = state.seconds;
+    for &eps in &cfg.eps[rows.len()..] {
         let t0 = Instant::now();
         let attack = cfg.restart_attack(eps);
-        let mut robust = clean.clone();
-        let mut after = Vec::new();
+        let (mut robust, mut after, spent) = match state.current.take() {
+            Some(c) => (c.robust, c.after, c.seconds),
+            None => (clean.clone(), Vec::new(), 0.0),
+        };
+        pos += (after.len() * n) as u64;
         let mut adv_all = keep_adv.then(|| x.copy());
-        for r in 0..runs {
+        for r in after.len()..runs {
             let idx = where_true(&robust);
             let label = format!("whitebox/eps={eps}/restart={r}");
             let skipped = (n - idx.len()) as u64;
@@ -298,17 +412,35 @@ pub fn whitebox_detailed(
                 robust[i as usize] &= ok;
             }
             after.push(fraction(&robust));
+            if let Some(f) = state_file {
+                if r + 1 < runs {
+                    state.current = Some(Current {
+                        robust: robust.clone(),
+                        after: after.clone(),
+                        seconds: spent + t0.elapsed().as_secs_f64(),
+                    });
+                    state.seconds = previous + start.elapsed().as_secs_f64();
+                    crate::fsx::write_json(f, &state)?;
+                }
+            }
         }
         let robust_count = robust.iter().filter(|&&b| b).count();
         detail.adversarial.extend(adv_all);
         detail.robust.push(robust.clone());
-        rows.push(WhiteboxRow {
+        let row = WhiteboxRow {
             eps,
             robust_accuracy: fraction(&robust),
             robust: robust_count,
             accuracy_after_restart: after,
-            seconds: t0.elapsed().as_secs_f64(),
-        });
+            seconds: spent + t0.elapsed().as_secs_f64(),
+        };
+        if let Some(f) = state_file {
+            state.current = None;
+            state.done.push((row.clone(), robust));
+            state.seconds = previous + start.elapsed().as_secs_f64();
+            crate::fsx::write_json(f, &state)?;
+        }
+        rows.push(row);
     }
     progress.finish();
     let report = WhiteboxReport {
@@ -319,7 +451,7 @@ pub fn whitebox_detailed(
         restarts: runs,
         config: cfg.clone(),
         seed: seed.0,
-        seconds: start.elapsed().as_secs_f64(),
+        seconds: previous + start.elapsed().as_secs_f64(),
     };
     Ok((report, detail))
 }

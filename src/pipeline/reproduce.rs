@@ -32,7 +32,7 @@ use crate::eval::transfer::{
     transfer_eval, transfer_files, transfer_gen, Named, TransferGenConfig,
 };
 use crate::eval::transferability::{members, transferability, TransferabilityConfig};
-use crate::eval::whitebox::{whitebox, WhiteboxConfig};
+use crate::eval::whitebox::{whitebox_resumable, WhiteboxConfig};
 use crate::fsx::{read_json, write_json};
 use crate::model::io::{write_atomic, TensorFile};
 use crate::model::{ArchConfig, Model, Route, Target};
@@ -1115,7 +1115,10 @@ pub fn run(
                     None => m,
                 };
                 let target = Target::fixed_zero(&m);
-                let wb = whitebox(&target, &eval_set, &p.whitebox(), device, seed)?;
+                // Hours on a CPU: a stopped evaluation continues from its last restart.
+                let state = out.join(&job.outputs[0]).with_extension("state.json");
+                let wb =
+                    whitebox_resumable(&target, &eval_set, &p.whitebox(), device, seed, &state)?.0;
                 let (mut secs, mut epochs, mut epoch_secs) = (0.0, 0, None);
                 let mut peak: Option<u64> = None;
                 // A chain is [warm-up or baseline, ] the method's run[, its fine-tuning]; the
