@@ -219,6 +219,9 @@ fn interrupted_diversification_resumes_exactly() {
     let mut m = Eio::new(cfg).unwrap();
     let hist = fit(&mut b, &mut m, &t, &o, "cfg", &train, &test, &run("b", true)).unwrap();
     assert_eq!(hist.len(), 2);
+    // Each epoch records where it ran, once, across the stop.
+    let here = eio::train::compute_label(tch::Device::Cpu);
+    assert!(hist.iter().all(|e| e.devices == [here.clone()]), "{hist:?}");
     // Every random draw of a step (layer, routes, data, random starts) is a function of the seed
     // and the step, so the resumed run is bit-identical to the uninterrupted one.
     let vb = b.vs.variables();

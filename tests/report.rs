@@ -159,6 +159,8 @@ fn report_numbers_come_from_the_summary() {
         assert!(cells.contains(&duration(m.train_secs)), "cost / {}: {cells:?}", m.name);
         let per_epoch = duration(m.epoch_secs.expect("the sample records it"));
         assert!(cells.contains(&per_epoch), "cost / {}: {cells:?}", m.name);
+        let device = m.epoch_device.clone().expect("the sample records it");
+        assert!(cells.contains(&device), "cost / {}: {cells:?}", m.name);
         if let Some(b) = m.peak_memory_bytes {
             assert!(cells.contains(&bytes(b)), "cost / {}: {cells:?}", m.name);
         }

@@ -23,7 +23,7 @@ use serde::{Deserialize, Serialize};
 use tch::Device;
 
 pub use super::studies::{paper_variants, EioVariant};
-use super::summary::{Curve, MatrixResult, ModelResult, StabilityResult, Summary};
+use super::summary::{epoch_cost, Curve, MatrixResult, ModelResult, StabilityResult, Summary};
 use crate::attack::{AttackConfig, AttackLoss};
 use crate::data::Dataset;
 use crate::distill::DistillConfig;
@@ -1119,7 +1119,7 @@ pub fn run(
                 let state = out.join(&job.outputs[0]).with_extension("state.json");
                 let wb =
                     whitebox_resumable(&target, &eval_set, &p.whitebox(), device, seed, &state)?.0;
-                let (mut secs, mut epochs, mut epoch_secs) = (0.0, 0, None);
+                let (mut secs, mut epochs, mut cost) = (0.0, 0, None);
                 let mut peak: Option<u64> = None;
                 // A chain is [warm-up or baseline, ] the method's run[, its fine-tuning]; the
                 // fine-tuning runs are the ones this module names `<key>-finetune`.
@@ -1131,8 +1131,8 @@ pub fn run(
                     secs += run_secs;
                     epochs += h.len();
                     peak = h.iter().filter_map(|e| e.peak_memory_bytes).chain(peak).max();
-                    if Some(k) == own && !h.is_empty() {
-                        epoch_secs = Some(run_secs / h.len() as f64);
+                    if Some(k) == own {
+                        cost = epoch_cost(&h);
                     }
                 }
                 let result = ModelResult {
@@ -1148,7 +1148,8 @@ pub fn run(
                     blackbox: Vec::new(),
                     train_secs: secs,
                     train_epochs: epochs,
-                    epoch_secs,
+                    epoch_secs: cost.as_ref().map(|c| c.0),
+                    epoch_device: cost.and_then(|c| c.1),
                     rgn: rgn.clone(),
                     variant: variant.as_deref().cloned(),
                     peak_memory_bytes: peak,

@@ -72,6 +72,10 @@ pub struct ModelResult {
     /// Absent in summaries written before it was recorded.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub epoch_secs: Option<f64>,
+    /// Where the epochs behind `epoch_secs` ran (`cpu, N thread(s)` or `cuda`; see
+    /// [`epoch_cost`]). Absent where the run's records do not say.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub epoch_device: Option<String>,
     /// For a model derived from a Random Gated Network: that RGN's architecture (copies n and
     /// gated slots, which the paper's Table 2 and "EIO(topk)" rows are about).
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -145,5 +149,68 @@ impl Summary {
             out.push('\n');
         }
         out
+    }
+}
+
+/// The mean wall time of one epoch of a run, from its history, and where those epochs ran: a
+/// run resumed on another machine (a lent GPU, say) has epochs of very different cost, so the
+/// mean is over the epochs that ran wholly on one device, the device most of them ran on (the
+/// later on a tie); epochs split across devices are left out. Records from before eio kept
+/// devices count all together, with no device. `None` for an empty history.
+pub fn epoch_cost(history: &[EpochRecord]) -> Option<(f64, Option<String>)> {
+    let mut by: std::collections::BTreeMap<&str, (usize, f64, usize)> = Default::default();
+    for (k, e) in history.iter().enumerate() {
+        if let [d] = e.devices.as_slice() {
+            let entry = by.entry(d.as_str()).or_default();
+            *entry = (entry.0 + 1, entry.1 + e.train_secs, k);
+        }
+    }
+    match by.into_iter().max_by_key(|(_, (count, _, last))| (*count, *last)) {
+        Some((d, (count, secs, _))) => Some((secs / count as f64, Some(d.to_string()))),
+        None if history.iter().all(|e| e.devices.is_empty()) && !history.is_empty() => {
+            Some((history.iter().map(|e| e.train_secs).sum::<f64>() / history.len() as f64, None))
+        }
+        None => None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn epoch(secs: f64, devices: &[&str]) -> EpochRecord {
+        EpochRecord {
+            epoch: 1,
+            lr: 0.1,
+            train_loss: 1.0,
+            train_acc: 0.5,
+            test_acc: 0.5,
+            train_secs: secs,
+            images_per_sec: 1.0,
+            terms: Default::default(),
+            peak_memory_bytes: None,
+            devices: devices.iter().map(|d| d.to_string()).collect(),
+        }
+    }
+
+    /// The cost of an epoch is that of the device most epochs ran on, never a mix.
+    #[test]
+    fn epoch_cost_keeps_to_one_device() {
+        let (cpu, gpu) = ("cpu, 1 thread", "cuda");
+        let h = [
+            epoch(900.0, &[cpu]),
+            epoch(500.0, &[cpu, gpu]),
+            epoch(10.0, &[gpu]),
+            epoch(1100.0, &[cpu]),
+            epoch(12.0, &[gpu]),
+            epoch(1000.0, &[cpu]),
+        ];
+        assert_eq!(epoch_cost(&h), Some((1000.0, Some(cpu.into()))));
+        // A tie goes to the device of the later epochs.
+        assert_eq!(epoch_cost(&h[..3]), Some((10.0, Some(gpu.into()))));
+        // Old records: every epoch, no device; nothing to go on: none.
+        assert_eq!(epoch_cost(&[epoch(4.0, &[]), epoch(6.0, &[])]), Some((5.0, None)));
+        assert_eq!(epoch_cost(&[]), None);
+        assert_eq!(epoch_cost(&[epoch(4.0, &[cpu, gpu])]), None);
     }
 }

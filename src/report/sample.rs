@@ -45,6 +45,7 @@ pub fn sample_summary() -> Summary {
             train_secs: 600.0 * members as f64 + 1000.0 * clean,
             train_epochs: 10 * members,
             epoch_secs: Some(60.0 + 100.0 * clean),
+            epoch_device: Some("cuda".into()),
             rgn: (method == "eio").then(|| ArchConfig::rgn(2)),
             variant: None,
             peak_memory_bytes: None,
@@ -127,6 +128,7 @@ pub fn sample_summary() -> Summary {
                 images_per_sec: 800.0,
                 terms: BTreeMap::new(),
                 peak_memory_bytes: Some(900 << 20),
+                devices: vec!["cuda".into()],
             })
             .collect(),
     };

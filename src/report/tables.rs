@@ -470,10 +470,14 @@ pub fn stability(s: &Summary) -> Option<Table> {
 /// training, peak memory where measured.
 pub fn cost(s: &Summary) -> Table {
     let memory = s.models.iter().any(|m| m.peak_memory_bytes.is_some());
+    let devices = s.models.iter().any(|m| m.epoch_device.is_some());
     let mut header: Vec<String> =
         ["model", "method", "epochs", "training wall time", "per epoch of its method"]
             .map(String::from)
             .to_vec();
+    if devices {
+        header.push("epoch ran on".into());
+    }
     if memory {
         header.push("peak memory".into());
     }
@@ -488,6 +492,9 @@ pub fn cost(s: &Summary) -> Table {
                 Cell::Secs(m.train_secs),
                 Cell::Secs(m.epoch_secs.unwrap_or(f64::NAN)),
             ];
+            if devices {
+                cells.push(Cell::Text(m.epoch_device.clone().unwrap_or_else(|| "-".into())));
+            }
             if memory {
                 cells.push(Cell::Bytes(m.peak_memory_bytes));
             }
@@ -500,7 +507,9 @@ pub fn cost(s: &Summary) -> Table {
         caption: "Wall time and epochs of all the training each model needed (an ensemble's \
                   members, an RGN's warm-up, diversification and fine-tuning), and the mean wall \
                   time of one epoch of the model's own method (DVERGE's or EIO's \
-                  diversification, not the warm-up, baseline or fine-tuning around it)."
+                  diversification, not the warm-up, baseline or fine-tuning around it), over the \
+                  epochs that ran wholly on the device most of them ran on (a run resumed on \
+                  another machine mixes costs; its wall time counts every device)."
             .into(),
         header,
         rows,

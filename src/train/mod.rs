@@ -498,6 +498,23 @@ pub struct EpochRecord {
     /// resident set on the CPU. Absent where not measured.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub peak_memory_bytes: Option<u64>,
+    /// Where the epoch's steps ran ([`compute_label`]): more than one when the epoch was
+    /// resumed elsewhere (its `train_secs` then mixes them); empty in records written before
+    /// eio kept it.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub devices: Vec<String>,
+}
+
+/// Where training runs, as run records name it: `cpu, N thread(s)` or `cuda`; an epoch's wall
+/// time means little without it.
+pub fn compute_label(device: Device) -> String {
+    match device {
+        Device::Cpu => {
+            let n = tch::get_num_threads();
+            format!("cpu, {n} thread{}", if n == 1 { "" } else { "s" })
+        }
+        _ => "cuda".into(),
+    }
 }
 
 /// Progress of a run, stored in its checkpoint.
@@ -512,6 +529,9 @@ pub struct RunState {
     /// Running sums of the named loss terms (term*seen) of the epoch in progress.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub partial_terms: BTreeMap<String, f64>,
+    /// Where the epoch in progress has run so far ([`compute_label`]).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub partial_devices: Vec<String>,
     /// Finished epochs.
     pub history: Vec<EpochRecord>,
 }
@@ -770,10 +790,12 @@ pub fn fit(
         say(
             &run.dir,
             &format!(
-                "resuming {} at epoch {} step {}",
+                "resuming {} at epoch {} step {} ({} on {})",
                 ckpt.display(),
                 state.epoch + 1,
-                state.step
+                state.step,
+                if model.is_channels_last() { "channels-last" } else { "contiguous" },
+                compute_label(model.device())
             ),
         )?;
     } else if ckpt.exists() && !run.force {
@@ -814,7 +836,7 @@ pub fn fit(
                 train.len(),
                 cfg.seed,
                 if model.is_channels_last() { "channels-last" } else { "contiguous" },
-                model.device()
+                compute_label(model.device())
             ),
         )?;
     }
@@ -869,6 +891,11 @@ pub fn fit(
         let (loss_sum, correct, seen, secs_before) = state.partial;
         let terms = std::mem::take(&mut state.partial_terms);
         let mut acc = Totals { loss_sum, correct, seen, terms };
+        let mut devices = std::mem::take(&mut state.partial_devices);
+        let here = compute_label(device);
+        if !devices.contains(&here) {
+            devices.push(here);
+        }
         let mut pending: Vec<(usize, StepStats)> = Vec::new();
         let mut last_read = Instant::now();
         // Adds the pending steps' numbers; a non-finite loss ends the run at its step.
@@ -938,6 +965,7 @@ pub fn fit(
                     step: step + 1,
                     partial: (acc.loss_sum, acc.correct, acc.seen, secs),
                     partial_terms: acc.terms.clone(),
+                    partial_devices: devices.clone(),
                     history: state.history.clone(),
                 };
                 if let Some(bad) = non_finite(model, &opt) {
@@ -970,6 +998,7 @@ pub fn fit(
             images_per_sec: n as f64 / train_secs.max(1e-9),
             terms: term_sums.iter().map(|(k, v)| (k.clone(), v / seen.max(1) as f64)).collect(),
             peak_memory_bytes: crate::memory::peak(device),
+            devices,
         };
         let terms: String = rec.terms.iter().map(|(k, v)| format!(" {k} {v:.4}")).collect();
         say(
