@@ -941,6 +941,31 @@ pub struct Evaluation {
     pub result: ModelResult,
 }
 
+/// Sets the training cost of `m` from the histories of the training `runs` it needed (folders
+/// under `out/runs`): their wall time, epochs and peak memory, and the time per epoch of the
+/// method's own run ([`epoch_cost`]).
+fn add_cost(m: &mut ModelResult, out: &Path, runs: &[String]) -> Result<()> {
+    let (mut secs, mut epochs, mut cost, mut peak) = (0.0, 0, None, None);
+    // A chain is [warm-up or baseline, ] the method's run[, its fine-tuning]; the fine-tuning
+    // runs are the ones this module names `<key>-finetune`.
+    let own = runs.iter().rposition(|r| !r.ends_with("-finetune"));
+    for (k, r) in runs.iter().enumerate() {
+        let h: Vec<EpochRecord> = read_json(&out.join("runs").join(r).join("history.json"))?;
+        secs += h.iter().map(|e| e.train_secs).sum::<f64>();
+        epochs += h.len();
+        peak = h.iter().filter_map(|e| e.peak_memory_bytes).chain(peak).max();
+        if Some(k) == own {
+            cost = epoch_cost(&h);
+        }
+    }
+    m.train_secs = secs;
+    m.train_epochs = epochs;
+    m.epoch_secs = cost.as_ref().map(|c| c.0);
+    m.epoch_device = cost.and_then(|c| c.1);
+    m.peak_memory_bytes = peak;
+    Ok(())
+}
+
 /// What one black-box job writes: the model's accuracy on the transfer set at each of the
 /// preset's black-box eps (robust = correct on every version of the image).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -1119,23 +1144,7 @@ pub fn run(
                 let state = out.join(&job.outputs[0]).with_extension("state.json");
                 let wb =
                     whitebox_resumable(&target, &eval_set, &p.whitebox(), device, seed, &state)?.0;
-                let (mut secs, mut epochs, mut cost) = (0.0, 0, None);
-                let mut peak: Option<u64> = None;
-                // A chain is [warm-up or baseline, ] the method's run[, its fine-tuning]; the
-                // fine-tuning runs are the ones this module names `<key>-finetune`.
-                let own = runs.iter().rposition(|r| !r.ends_with("-finetune"));
-                for (k, r) in runs.iter().enumerate() {
-                    let h: Vec<EpochRecord> =
-                        read_json(&out.join("runs").join(r).join("history.json"))?;
-                    let run_secs = h.iter().map(|e| e.train_secs).sum::<f64>();
-                    secs += run_secs;
-                    epochs += h.len();
-                    peak = h.iter().filter_map(|e| e.peak_memory_bytes).chain(peak).max();
-                    if Some(k) == own {
-                        cost = epoch_cost(&h);
-                    }
-                }
-                let result = ModelResult {
+                let mut result = ModelResult {
                     name: name.clone(),
                     method: method.clone(),
                     members: ensemble_size,
@@ -1146,14 +1155,15 @@ pub fn run(
                     whitebox: wb.rows.iter().map(|r| r.robust_accuracy).collect(),
                     // The black-box job's, joined in by `summarise`.
                     blackbox: Vec::new(),
-                    train_secs: secs,
-                    train_epochs: epochs,
-                    epoch_secs: cost.as_ref().map(|c| c.0),
-                    epoch_device: cost.and_then(|c| c.1),
+                    train_secs: 0.0,
+                    train_epochs: 0,
+                    epoch_secs: None,
+                    epoch_device: None,
                     rgn: rgn.clone(),
                     variant: variant.as_deref().cloned(),
-                    peak_memory_bytes: peak,
+                    peak_memory_bytes: None,
                 };
+                add_cost(&mut result, out, runs)?;
                 write_json(&out.join(&job.outputs[0]), &Evaluation { result })?;
             }
             JobKind::Blackbox { model, member } => {
@@ -1302,8 +1312,13 @@ pub fn summarise(plan: &Plan, out: &Path, command: &str) -> Result<Summary> {
     for job in &plan.jobs {
         let path = out.join(&job.outputs[0]);
         match &job.kind {
-            JobKind::Evaluate { .. } if path.exists() => {
+            JobKind::Evaluate { runs, .. } if path.exists() => {
                 let mut result = read_json::<Evaluation>(&path)?.result;
+                // From the runs' records as they are now (a history repaired since counts),
+                // where they are here (a published folder may hold the results alone).
+                if runs.iter().all(|r| out.join("runs").join(r).join("history.json").exists()) {
+                    add_cost(&mut result, out, runs)?;
+                }
                 let bb = out.join(blackbox_output(job.name.trim_start_matches("eval/")));
                 if bb.exists() {
                     result.blackbox = read_json::<Blackbox>(&bb)?.accuracy;
