@@ -829,7 +829,7 @@ pub fn fit(
         say(
             &run.dir,
             &format!(
-                "eio {} ({}), {} on {} training images; seed {}; {} on {:?}",
+                "eio {} ({}), {} on {} training images; seed {}; {} on {}",
                 env!("CARGO_PKG_VERSION"),
                 git_rev(),
                 method.name(),
