@@ -106,6 +106,21 @@ fn smoke_preset_runs_resumes_and_summarises() {
         "no such job",
     );
     assert_user_error(&["reproduce", "--preset", "huge", "--out", out_s], "unknown preset");
+    // A folder of another preset, or of this one with other sizes, is not taken for this one's.
+    assert_user_error(
+        &["reproduce", "--preset", "demo", "--out", out_s, "--list"],
+        "holds a reproduction of preset 'smoke', not 'demo'",
+    );
+    let plan = std::fs::read_to_string(out.join("plan.toml")).unwrap();
+    let other = dir.path().join("other");
+    std::fs::create_dir_all(&other).unwrap();
+    std::fs::write(other.join("plan.toml"), plan.replacen("seed = ", "seed = 9", 1)).unwrap();
+    let other_s = other.to_str().unwrap();
+    assert_user_error(&["reproduce", "--preset", "smoke", "--out", other_s], "other sizes");
+    assert_user_error(
+        &["reproduce", "--preset", "smoke", "--out", other_s, "--report"],
+        "other sizes",
+    );
 
     // --from: jobs whose outputs a folder holds are loaded from it, not run, and evaluate to
     // the same numbers. The white-box evaluation runs without the transfer set, the black-box

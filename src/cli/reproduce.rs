@@ -51,6 +51,7 @@ pub struct ReproduceArgs {
 
 pub fn run_cmd(a: ReproduceArgs) -> Result<()> {
     let plan = Plan::new(Preset::named(&a.preset)?);
+    plan.check_folder(&a.out)?;
     if a.list {
         for (j, state) in plan.jobs.iter().zip(plan.states(&a.out)) {
             println!("{:<28} {:<10} -> {}", j.name, state.label(), j.outputs.join(", "));

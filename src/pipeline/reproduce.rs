@@ -869,6 +869,37 @@ impl Plan {
             .collect()
     }
 
+    /// Refuses an output folder that holds a reproduction of another preset (or of this one's
+    /// name with other sizes, from another eio version): its files would count as this plan's.
+    pub fn check_folder(&self, out: &Path) -> Result<()> {
+        let file = out.join("plan.toml");
+        if !file.exists() {
+            return Ok(());
+        }
+        let text = std::fs::read_to_string(&file).map_err(|e| Error::io(&file, e))?;
+        let theirs = toml::from_str::<toml::Table>(&text)
+            .ok()
+            .and_then(|t| t.get("preset").cloned())
+            .and_then(|p| p.try_into::<Preset>().ok());
+        match theirs {
+            Some(p) if p == self.preset => Ok(()),
+            Some(p) if p.name != self.preset.name => Err(Error::config(format!(
+                "--out {}: holds a reproduction of preset '{}', not '{}': use another folder",
+                out.display(),
+                p.name,
+                self.preset.name
+            ))),
+            _ => Err(Error::data(
+                &file,
+                format!(
+                    "a reproduction with other sizes than this eio's preset '{}' (another eio \
+                     version's?): use another folder",
+                    self.preset.name
+                ),
+            )),
+        }
+    }
+
     /// Refuses names in `only` that are not jobs of this plan.
     pub fn check_only(&self, only: &[String]) -> Result<()> {
         match only.iter().find(|n| !self.jobs.iter().any(|j| &j.name == *n)) {
@@ -1026,6 +1057,7 @@ pub fn run(
     command: &str,
 ) -> Result<Summary> {
     plan.check_only(only)?;
+    plan.check_folder(out)?;
     std::fs::create_dir_all(out).map_err(|e| Error::io(out, e))?;
     let text = toml::to_string(plan).map_err(|e| Error::config(format!("internal: plan: {e}")))?;
     write_atomic(&out.join("plan.toml"), text.as_bytes())?;
@@ -1235,6 +1267,7 @@ pub fn run(
 /// far in `out` (a finished run's, or a running one's partial results: it only reads the jobs'
 /// files), and returns the summary.
 pub fn report(plan: &Plan, out: &Path, command: &str) -> Result<Summary> {
+    plan.check_folder(out)?;
     let summary = summarise(plan, out, command)?;
     // Writes summary.json beside the page and its CSVs.
     let html = crate::report::write(&summary, out)?;
