@@ -1,7 +1,7 @@
 //! `eio reproduce` (issue 9): the smoke preset end to end, resume, --only, the summary's
 //! numbers are the evaluation files' numbers.
 
-use eio::pipeline::reproduce::{Blackbox, Evaluation};
+use eio::pipeline::reproduce::{Blackbox, Evaluation, Plan, Preset};
 use eio::pipeline::summary::Summary;
 
 use crate::util::{assert_user_error, eio, tempdir};
@@ -85,6 +85,11 @@ fn smoke_preset_runs_resumes_and_summarises() {
         "{err}"
     );
     assert_eq!(before, std::fs::read(out.join("eval/eio-finetune.json")).unwrap());
+    // --list ends with the count of jobs in each state.
+    let (ok, stdout, err) = eio(&["reproduce", "--preset", "smoke", "--out", out_s, "--list"]);
+    let n = Plan::new(Preset::named("smoke").unwrap()).jobs.len();
+    let last = stdout.lines().last().unwrap_or_default().to_string();
+    assert!(ok && last == format!("{n} jobs: {n} done, 0 to do, 0 not needed"), "{err}{stdout}");
     // --report rewrites the summary from the jobs' files alone: the same models, nothing run.
     std::fs::remove_file(out.join("summary.json")).unwrap();
     let (ok, stdout, err) = eio(&["reproduce", "--preset", "smoke", "--out", out_s, "--report"]);

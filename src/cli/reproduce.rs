@@ -53,7 +53,8 @@ pub fn run_cmd(a: ReproduceArgs) -> Result<()> {
     let plan = Plan::new(Preset::named(&a.preset)?);
     plan.check_folder(&a.out)?;
     if a.list {
-        for (j, state) in plan.jobs.iter().zip(plan.states(&a.out)) {
+        let states = plan.states(&a.out);
+        for (j, &state) in plan.jobs.iter().zip(&states) {
             println!("{:<28} {:<10} -> {}", j.name, state.label(), j.outputs.join(", "));
             if let (JobState::ToDo, Some((line, age))) = (state, workers::last_log_line(&a.out, j))
             {
@@ -64,6 +65,14 @@ pub fn run_cmd(a: ReproduceArgs) -> Result<()> {
                 );
             }
         }
+        let count = |s: JobState| states.iter().filter(|&&t| t == s).count();
+        println!(
+            "{} jobs: {} done, {} to do, {} not needed",
+            states.len(),
+            count(JobState::Done),
+            count(JobState::ToDo),
+            count(JobState::NotNeeded)
+        );
         return Ok(());
     }
     let command = std::env::args().collect::<Vec<_>>().join(" ");
