@@ -196,7 +196,8 @@ fn smoke_preset_runs_resumes_and_summarises() {
 
 /// Workers end with the command that started them, also when it is killed with SIGKILL (a
 /// timeout): none computes on unseen. (The demo preset's first jobs run for minutes, so a worker
-/// that survived would be seen.)
+/// that survived would be seen.) Meanwhile the folder is locked against a second reproduction;
+/// the workers run under their parent's lock.
 #[cfg(target_os = "linux")]
 #[test]
 fn killing_reproduce_kills_its_workers() {
@@ -228,6 +229,11 @@ fn killing_reproduce_kills_its_workers() {
         assert!(t0.elapsed().as_secs() < 60, "no worker started");
         std::thread::sleep(std::time::Duration::from_millis(50));
     }
+    // While it runs, a second reproduction of the folder is refused; looking at it is not.
+    let out_s = out.to_str().unwrap();
+    assert_user_error(&["reproduce", "--preset", "demo", "--out", out_s], "in use by another eio");
+    let (ok, _, err) = eio(&["reproduce", "--preset", "demo", "--out", out_s, "--list"]);
+    assert!(ok, "{err}");
     parent.kill().unwrap(); // SIGKILL
     parent.wait().unwrap();
     let t1 = std::time::Instant::now();

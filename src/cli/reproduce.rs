@@ -1,6 +1,6 @@
 //! `eio reproduce`: the paper's comparison from one preset, resumable.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use anyhow::Result;
 use clap::Args;
@@ -9,6 +9,9 @@ use super::DataArgs;
 use eio::data::Split;
 use eio::pipeline::reproduce::{load_from, report, run, Data, JobState, Plan, Preset};
 use eio::pipeline::workers;
+
+/// Set by `--workers` for its job processes: the folder whose lock the parent holds.
+const WORKER_OF: &str = "EIO_REPRODUCE_WORKER_OF";
 
 #[derive(Debug, Args)]
 pub struct ReproduceArgs {
@@ -83,6 +86,12 @@ pub fn run_cmd(a: ReproduceArgs) -> Result<()> {
         let summary = report(&plan, &a.out, &command)?;
         return print_summary(&summary, &a.out);
     }
+    // One reproduction per folder at a time (its jobs' files would be written twice); a job
+    // of a --workers run works under its parent's lock.
+    let _lock = match std::env::var_os(WORKER_OF) {
+        Some(dir) if Path::new(&dir) == a.out => None,
+        _ => Some(eio::fsx::RunLock::acquire(&a.out)?),
+    };
     let device = super::device()?;
     if let Some(from) = &a.from {
         let loaded = load_from(&plan, from, &a.out, &a.only)?;
@@ -97,6 +106,7 @@ pub fn run_cmd(a: ReproduceArgs) -> Result<()> {
         workers::run_workers(&plan, &a.out, &a.only, a.workers, &|job, log| {
             let mut cmd = std::process::Command::new(&exe);
             cmd.args(&child).args(["--only", &job.name]).stdout(log.try_clone()?).stderr(log);
+            cmd.env(WORKER_OF, &a.out);
             die_with_parent(&mut cmd);
             cmd.spawn()
         })?;
