@@ -1,7 +1,9 @@
 //! `eio reproduce` (issue 9): the smoke preset end to end, resume, --only, the summary's
 //! numbers are the evaluation files' numbers.
 
-use eio::pipeline::reproduce::{Blackbox, Evaluation, Plan, Preset};
+use eio::pipeline::plan::Plan;
+use eio::pipeline::preset::Preset;
+use eio::pipeline::reproduce::{Blackbox, Evaluation};
 use eio::pipeline::summary::Summary;
 
 use crate::util::{assert_user_error, eio, tempdir};

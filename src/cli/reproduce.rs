@@ -7,7 +7,9 @@ use clap::Args;
 
 use super::DataArgs;
 use eio::data::Split;
-use eio::pipeline::reproduce::{load_from, report, run, Data, JobState, Plan, Preset};
+use eio::pipeline::plan::{JobState, Plan};
+use eio::pipeline::preset::Preset;
+use eio::pipeline::reproduce::{load_from, report, run, Data};
 use eio::pipeline::workers;
 
 /// Set by `--workers` for its job processes: the folder whose lock the parent holds.

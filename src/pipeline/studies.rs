@@ -2,7 +2,7 @@
 The paper's Ensemble-in-One hyper-parameter studies (Sec. 4.2): Table 2 (augmentation factor n,
 derived sub-models), Fig. 5 (paths per iteration p), Fig. 6 (distillation radius eps_d) and the
 appendix's EIO(top-k). An [`EioVariant`] is one configuration; presets list the variants they
-train ([`super::reproduce::Preset`]), evaluations carry them into the summary, and the report
+train ([`super::preset::Preset`]), evaluations carry them into the summary, and the report
 draws the studies from there.
 */
 

@@ -17,7 +17,7 @@ use std::path::{Path, PathBuf};
 use std::process::Child;
 use std::time::{Duration, Instant};
 
-use super::reproduce::{Job, Plan};
+use super::plan::{Job, Plan};
 use crate::error::{Error, Result};
 
 /// How one job ended.
@@ -227,7 +227,7 @@ pub fn run_workers(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::pipeline::reproduce::Preset;
+    use crate::pipeline::preset::Preset;
     use std::process::{Command, Stdio};
 
     /// A stand-in for `eio reproduce --only JOB`: checks that the job's inputs exist, waits a
