@@ -23,7 +23,8 @@ pub struct ReproduceArgs {
     #[arg(long, value_name = "NAME")]
     preset: String,
     /// Output folder (plan.toml, runs/, models/, transfer/, eval/, summary.json, report).
-    /// A rerun continues where the last one stopped.
+    /// A rerun continues where the last one stopped; one reproduction runs in a folder at a
+    /// time, and a folder of another preset is refused.
     #[arg(long, value_name = "DIR")]
     out: PathBuf,
     /// Run only these jobs (names as listed by --list), in the order named (a job never before
@@ -37,7 +38,7 @@ pub struct ReproduceArgs {
     #[arg(long, value_name = "DIR")]
     from: Option<PathBuf>,
     /// Print the plan's jobs, each done, to do or not needed in --out (with the last line of
-    /// its log for a job begun by --workers), and exit.
+    /// its log for a job begun by --workers) and how many are in each state, and exit.
     #[arg(long)]
     list: bool,
     /// Write summary.json and the report from the jobs done so far in --out, and exit: the
