@@ -10,6 +10,7 @@ use eio::data::Split;
 use eio::pipeline::plan::{JobState, Plan};
 use eio::pipeline::preset::Preset;
 use eio::pipeline::reproduce::{load_from, report, run, Data};
+use eio::pipeline::summary::Summary;
 use eio::pipeline::workers;
 
 /// Set by `--workers` for its job processes: the folder whose lock the parent holds.
@@ -120,7 +121,7 @@ pub fn run_cmd(a: ReproduceArgs) -> Result<()> {
     print_summary(&summary, &a.out)
 }
 
-fn print_summary(summary: &eio::pipeline::summary::Summary, out: &std::path::Path) -> Result<()> {
+fn print_summary(summary: &Summary, out: &Path) -> Result<()> {
     println!("{}", summary.table());
     println!("summary: {}", out.join("summary.json").display());
     println!("report: {} (open it in a browser)", out.join(eio::report::HTML_FILE).display());

@@ -480,16 +480,17 @@ impl Plan {
     /// first (the cheap ones of a long run, say).
     pub fn order(&self, only: &[String]) -> Vec<usize> {
         let n = self.jobs.len();
-        let rank = |k: usize| only.iter().position(|o| *o == self.jobs[k].name);
-        let mut wanted: Vec<usize> = (0..n).filter(|&k| rank(k).is_some()).collect();
-        wanted.sort_by_key(|&k| rank(k));
+        let rank: Vec<Option<usize>> =
+            self.jobs.iter().map(|j| only.iter().position(|o| *o == j.name)).collect();
+        let mut wanted: Vec<usize> = (0..n).filter(|&k| rank[k].is_some()).collect();
+        wanted.sort_by_key(|&k| rank[k]);
         let deps: Vec<Vec<usize>> = (0..n).map(|k| self.dependencies(k)).collect();
         let mut placed = vec![false; n];
         let mut order = Vec::with_capacity(n);
         // Each round places the first named job whose named dependencies are placed; one
         // always exists, since dependencies come earlier in the plan.
         while let Some(i) =
-            wanted.iter().position(|&k| deps[k].iter().all(|&d| placed[d] || rank(d).is_none()))
+            wanted.iter().position(|&k| deps[k].iter().all(|&d| placed[d] || rank[d].is_none()))
         {
             let k = wanted.remove(i);
             placed[k] = true;

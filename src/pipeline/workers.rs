@@ -85,8 +85,9 @@ enum State {
 }
 
 /// Runs the jobs of `plan` named in `only` (or all) that are not done, up to `workers` at a time,
-/// each as soon as its inputs are done, in the order of [`Plan::order`], each through `spawn(job, log)` (a process writing to `log`). Returns each selected job's
-/// outcome, in plan order, or an error naming the jobs that failed or could not run.
+/// each as soon as its inputs are done, in the order of [`Plan::order`], through
+/// `spawn(job, log)` (a process writing to `log`). Returns each selected job's outcome, in plan
+/// order, or an error naming the jobs that failed or could not run.
 pub fn run_workers(
     plan: &Plan,
     out: &Path,

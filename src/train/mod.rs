@@ -319,8 +319,16 @@ const LAYOUT_KEY: &str = "eio.layout";
 /// `cpu/channels-last`, `cuda/contiguous`, ...
 fn layout(model: &Model) -> String {
     let dev = if model.device().is_cuda() { "cuda" } else { "cpu" };
-    let fmt = if model.is_channels_last() { "channels-last" } else { "contiguous" };
-    format!("{dev}/{fmt}")
+    format!("{dev}/{}", memory_format(model))
+}
+
+/// The model's memory format, as logs and [`layout`] name it.
+fn memory_format(model: &Model) -> &'static str {
+    if model.is_channels_last() {
+        "channels-last"
+    } else {
+        "contiguous"
+    }
 }
 
 /// An epoch's batch order and augmentation draws, made on the host from the seeded streams in
@@ -794,7 +802,7 @@ pub fn fit(
                 ckpt.display(),
                 state.epoch + 1,
                 state.step,
-                if model.is_channels_last() { "channels-last" } else { "contiguous" },
+                memory_format(model),
                 compute_label(model.device())
             ),
         )?;
@@ -835,7 +843,7 @@ pub fn fit(
                 method.name(),
                 train.len(),
                 cfg.seed,
-                if model.is_channels_last() { "channels-last" } else { "contiguous" },
+                memory_format(model),
                 compute_label(model.device())
             ),
         )?;
