@@ -3,6 +3,7 @@ eio reads, saved with torch.save, and their logits on the probe input (tests/uti
 
     scripts/python tests/interop.py akamaster DIR   # option-A ResNet-20, akamaster checkpoint
     scripts/python tests/interop.py dverge DIR      # DVERGE-layout ensemble with normalizers
+    scripts/python tests/interop.py trs MODEL [--eps E] [--no-accumulate]   # one TRS step
 
 Each prints one JSON object on stdout.
 """
@@ -178,12 +179,79 @@ def dverge(out_dir):
             "ensemble_logits": ens.tolist(), "checkpoint_logits": single.tolist()}
 
 
+# --- One TRS training step as the published code takes it (AI-secure/Transferability-Reduced-
+# Smooth-Ensemble, train/Empirical/trainer.py: PGD and TRS_Trainer, read at its default
+# `--plus-adv` settings), in float64, on an eio model file. Written from a reading of that code:
+# what matters here is what it does, including the PGD input's gradient that is never zeroed
+# between steps and the extra train-mode forward its accuracy comes from. ----------------------
+
+def trs_step(model_path, eps, accumulate, steps=6, coeff=2.0, lamda=2.0, scale=5.0):
+    import eio_torch
+
+    ens = eio_torch.load(model_path).double().train()
+    models = ens.members
+    n = 8
+    x = probe_input(n).double()
+    y = torch.tensor([(3 * i) % 10 for i in range(n)])
+    i = torch.arange(n // 2 * 3 * 32 * 32, dtype=torch.float64)
+    noise = ((i * 104729) % 997 / 997.0).view(n // 2, 3, 32, 32)
+
+    def input_grad(m, inp, create_graph):
+        loss = F.cross_entropy(m(inp), y[:inp.shape[0]] if inp.shape[0] < n else y)
+        return loss, torch.autograd.grad(loss, inp, create_graph=create_graph)[0].flatten(1)
+
+    def magnitude(g):
+        return (g ** 2).sum(1).mean() * 2
+
+    x.requires_grad_(True)
+    ce, grads = 0, []
+    for m in models:
+        loss, g = input_grad(m, x, True)
+        ce, grads = ce + loss, grads + [g]
+    pairs = [(a, b) for a in range(3) for b in range(a + 1, 3)]
+    cos = sum(F.cosine_similarity(grads[a], grads[b]).abs().mean() for a, b in pairs) / 3
+
+    # The vicinity PGD on the second half, labels of that half.
+    h = n // 2
+    far, yfar = x[h:].detach(), y[h:]
+    adv = torch.clamp(far + (noise * 2 - 1) * eps, 0, 1).requires_grad_(True)
+    for _ in range(steps):
+        if not accumulate:
+            adv.grad = None
+        m_sum = 0
+        for m in models:
+            loss = F.cross_entropy(m(adv), yfar)
+            g = torch.autograd.grad(loss, adv, create_graph=True)[0].flatten(1)
+            m_sum = m_sum + magnitude(g)
+        (m_sum / 3).backward()
+        with torch.no_grad():
+            adv.data = torch.clamp(torch.min(torch.max(adv.data + eps / 3 * adv.grad.sign(),
+                                                       far - eps), far + eps), 0, 1)
+    for m in models:
+        m.zero_grad(set_to_none=True)   # the code's optimizer.zero_grad() before backward
+    xv = torch.cat([x[:h].detach(), adv.detach()]).requires_grad_(True)
+    smooth = sum(magnitude(input_grad(m, xv, True)[1]) for m in models) / 3
+    loss = ce + scale * (coeff * cos + lamda * smooth)
+    with torch.no_grad():
+        ens(x.detach())                # the code's accuracy forward (train mode)
+    loss.backward()
+    grads_w = {k: v.grad.flatten()[:16].tolist() for k, v in ens.named_parameters()}
+    stats = {k: v.flatten()[:16].tolist() for k, v in ens.named_buffers() if "running" in k}
+    return {"loss": loss.item(), "ce": ce.item(), "cos": cos.item(), "smooth": smooth.item(),
+            "grads": grads_w, "stats": stats}
+
+
 def main():
     p = argparse.ArgumentParser()
-    p.add_argument("what", choices=["akamaster", "dverge"])
-    p.add_argument("dir")
+    p.add_argument("what", choices=["akamaster", "dverge", "trs"])
+    p.add_argument("path")
+    p.add_argument("--eps", type=float, default=0.125)
+    p.add_argument("--no-accumulate", action="store_true")
     a = p.parse_args()
-    json.dump({"akamaster": akamaster, "dverge": dverge}[a.what](a.dir), sys.stdout)
+    if a.what == "trs":
+        json.dump(trs_step(a.path, a.eps, not a.no_accumulate), sys.stdout)
+        return
+    json.dump({"akamaster": akamaster, "dverge": dverge}[a.what](a.path), sys.stdout)
 
 
 if __name__ == "__main__":

@@ -480,3 +480,74 @@ fn decoded_jpeg_pixels_equal_pil() {
         }
     }
 }
+
+// --- a TRS step against the published code's loop ---------------------------------------------
+
+/// One TRS step (eps 0.125: epoch 1 of 4) in float64 on a 3-member ensemble, against the step
+/// of `tests/interop.py trs` (the published TRS code's `PGD` and `TRS_Trainer`, as it runs them):
+/// loss and terms, every parameter's gradient and the BatchNorm running statistics after the
+/// step (which check the order and number of train-mode forwards). With `accumulate` off the
+/// vicinity PGD follows each step's own gradient, as the reference run with `--no-accumulate`.
+#[test]
+fn trs_step_matches_the_published_loop() {
+    use eio::train::trs::{Trs, TrsConfig};
+    use eio::train::{Batch, Method, StepAt};
+    let Some(py) = python() else { return };
+    let dir = tempdir();
+    for accumulate in [true, false] {
+        let m =
+            Model::new(&ModelSpec { arch: ArchConfig::plain(), members: 3 }, Device::Cpu, Seed(9))
+                .unwrap();
+        vary_bn(&m);
+        let p = dir.path().join("trs.safetensors");
+        m.save(&p, TensorFile::default()).unwrap();
+        let mut args = vec!["tests/interop.py", "trs", p.to_str().unwrap(), "--eps", "0.125"];
+        if !accumulate {
+            args.push("--no-accumulate");
+        }
+        let want = run_python(&py, &args);
+
+        let mut m = m;
+        m.vs.double();
+        let n = 8i64;
+        let x = probe_input(n as usize).to_kind(Kind::Double);
+        let y = Tensor::from_slice(&(0..n).map(|i| (3 * i) % 10).collect::<Vec<i64>>());
+        let noise = (Tensor::arange(n / 2 * 3072, (Kind::Double, Device::Cpu)) * 104729.0)
+            .fmod(997.0)
+            .view([n / 2, 3, 32, 32])
+            / 997.0;
+        let mut batch = Batch::new(x, y, None);
+        batch.draws = vec![noise];
+        let mut trs = Trs::new(TrsConfig { accumulate, ..TrsConfig::default() }, 4).unwrap();
+        let at = StepAt { epoch: 1, step: 0, seed: Seed(0) };
+        let stats = trs.step(&m, &batch, at).unwrap();
+
+        let close = |got: f64, want: f64, what: &str| {
+            assert!(
+                (got - want).abs() <= 1e-9 * want.abs().max(1.0),
+                "accumulate {accumulate}, {what}: eio {got} vs reference {want}"
+            );
+        };
+        close(stats.loss.double_value(&[]), want["loss"].as_f64().unwrap(), "loss");
+        for (name, t) in &stats.terms {
+            close(t.double_value(&[]), want[*name].as_f64().unwrap(), name);
+        }
+        let vars = m.vs.variables();
+        for (key, of) in [("grads", true), ("stats", false)] {
+            let want = want[key].as_object().unwrap();
+            assert!(want.len() > 60, "{key}: {} entries", want.len());
+            for (name, values) in want {
+                let t = &vars[name];
+                let t = if of { t.grad() } else { t.shallow_clone() };
+                let got = floats(&t.flatten(0, -1).narrow(0, 0, t.numel().min(16) as i64));
+                let values: Vec<f64> = serde_json::from_value(values.clone()).unwrap();
+                for (g, w) in got.iter().zip(&values) {
+                    assert!(
+                        (g - w).abs() <= 1e-7 * w.abs().max(1e-3),
+                        "accumulate {accumulate}, {key} {name}: eio {got:?} vs reference {values:?}"
+                    );
+                }
+            }
+        }
+    }
+}

@@ -504,6 +504,11 @@ pub struct TrsFlags {
     #[arg(long = "vicinity-steps", id = "vicinity_steps", value_parser = super::positive)]
     #[serde(rename = "steps", skip_serializing_if = "Option::is_none")]
     pub steps: Option<usize>,
+    /// Vicinity steps follow the sign of the gradients summed over the steps so far (true, the
+    /// published code) or of each step's own gradient.
+    #[arg(long = "vicinity-accumulate", id = "vicinity_accumulate", value_name = "BOOL")]
+    #[serde(rename = "accumulate", skip_serializing_if = "Option::is_none")]
+    pub accumulate: Option<bool>,
 }
 
 impl MethodFlags for TrsFlags {
@@ -804,7 +809,10 @@ mod tests {
         let c = resolved(&["trs", "--out", "x", "--vicinity", "false", "--vicinity-eps", "0.3"])
             .unwrap();
         let MethodConfig::Trs(t) = &c.method else { panic!() };
-        assert!(!t.vicinity && t.adv_eps == 0.3);
+        assert!(!t.vicinity && t.adv_eps == 0.3 && t.accumulate);
+        let c = resolved(&["trs", "--out", "x", "--vicinity-accumulate", "false"]).unwrap();
+        let MethodConfig::Trs(t) = &c.method else { panic!() };
+        assert!(t.vicinity && !t.accumulate);
         let c =
             resolved(&["dverge", "--out", "x", "--layer-per", "batch", "--adv", "true"]).unwrap();
         let MethodConfig::Dverge(d) = &c.method else { panic!() };

@@ -17,8 +17,16 @@ with double backprop through the input gradients. `x~` is the "vicinity" batch o
 `--plus-adv` mode (the default here, as in the paper's min-max training): the first half of the
 batch clean, the second half moved by a 6-step PGD of step eps/3 that *maximises* the summed
 gradient magnitude of the members, from a uniform random start, with eps growing linearly from
-`init_eps` to `adv_eps` over the run. With `vicinity = false` the smoothness term uses the clean
-gradients `g_i`.
+`init_eps` to `adv_eps` over the run. The code never zeroes the PGD input's gradient between
+steps, so each step moves along the sign of the gradients *summed* over the steps so far; eio
+does the same (`accumulate = false`: each step's own gradient). With `vicinity = false` the
+smoothness term uses the clean gradients `g_i` (the code still runs the PGD then, for nothing but
+BatchNorm running statistics; eio skips it).
+
+All forwards are in train mode, so each moves the BatchNorm running statistics, in the code's
+order: the clean batch, the PGD's steps, the smoothness batch, then once more the clean batch
+(the code takes its accuracy from that extra forward; eio runs it without a graph for the
+statistics, the logits being the first forward's).
 */
 
 use serde::{Deserialize, Serialize};
@@ -27,7 +35,7 @@ use tch::Tensor;
 use super::methods::{ensemble_correct, input_grads, pairs, sum};
 use super::{stat, Batch, Method, StepAt, StepStats};
 use crate::error::{Error, Result};
-use crate::model::Model;
+use crate::model::{Model, Route};
 use crate::seed::{Seed, Stream};
 
 /// TRS settings. `Default` = the published TRS code.
@@ -48,6 +56,10 @@ pub struct TrsConfig {
     pub adv_eps: f64,
     /// Steps of the vicinity PGD (step eps/3).
     pub steps: usize,
+    /// Each vicinity step follows the sign of the gradients summed over the steps so far (the
+    /// published code, whose PGD input keeps its gradient between steps); false: the sign of
+    /// the step's own gradient.
+    pub accumulate: bool,
 }
 
 impl Default for TrsConfig {
@@ -60,6 +72,7 @@ impl Default for TrsConfig {
             init_eps: 0.1,
             adv_eps: 0.2,
             steps: 6,
+            accumulate: true,
         }
     }
 }
@@ -136,16 +149,22 @@ impl Trs {
 
     /// The vicinity PGD: moves `x` within `eps` to maximise the members' mean gradient
     /// magnitude (6 sign steps of eps/3 from the uniform random start `noise`, U[0,1) shaped
-    /// like `x`, in [0, 1]).
+    /// like `x`, in [0, 1]; the steps follow the summed gradients when `accumulate`).
     fn vicinity(&self, model: &Model, x: &Tensor, y: &Tensor, eps: f64, noise: &Tensor) -> Tensor {
         let (lo, hi) = ((x - eps).clamp_min(0.0), (x + eps).clamp_max(1.0));
         let mut adv = (x + (noise * 2.0 - 1.0) * eps).clamp(0.0, 1.0).detach();
+        let mut summed: Option<Tensor> = None;
         for _ in 0..self.cfg.steps {
             let xr = adv.detach().set_requires_grad(true);
             let m = smoothness(model, &xr, y);
             let g = Tensor::run_backward(&[&m], &[&xr], false, false).pop().expect("one gradient");
             let _guard = tch::no_grad_guard();
+            let g = match summed.take() {
+                Some(s) if self.cfg.accumulate => s + g,
+                _ => g,
+            };
             adv = (adv + g.sign() * (eps / 3.0)).clamp_tensor(Some(&lo), Some(&hi));
+            summed = self.cfg.accumulate.then_some(g);
         }
         adv.detach()
     }
@@ -198,6 +217,12 @@ impl Method for Trs {
         } else {
             mean_magnitude(grads.iter(), x.device())
         };
+        // The code's accuracy forward: the running statistics move once more (module doc).
+        tch::no_grad(|| {
+            for net in &model.nets {
+                let _ = net.forward(x, &Route::zeros(0), true);
+            }
+        });
         let c = &self.cfg;
         let loss = &ce + (&cos * c.coeff + &smooth * c.lamda) * c.scale;
         loss.backward();
