@@ -3,7 +3,7 @@ eio reads, saved with torch.save, and their logits on the probe input (tests/uti
 
     scripts/python tests/interop.py akamaster DIR   # option-A ResNet-20, akamaster checkpoint
     scripts/python tests/interop.py dverge DIR      # DVERGE-layout ensemble with normalizers
-    scripts/python tests/interop.py trs MODEL [--eps E] [--no-accumulate]   # one TRS step
+    scripts/python tests/interop.py trs|gal|adp MODEL [--eps E] [--no-accumulate]  # one step
 
 Each prints one JSON object on stdout.
 """
@@ -179,77 +179,131 @@ def dverge(out_dir):
             "ensemble_logits": ens.tolist(), "checkpoint_logits": single.tolist()}
 
 
-# --- One TRS training step as the published code takes it (AI-secure/Transferability-Reduced-
-# Smooth-Ensemble, train/Empirical/trainer.py: PGD and TRS_Trainer, read at its default
-# `--plus-adv` settings), in float64, on an eio model file. Written from a reading of that code:
-# what matters here is what it does, including the PGD input's gradient that is never zeroed
-# between steps and the extra train-mode forward its accuracy comes from. ----------------------
+# --- One training step of TRS, GAL and ADP as their published code takes it, in float64, on an
+# eio model file and the probe batch: TRS from AI-secure/Transferability-Reduced-Smooth-Ensemble
+# (train/Empirical/trainer.py: PGD and TRS_Trainer, at its default `--plus-adv` settings), GAL
+# and ADP from zjysteven/DVERGE (train/train_gal.py, train/train_adp.py). Written from a reading
+# of that code: what matters here is what it does, including TRS's PGD input gradient that is
+# never zeroed between steps, TRS's extra train-mode forward for its accuracy and GAL's second
+# forward for its cross-entropy (all of which move the BatchNorm running statistics). --------
 
-def trs_step(model_path, eps, accumulate, steps=6, coeff=2.0, lamda=2.0, scale=5.0):
-    import eio_torch
+N_STEP = 8
 
-    ens = eio_torch.load(model_path).double().train()
-    models = ens.members
-    n = 8
-    x = probe_input(n).double()
-    y = torch.tensor([(3 * i) % 10 for i in range(n)])
-    i = torch.arange(n // 2 * 3 * 32 * 32, dtype=torch.float64)
-    noise = ((i * 104729) % 997 / 997.0).view(n // 2, 3, 32, 32)
 
-    def input_grad(m, inp, create_graph):
-        loss = F.cross_entropy(m(inp), y[:inp.shape[0]] if inp.shape[0] < n else y)
-        return loss, torch.autograd.grad(loss, inp, create_graph=create_graph)[0].flatten(1)
+def step_batch():
+    x = probe_input(N_STEP).double()
+    y = torch.tensor([(3 * i) % 10 for i in range(N_STEP)])
+    return x, y
 
-    def magnitude(g):
-        return (g ** 2).sum(1).mean() * 2
 
+def step_noise(n, scale, offset):
+    """The fixed stand-in for a step's random draw (tests/interop.rs builds the same)."""
+    i = torch.arange(n * 3 * 32 * 32, dtype=torch.float64)
+    return ((i * 104729) % 997 / 997.0 + offset).view(n, 3, 32, 32) * scale
+
+
+def magnitude(g):
+    return (g ** 2).sum(1).mean() * 2
+
+
+def trs_loss(models, x, y, eps, accumulate, steps=6, coeff=2.0, lamda=2.0, scale=5.0):
     x.requires_grad_(True)
     ce, grads = 0, []
     for m in models:
-        loss, g = input_grad(m, x, True)
-        ce, grads = ce + loss, grads + [g]
+        loss = F.cross_entropy(m(x), y)
+        ce = ce + loss
+        grads.append(torch.autograd.grad(loss, x, create_graph=True)[0].flatten(1))
     pairs = [(a, b) for a in range(3) for b in range(a + 1, 3)]
     cos = sum(F.cosine_similarity(grads[a], grads[b]).abs().mean() for a, b in pairs) / 3
 
-    # The vicinity PGD on the second half, labels of that half.
-    h = n // 2
+    # The vicinity PGD on the second half of the batch, from a uniform start.
+    h = N_STEP // 2
     far, yfar = x[h:].detach(), y[h:]
-    adv = torch.clamp(far + (noise * 2 - 1) * eps, 0, 1).requires_grad_(True)
+    adv = torch.clamp(far + (step_noise(h, 1.0, 0.0) * 2 - 1) * eps, 0, 1).requires_grad_(True)
     for _ in range(steps):
         if not accumulate:
             adv.grad = None
         m_sum = 0
         for m in models:
-            loss = F.cross_entropy(m(adv), yfar)
-            g = torch.autograd.grad(loss, adv, create_graph=True)[0].flatten(1)
-            m_sum = m_sum + magnitude(g)
+            g = torch.autograd.grad(F.cross_entropy(m(adv), yfar), adv, create_graph=True)[0]
+            m_sum = m_sum + magnitude(g.flatten(1))
         (m_sum / 3).backward()
         with torch.no_grad():
-            adv.data = torch.clamp(torch.min(torch.max(adv.data + eps / 3 * adv.grad.sign(),
-                                                       far - eps), far + eps), 0, 1)
+            moved = adv.data + eps / 3 * adv.grad.sign()
+            adv.data = torch.clamp(torch.min(torch.max(moved, far - eps), far + eps), 0, 1)
     for m in models:
-        m.zero_grad(set_to_none=True)   # the code's optimizer.zero_grad() before backward
+        m.zero_grad(set_to_none=True)   # the code's optimizer.zero_grad() before its backward
     xv = torch.cat([x[:h].detach(), adv.detach()]).requires_grad_(True)
-    smooth = sum(magnitude(input_grad(m, xv, True)[1]) for m in models) / 3
-    loss = ce + scale * (coeff * cos + lamda * smooth)
+    smooth = 0
+    for m in models:
+        g = torch.autograd.grad(F.cross_entropy(m(xv), y), xv, create_graph=True)[0]
+        smooth = smooth + magnitude(g.flatten(1))
+    smooth = smooth / 3
     with torch.no_grad():
-        ens(x.detach())                # the code's accuracy forward (train mode)
+        for m in models:
+            m(x.detach())               # the code's accuracy forward (train mode)
+    return ce + scale * (coeff * cos + lamda * smooth), {"ce": ce, "cos": cos, "smooth": smooth}
+
+
+def gal_loss(models, x, y, lam=0.5):
+    x = (x + step_noise(N_STEP, 0.09, -0.5) * (torch.arange(N_STEP) < N_STEP // 2)
+         .double().view(-1, 1, 1, 1)).requires_grad_(True)
+    ce, grads = 0, []
+    for m in models:
+        loss = F.cross_entropy(m(x), y)
+        grads.append(torch.autograd.grad(loss, x, create_graph=True)[0].flatten(1))
+        ce = ce + F.cross_entropy(m(x.clone().detach()), y)
+    cos = torch.stack([F.cosine_similarity(grads[a], grads[b], dim=-1)
+                       for a in range(3) for b in range(a + 1, 3)], dim=-1)
+    coh = torch.log(cos.exp().sum(dim=-1) + 1e-20).mean()
+    return ce / 3 + lam * coh, {"ce": ce, "coherence": coh}
+
+
+def adp_loss(models, x, y, alpha=2.0, beta=0.5, det_offset=1e-6):
+    onehot = F.one_hot(y, 10).double()
+    ce, probs, rest = 0, 0, []
+    for m in models:
+        out = m(x)
+        ce = ce + F.cross_entropy(out, y)
+        p = F.softmax(out, dim=-1)
+        rest.append(torch.masked_select(p, onehot == 0).reshape(-1, 9))
+        probs = probs + p
+    probs = probs / 3
+    entropy = torch.sum(-probs * torch.log(probs + 1e-20), dim=-1).mean()
+    r = torch.stack(rest, dim=1)
+    r = r / torch.norm(r, p=2, dim=-1, keepdim=True)
+    log_det = torch.logdet(r @ r.permute(0, 2, 1) + det_offset * torch.eye(3).unsqueeze(0)).mean()
+    return ce - alpha * entropy - beta * log_det, {"ce": ce, "entropy": entropy, "log_det": log_det}
+
+
+def method_step(method, model_path, eps, accumulate):
+    import eio_torch
+
+    ens = eio_torch.load(model_path).double().train()
+    x, y = step_batch()
+    if method == "trs":
+        loss, terms = trs_loss(ens.members, x, y, eps, accumulate)
+    elif method == "gal":
+        loss, terms = gal_loss(ens.members, x, y)
+    else:
+        loss, terms = adp_loss(ens.members, x, y)
     loss.backward()
-    grads_w = {k: v.grad.flatten()[:16].tolist() for k, v in ens.named_parameters()}
-    stats = {k: v.flatten()[:16].tolist() for k, v in ens.named_buffers() if "running" in k}
-    return {"loss": loss.item(), "ce": ce.item(), "cos": cos.item(), "smooth": smooth.item(),
-            "grads": grads_w, "stats": stats}
+    out = {k: v.item() for k, v in terms.items()}
+    out["loss"] = loss.item()
+    out["grads"] = {k: v.grad.flatten()[:16].tolist() for k, v in ens.named_parameters()}
+    out["stats"] = {k: v.flatten()[:16].tolist() for k, v in ens.named_buffers() if "running" in k}
+    return out
 
 
 def main():
     p = argparse.ArgumentParser()
-    p.add_argument("what", choices=["akamaster", "dverge", "trs"])
+    p.add_argument("what", choices=["akamaster", "dverge", "trs", "gal", "adp"])
     p.add_argument("path")
     p.add_argument("--eps", type=float, default=0.125)
     p.add_argument("--no-accumulate", action="store_true")
     a = p.parse_args()
-    if a.what == "trs":
-        json.dump(trs_step(a.path, a.eps, not a.no_accumulate), sys.stdout)
+    if a.what in ("trs", "gal", "adp"):
+        json.dump(method_step(a.what, a.path, a.eps, not a.no_accumulate), sys.stdout)
         return
     json.dump({"akamaster": akamaster, "dverge": dverge}[a.what](a.path), sys.stdout)
 

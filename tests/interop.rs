@@ -13,6 +13,7 @@ use eio::error::Error;
 use eio::model::io::{describe, TensorFile};
 use eio::model::{pth, ArchConfig, Augment, Model, ModelSpec, Normalization, Route, Shortcut};
 use eio::seed::Seed;
+use eio::train::{Batch, Method, StepAt};
 use tch::{Device, Kind, Tensor};
 
 use crate::util::{assert_user_error, cifar_jpeg, eio, probe_input, tempdir};
@@ -481,73 +482,101 @@ fn decoded_jpeg_pixels_equal_pil() {
     }
 }
 
-// --- a TRS step against the published code's loop ---------------------------------------------
+// --- training steps against the published code's loops --------------------------------------
 
-/// One TRS step (eps 0.125: epoch 1 of 4) in float64 on a 3-member ensemble, against the step
-/// of `tests/interop.py trs` (the published TRS code's `PGD` and `TRS_Trainer`, as it runs them):
-/// loss and terms, every parameter's gradient and the BatchNorm running statistics after the
-/// step (which check the order and number of train-mode forwards). With `accumulate` off the
-/// vicinity PGD follows each step's own gradient, as the reference run with `--no-accumulate`.
-#[test]
-fn trs_step_matches_the_published_loop() {
-    use eio::train::trs::{Trs, TrsConfig};
-    use eio::train::{Batch, Method, StepAt};
+/// `step_noise` of tests/interop.py: the fixed stand-in for a step's random draw.
+fn step_noise(n: i64, scale: f64, offset: f64) -> Tensor {
+    let i = Tensor::arange(n * 3072, (Kind::Double, Device::Cpu));
+    ((i * 104729.0).fmod(997.0) / 997.0 + offset).view([n, 3, 32, 32]) * scale
+}
+
+/// One step of `method` in float64 on a 3-member ensemble of `arch` and the probe batch of 8
+/// (`draws`: its random tensors), against `tests/interop.py METHOD MODEL args..` (the method's
+/// published code, as it runs a step): loss and terms, every parameter's gradient and the
+/// BatchNorm running statistics after the step (which check the number and order of train-mode
+/// forwards).
+fn step_matches_reference(
+    method: &mut dyn Method,
+    arch: ArchConfig,
+    args: &[&str],
+    draws: Vec<Tensor>,
+) {
     let Some(py) = python() else { return };
     let dir = tempdir();
-    for accumulate in [true, false] {
-        let m =
-            Model::new(&ModelSpec { arch: ArchConfig::plain(), members: 3 }, Device::Cpu, Seed(9))
-                .unwrap();
-        vary_bn(&m);
-        let p = dir.path().join("trs.safetensors");
-        m.save(&p, TensorFile::default()).unwrap();
-        let mut args = vec!["tests/interop.py", "trs", p.to_str().unwrap(), "--eps", "0.125"];
-        if !accumulate {
-            args.push("--no-accumulate");
-        }
-        let want = run_python(&py, &args);
+    let mut m = Model::new(&ModelSpec { arch, members: 3 }, Device::Cpu, Seed(9)).unwrap();
+    vary_bn(&m);
+    let p = dir.path().join("model.safetensors");
+    m.save(&p, TensorFile::default()).unwrap();
+    let mut py_args = vec!["tests/interop.py", method.name(), p.to_str().unwrap()];
+    py_args.extend(args);
+    let want = run_python(&py, &py_args);
 
-        let mut m = m;
-        m.vs.double();
-        let n = 8i64;
-        let x = probe_input(n as usize).to_kind(Kind::Double);
-        let y = Tensor::from_slice(&(0..n).map(|i| (3 * i) % 10).collect::<Vec<i64>>());
-        let noise = (Tensor::arange(n / 2 * 3072, (Kind::Double, Device::Cpu)) * 104729.0)
-            .fmod(997.0)
-            .view([n / 2, 3, 32, 32])
-            / 997.0;
-        let mut batch = Batch::new(x, y, None);
-        batch.draws = vec![noise];
-        let mut trs = Trs::new(TrsConfig { accumulate, ..TrsConfig::default() }, 4).unwrap();
-        let at = StepAt { epoch: 1, step: 0, seed: Seed(0) };
-        let stats = trs.step(&m, &batch, at).unwrap();
+    m.vs.double();
+    let n = 8i64;
+    let x = probe_input(n as usize).to_kind(Kind::Double);
+    let y = Tensor::from_slice(&(0..n).map(|i| (3 * i) % 10).collect::<Vec<i64>>());
+    let mut batch = Batch::new(x, y, None);
+    batch.draws = draws;
+    let stats = method.step(&m, &batch, StepAt { epoch: 1, step: 0, seed: Seed(0) }).unwrap();
 
-        let close = |got: f64, want: f64, what: &str| {
-            assert!(
-                (got - want).abs() <= 1e-9 * want.abs().max(1.0),
-                "accumulate {accumulate}, {what}: eio {got} vs reference {want}"
-            );
-        };
-        close(stats.loss.double_value(&[]), want["loss"].as_f64().unwrap(), "loss");
-        for (name, t) in &stats.terms {
-            close(t.double_value(&[]), want[*name].as_f64().unwrap(), name);
-        }
-        let vars = m.vs.variables();
-        for (key, of) in [("grads", true), ("stats", false)] {
-            let want = want[key].as_object().unwrap();
-            assert!(want.len() > 60, "{key}: {} entries", want.len());
-            for (name, values) in want {
-                let t = &vars[name];
-                let t = if of { t.grad() } else { t.shallow_clone() };
-                let got = floats(&t.flatten(0, -1).narrow(0, 0, t.numel().min(16) as i64));
-                let values: Vec<f64> = serde_json::from_value(values.clone()).unwrap();
-                for (g, w) in got.iter().zip(&values) {
-                    assert!(
-                        (g - w).abs() <= 1e-7 * w.abs().max(1e-3),
-                        "accumulate {accumulate}, {key} {name}: eio {got:?} vs reference {values:?}"
-                    );
-                }
+    let what = format!("{} {args:?}", method.name());
+    let close = |got: f64, want: f64, term: &str| {
+        assert!(
+            (got - want).abs() <= 1e-9 * want.abs().max(1.0),
+            "{what}, {term}: eio {got} vs reference {want}"
+        );
+    };
+    close(stats.loss.double_value(&[]), want["loss"].as_f64().unwrap(), "loss");
+    assert!(!stats.terms.is_empty());
+    for (name, t) in &stats.terms {
+        close(t.double_value(&[]), want[*name].as_f64().unwrap(), name);
+    }
+    let vars = m.vs.variables();
+    for (key, grad) in [("grads", true), ("stats", false)] {
+        let want = want[key].as_object().unwrap();
+        assert!(want.len() > 60, "{key}: {} entries", want.len());
+        for (name, values) in want {
+            let t = if grad { vars[name].grad() } else { vars[name].shallow_clone() };
+            let got = floats(&t.flatten(0, -1).narrow(0, 0, t.numel().min(16) as i64));
+            let values: Vec<f64> = serde_json::from_value(values.clone()).unwrap();
+            assert_eq!(got.len(), values.len(), "{what}, {key} {name}");
+            for (g, w) in got.iter().zip(&values) {
+                assert!(
+                    (g - w).abs() <= 1e-7 * w.abs().max(1e-3),
+                    "{what}, {key} {name}: eio {got:?} vs reference {values:?}"
+                );
             }
         }
     }
+}
+
+/// TRS at eps 0.125 (epoch 1 of 4), with the vicinity PGD along the summed gradients (the
+/// code's) and along each step's own gradient (`--no-accumulate` there).
+#[test]
+fn trs_step_matches_the_published_loop() {
+    use eio::train::trs::{Trs, TrsConfig};
+    for accumulate in [true, false] {
+        let mut trs = Trs::new(TrsConfig { accumulate, ..TrsConfig::default() }, 4).unwrap();
+        let args: &[&str] =
+            if accumulate { &["--eps", "0.125"] } else { &["--eps", "0.125", "--no-accumulate"] };
+        step_matches_reference(&mut trs, ArchConfig::plain(), args, vec![step_noise(4, 1.0, 0.0)]);
+    }
+}
+
+/// GAL (leaky ReLU 0.1) with Gaussian-noise augmentation on the first half of the batch.
+#[test]
+fn gal_step_matches_the_published_loop() {
+    use eio::train::gal::{Gal, GalConfig};
+    let mut gal = Gal::new(GalConfig::default()).unwrap();
+    let first_half = Tensor::arange(8, (Kind::Double, Device::Cpu)).lt(4).to_kind(Kind::Double);
+    let noise = step_noise(8, 0.09, -0.5) * first_half.view([8, 1, 1, 1]);
+    let arch = ArchConfig { relu_slope: 0.1, ..ArchConfig::plain() };
+    step_matches_reference(&mut gal, arch, &[], vec![noise]);
+}
+
+#[test]
+fn adp_step_matches_the_published_loop() {
+    use eio::train::adp::{Adp, AdpConfig};
+    let mut adp = Adp::new(AdpConfig::default()).unwrap();
+    step_matches_reference(&mut adp, ArchConfig::plain(), &[], Vec::new());
 }

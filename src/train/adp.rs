@@ -20,7 +20,7 @@ use serde::{Deserialize, Serialize};
 use tch::{Kind, Tensor};
 
 use super::adv::{against_ensemble, against_ensemble_start, AdvTerm};
-use super::methods::{ensemble_correct, sum, summed_ce};
+use super::methods::{cross_entropy, ensemble_correct, sum, summed_ce};
 use super::{stat, Batch, Method, StepAt, StepStats};
 use crate::error::{Error, Result};
 use crate::model::{Model, Route};
@@ -70,8 +70,10 @@ impl AdpConfig {
 pub fn regularisers(logits: &[Tensor], y: &Tensor, det_offset: f64) -> (Tensor, Tensor) {
     let n = logits.len() as i64;
     let k = logits[0].size()[1];
-    let probs: Vec<Tensor> = logits.iter().map(|l| l.softmax(-1, Kind::Float)).collect();
-    let mean = Tensor::stack(&probs, 0).mean_dim([0].as_slice(), false, Kind::Float);
+    // In the logits' precision (f32 in training; f64 where tests compare with PyTorch).
+    let kind = logits[0].kind();
+    let probs: Vec<Tensor> = logits.iter().map(|l| l.softmax(-1, kind)).collect();
+    let mean = Tensor::stack(&probs, 0).mean_dim([0].as_slice(), false, kind);
     let entropy = (-(&mean * (&mean + 1e-20).log())).sum_dim_intlist([-1].as_slice(), false, None);
     // Every class but the true one, in order: column c of a row is class c, or c + 1 from the
     // true class on. A gather of fixed shape, where a boolean mask select would read the number
@@ -81,9 +83,9 @@ pub fn regularisers(logits: &[Tensor], y: &Tensor, det_offset: f64) -> (Tensor, 
     let m = Tensor::stack(&non_max, 1);
     let m = &m / m.norm_scalaropt_dim(2, [-1].as_slice(), true);
     let gram = m.matmul(&m.transpose(1, 2));
-    let eye = Tensor::eye(n, (Kind::Float, gram.device())).unsqueeze(0);
+    let eye = Tensor::eye(n, (kind, gram.device())).unsqueeze(0);
     let log_det = (gram + eye * det_offset).logdet();
-    (entropy.mean(Kind::Float), log_det.mean(Kind::Float))
+    (entropy.mean(kind), log_det.mean(kind))
 }
 
 /// `[B, K-1]` indices of every class but `y`'s, in increasing order.
@@ -137,7 +139,7 @@ impl Method for Adp {
         let route = Route::zeros(0);
         let logits: Vec<Tensor> =
             model.nets.iter().map(|n| n.forward(&batch.x, &route, true)).collect();
-        let ce = sum(logits.iter().map(|l| l.cross_entropy_for_logits(&batch.y)), batch.x.device());
+        let ce = sum(logits.iter().map(|l| cross_entropy(l, &batch.y)), batch.x.device());
         let (entropy, log_det) = regularisers(&logits, &batch.y, self.cfg.det_offset);
         let mut loss = &ce - &entropy * self.cfg.alpha - &log_det * self.cfg.beta;
         let mut terms =

@@ -28,7 +28,7 @@ use rand::Rng as _;
 use tch::Tensor;
 
 use super::adv::AdvTerm;
-use super::methods::ce_and_correct;
+use super::methods::{ce_and_correct, cross_entropy};
 use super::{stat, StepAt, StepStats};
 use crate::distill::{distill, DistillConfig};
 use crate::error::{Error, Result};
@@ -188,7 +188,7 @@ pub fn cross_train(
         st.seen += y.size()[0];
     }
     if let Some(adv) = adv {
-        let loss = net.forward(&adv[j], route, true).cross_entropy_for_logits(y);
+        let loss = cross_entropy(&net.forward(&adv[j], route, true), y);
         (&loss / div).backward();
     }
     st

@@ -16,9 +16,11 @@ Gaussian noise (std 0.045) with probability 0.5 each, as the code's `AddGaussian
 transform (not clipped to [0, 1], as there). With the adversarial term (GAL+AdvT) the loss adds
 `sum_i CE(f_i(x_adv), y) / N`, `x_adv` made against the whole ensemble.
 
-One difference from the code: it runs a second forward of every member on the detached input for
-the cross-entropy term; eio reuses the first forward's loss. The gradient is the same (same input,
-same batch statistics); BatchNorm running statistics are updated once per batch instead of twice.
+The code runs a second forward of every member on the detached input for the cross-entropy term;
+eio takes that term from the first forward (the same gradient: same input, same batch
+statistics) and runs the second without a graph, only for what it does to the BatchNorm running
+statistics, so they move as in the code (per member: the clean batch twice, then the adversarial
+batch).
 */
 
 use rand::Rng as _;
@@ -29,7 +31,7 @@ use super::adv::{against_ensemble, against_ensemble_start, AdvTerm};
 use super::methods::{ensemble_correct, input_grads, pairs, sum, summed_ce};
 use super::{stat, Batch, Method, StepAt, StepStats};
 use crate::error::{Error, Result};
-use crate::model::Model;
+use crate::model::{Model, Route};
 use crate::seed::{Rng, Stream};
 
 /// GAL settings. `Default` = the GAL defaults of the DVERGE code.
@@ -203,6 +205,12 @@ impl Method for Gal {
             self.cfg.adv.as_ref().map(|a| against_ensemble(model, a, &batch, at, start.as_ref()));
         let GalLoss { total: mut loss, ce, coherence, logits } =
             self.loss(model, &batch.x, &batch.y);
+        // The code's second forward (module doc).
+        tch::no_grad(|| {
+            for net in &model.nets {
+                let _ = net.forward(&batch.x, &Route::zeros(0), true);
+            }
+        });
         let n = model.nets.len() as f64;
         let mut terms = vec![("ce", stat(&ce)), ("coherence", stat(&coherence))];
         if let Some(xa) = &xa {

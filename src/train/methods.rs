@@ -16,9 +16,16 @@ pub fn ensemble_correct(logits: &[Tensor], y: &Tensor) -> Tensor {
     ens.argmax(-1, false).eq_tensor(y).sum(Kind::Int64)
 }
 
+/// Mean cross-entropy of `logits` against `y` in the logits' precision (tch's
+/// `cross_entropy_for_logits` computes in f32: the same numbers for an f32 model, but a
+/// double-precision one, as the tests check against PyTorch, would lose its precision).
+pub fn cross_entropy(logits: &Tensor, y: &Tensor) -> Tensor {
+    logits.log_softmax(-1, logits.kind()).nll_loss(y)
+}
+
 /// Cross-entropy of `logits` against `y`, with the count of correct predictions (on the device).
 pub fn ce_and_correct(logits: &Tensor, y: &Tensor) -> (Tensor, Tensor) {
-    let loss = logits.cross_entropy_for_logits(y);
+    let loss = cross_entropy(logits, y);
     let correct = logits.detach().argmax(-1, false).eq_tensor(y).sum(Kind::Int64);
     (loss, correct)
 }
@@ -34,9 +41,7 @@ pub fn input_grads(model: &Model, x: &Tensor, y: &Tensor) -> Vec<(Tensor, Tensor
         .iter()
         .map(|net| {
             let logits = net.forward(x, &route, true);
-            // In the logits' precision (tch's cross_entropy_for_logits casts to f32), so a
-            // double-precision model can be checked against finite differences.
-            let loss = logits.log_softmax(-1, logits.kind()).nll_loss(y);
+            let loss = cross_entropy(&logits, y);
             let g = Tensor::run_backward(&[&loss], &[x], true, true)
                 .pop()
                 .expect("one gradient per input");
@@ -54,10 +59,7 @@ pub fn sum(ts: impl IntoIterator<Item = Tensor>, device: tch::Device) -> Tensor 
 /// route (the adversarial terms of ADP+AdvT and GAL+AdvT).
 pub fn summed_ce(model: &Model, x: &Tensor, y: &Tensor) -> Tensor {
     let route = Route::zeros(model.gates());
-    sum(
-        model.nets.iter().map(|n| n.forward(x, &route, true).cross_entropy_for_logits(y)),
-        x.device(),
-    )
+    sum(model.nets.iter().map(|n| cross_entropy(&n.forward(x, &route, true), y)), x.device())
 }
 
 /// The pairs `(i, j)`, `i < j`, of `n` members.
