@@ -3,7 +3,7 @@ eio reads, saved with torch.save, and their logits on the probe input (tests/uti
 
     scripts/python tests/interop.py akamaster DIR   # option-A ResNet-20, akamaster checkpoint
     scripts/python tests/interop.py dverge DIR      # DVERGE-layout ensemble with normalizers
-    scripts/python tests/interop.py trs|gal|adp MODEL [--eps E] [--no-accumulate]  # one step
+    scripts/python tests/interop.py trs|gal|adp|dverge-step|adv MODEL [options]   # one step
 
 Each prints one JSON object on stdout.
 """
@@ -276,34 +276,135 @@ def adp_loss(models, x, y, alpha=2.0, beta=0.5, det_offset=1e-6):
     return ce - alpha * entropy - beta * log_det, {"ce": ce, "entropy": entropy, "log_det": log_det}
 
 
-def method_step(method, model_path, eps, accumulate):
+def dverge_features(m, x, layer):
+    """Features at `layer` (1..20) before the ReLU, numbered as DVERGE's `get_features`
+    (models/resnet.py): 1 the stem's BatchNorm, then two per block (after its first BatchNorm,
+    then after the shortcut's sum), 20 the logits; of an eio_torch plain ResNet20."""
+    from eio_torch.models import _run
+
+    route = [0] * m.gates
+    h = _run(m.conv1, m.bn1, m.g0, (x - m.mean) / m.std, route)
+    if layer == 1:
+        return h
+    h, k = m.act(h), 2
+    for stage in (m.layer1, m.layer2, m.layer3):
+        for b in stage:
+            out = _run(b.conv1, b.bn1, b.g1, h, route)
+            if layer == k:
+                return out
+            out = _run(b.conv2, b.bn2, b.g2, m.act(out), route)
+            sc = _run(b.shortcut[0], b.shortcut[1], b.gs, h, route) if hasattr(b, "shortcut") else h
+            if layer == k + 1:
+                return out + sc
+            h, k = m.act(out + sc), k + 2
+    return m.linear(F.adaptive_avg_pool2d(h, 1).flatten(1))
+
+
+def linf_pgd(f, x, y, eps, alpha, steps, u):
+    """DVERGE's `Linf_PGD` (distillation.py) with its uniform start given as U[0,1) `u`."""
+    adv = torch.clamp(x + (u * 2 - 1) * eps, 0, 1)
+    for _ in range(steps):
+        adv.requires_grad_(True)
+        g = torch.autograd.grad(F.cross_entropy(f(adv), y), adv)[0]
+        with torch.no_grad():
+            adv = torch.clamp(torch.min(torch.max(adv + alpha * g.sign(), x - eps), x + eps), 0, 1)
+    return adv.detach()
+
+
+def ensemble_logits(models):
+    """DVERGE's `Ensemble` (models/ensemble.py): the log of the averaged softmax."""
+    if len(models) == 1:
+        return models[0]
+    return lambda x: torch.log(torch.clamp(sum(F.softmax(m(x), -1) for m in models) / len(models),
+                                           min=1e-40))
+
+
+def distill(m, xs, xt, layer, eps=0.07, alpha=0.007, steps=10):
+    """DVERGE's `Linf_distillation`: no random start, momentum 1 on the L1-normalised
+    gradient, features before the ReLU, the target's features recomputed at every step."""
+    x, g = xs.clone(), torch.zeros_like(xs)
+    for _ in range(steps):
+        x.requires_grad_(True)
+        out = dverge_features(m, x, layer)
+        target = dverge_features(m, xt, layer).detach()
+        grad = torch.autograd.grad(F.mse_loss(out, target), x)[0]
+        with torch.no_grad():
+            g = g + grad / grad.flatten(1).norm(1, dim=1).clamp(min=1e-12).view(-1, 1, 1, 1)
+            x = torch.clamp(torch.min(torch.max(x - alpha * g.sign(), xs - eps), xs + eps), 0, 1)
+    return x.detach()
+
+
+def dverge_step(models, x, y, layer, adv):
+    """DVERGE_Trainer.train's batch (train/train_dverge.py): distil (and, with `--plus-adv`,
+    attack) every member, then member i trains on the others' distilled batches (coefficient
+    1), plus its own adversarial batch. Back-propagates each member's loss; returns the mean
+    cross-entropy per (member, distilled batch) pair, as eio reports it."""
+    xt = step_noise(N_STEP, 1.0, 0.0)
+    distilled, adversarial = [], []
+    for i, m in enumerate(models):
+        distilled.append(distill(m, x, xt, layer))
+        if adv:
+            u = step_noise(N_STEP, 1.0, 0.0).roll(i + 1, 0)
+            adversarial.append(linf_pgd(m, x, y, 8 / 255, 2 / 255, 10, u))
+    total = 0
+    for i, m in enumerate(models):
+        loss = sum(F.cross_entropy(m(d), y) for j, d in enumerate(distilled) if j != i)
+        total = total + loss.detach()
+        if adv:
+            loss = loss + F.cross_entropy(m(adversarial[i]), y)
+        loss.backward()
+    n = len(models)
+    return total / (n * (n - 1)), {}
+
+
+def adv_step(models, x, y):
+    """Adversarial_Trainer.train's batch (train/train_adv.py): PGD 8/255 against the ensemble,
+    each member trained on it; returns the members' mean cross-entropy."""
+    xa = linf_pgd(ensemble_logits(models), x, y, 8 / 255, 2 / 255, 10, step_noise(N_STEP, 1.0, 0.0))
+    total = 0
+    for m in models:
+        loss = F.cross_entropy(m(xa), y)
+        loss.backward()
+        total = total + loss.detach()
+    return total / len(models), {}
+
+
+def method_step(method, model_path, eps, accumulate, layer, adv):
     import eio_torch
 
-    ens = eio_torch.load(model_path).double().train()
+    net = eio_torch.load(model_path).double().train()
+    models = net.members if hasattr(net, "members") else [net]
     x, y = step_batch()
-    if method == "trs":
-        loss, terms = trs_loss(ens.members, x, y, eps, accumulate)
-    elif method == "gal":
-        loss, terms = gal_loss(ens.members, x, y)
+    if method == "dverge":
+        loss, terms = dverge_step(models, x, y, layer, adv)
+    elif method == "adv":
+        loss, terms = adv_step(models, x, y)
     else:
-        loss, terms = adp_loss(ens.members, x, y)
-    loss.backward()
-    out = {k: v.item() for k, v in terms.items()}
+        loss, terms = {"trs": lambda: trs_loss(models, x, y, eps, accumulate),
+                       "gal": lambda: gal_loss(models, x, y),
+                       "adp": lambda: adp_loss(models, x, y)}[method]()
+        loss.backward()
+    out = {"terms": {k: v.item() for k, v in terms.items()}}
     out["loss"] = loss.item()
-    out["grads"] = {k: v.grad.flatten()[:16].tolist() for k, v in ens.named_parameters()}
-    out["stats"] = {k: v.flatten()[:16].tolist() for k, v in ens.named_buffers() if "running" in k}
+    out["grads"] = {k: v.grad.flatten()[:16].tolist() for k, v in net.named_parameters()}
+    out["stats"] = {k: v.flatten()[:16].tolist() for k, v in net.named_buffers() if "running" in k}
     return out
 
 
 def main():
     p = argparse.ArgumentParser()
-    p.add_argument("what", choices=["akamaster", "dverge", "trs", "gal", "adp"])
+    p.add_argument("what", choices=["akamaster", "dverge", "trs", "gal", "adp", "dverge-step",
+                                    "adv"])
     p.add_argument("path")
-    p.add_argument("--eps", type=float, default=0.125)
-    p.add_argument("--no-accumulate", action="store_true")
+    p.add_argument("--eps", type=float, default=0.125, help="TRS: the vicinity radius")
+    p.add_argument("--no-accumulate", action="store_true", help="TRS: textbook vicinity PGD")
+    p.add_argument("--layer", type=int, default=9, help="DVERGE: the distillation layer")
+    p.add_argument("--adv", action="store_true", help="DVERGE: with the adversarial term")
     a = p.parse_args()
-    if a.what in ("trs", "gal", "adp"):
-        json.dump(method_step(a.what, a.path, a.eps, not a.no_accumulate), sys.stdout)
+    if a.what in ("trs", "gal", "adp", "dverge-step", "adv"):
+        method = "dverge" if a.what == "dverge-step" else a.what
+        json.dump(method_step(method, a.path, a.eps, not a.no_accumulate, a.layer, a.adv),
+                  sys.stdout)
         return
     json.dump({"akamaster": akamaster, "dverge": dverge}[a.what](a.path), sys.stdout)
 

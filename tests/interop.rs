@@ -490,24 +490,25 @@ fn step_noise(n: i64, scale: f64, offset: f64) -> Tensor {
     ((i * 104729.0).fmod(997.0) / 997.0 + offset).view([n, 3, 32, 32]) * scale
 }
 
-/// One step of `method` in float64 on a 3-member ensemble of `arch` and the probe batch of 8
+/// One step of `method` in float64 on a model of `spec` and the probe batch of 8
 /// (`draws`: its random tensors), against `tests/interop.py METHOD MODEL args..` (the method's
 /// published code, as it runs a step): loss and terms, every parameter's gradient and the
 /// BatchNorm running statistics after the step (which check the number and order of train-mode
 /// forwards).
 fn step_matches_reference(
     method: &mut dyn Method,
-    arch: ArchConfig,
+    spec: ModelSpec,
     args: &[&str],
     draws: Vec<Tensor>,
 ) {
     let Some(py) = python() else { return };
     let dir = tempdir();
-    let mut m = Model::new(&ModelSpec { arch, members: 3 }, Device::Cpu, Seed(9)).unwrap();
+    let mut m = Model::new(&spec, Device::Cpu, Seed(9)).unwrap();
     vary_bn(&m);
     let p = dir.path().join("model.safetensors");
     m.save(&p, TensorFile::default()).unwrap();
-    let mut py_args = vec!["tests/interop.py", method.name(), p.to_str().unwrap()];
+    let name = if method.name() == "dverge" { "dverge-step" } else { method.name() };
+    let mut py_args = vec!["tests/interop.py", name, p.to_str().unwrap()];
     py_args.extend(args);
     let want = run_python(&py, &py_args);
 
@@ -515,7 +516,8 @@ fn step_matches_reference(
     let n = 8i64;
     let x = probe_input(n as usize).to_kind(Kind::Double);
     let y = Tensor::from_slice(&(0..n).map(|i| (3 * i) % 10).collect::<Vec<i64>>());
-    let mut batch = Batch::new(x, y, None);
+    let target = method.needs_target().then(|| (step_noise(n, 1.0, 0.0), y.zeros_like()));
+    let mut batch = Batch::new(x, y, target);
     batch.draws = draws;
     let stats = method.step(&m, &batch, StepAt { epoch: 1, step: 0, seed: Seed(0) }).unwrap();
 
@@ -527,14 +529,19 @@ fn step_matches_reference(
         );
     };
     close(stats.loss.double_value(&[]), want["loss"].as_f64().unwrap(), "loss");
-    assert!(!stats.terms.is_empty());
+    let terms = want["terms"].as_object().unwrap();
+    let names: Vec<&str> = stats.terms.iter().map(|(n, _)| *n).collect();
+    assert_eq!(names, terms.keys().map(String::as_str).collect::<Vec<_>>(), "{what}: terms");
     for (name, t) in &stats.terms {
-        close(t.double_value(&[]), want[*name].as_f64().unwrap(), name);
+        close(t.double_value(&[]), terms[*name].as_f64().unwrap(), name);
     }
     let vars = m.vs.variables();
-    for (key, grad) in [("grads", true), ("stats", false)] {
+    let running = vars.keys().filter(|k| k.contains("running")).count();
+    for (key, grad, count) in
+        [("grads", true, m.vs.trainable_variables().len()), ("stats", false, running)]
+    {
         let want = want[key].as_object().unwrap();
-        assert!(want.len() > 60, "{key}: {} entries", want.len());
+        assert_eq!(want.len(), count, "{what}: {key}");
         for (name, values) in want {
             let t = if grad { vars[name].grad() } else { vars[name].shallow_clone() };
             let got = floats(&t.flatten(0, -1).narrow(0, 0, t.numel().min(16) as i64));
@@ -559,7 +566,12 @@ fn trs_step_matches_the_published_loop() {
         let mut trs = Trs::new(TrsConfig { accumulate, ..TrsConfig::default() }, 4).unwrap();
         let args: &[&str] =
             if accumulate { &["--eps", "0.125"] } else { &["--eps", "0.125", "--no-accumulate"] };
-        step_matches_reference(&mut trs, ArchConfig::plain(), args, vec![step_noise(4, 1.0, 0.0)]);
+        step_matches_reference(
+            &mut trs,
+            three(ArchConfig::plain()),
+            args,
+            vec![step_noise(4, 1.0, 0.0)],
+        );
     }
 }
 
@@ -571,12 +583,56 @@ fn gal_step_matches_the_published_loop() {
     let first_half = Tensor::arange(8, (Kind::Double, Device::Cpu)).lt(4).to_kind(Kind::Double);
     let noise = step_noise(8, 0.09, -0.5) * first_half.view([8, 1, 1, 1]);
     let arch = ArchConfig { relu_slope: 0.1, ..ArchConfig::plain() };
-    step_matches_reference(&mut gal, arch, &[], vec![noise]);
+    step_matches_reference(&mut gal, three(arch), &[], vec![noise]);
 }
 
 #[test]
 fn adp_step_matches_the_published_loop() {
     use eio::train::adp::{Adp, AdpConfig};
     let mut adp = Adp::new(AdpConfig::default()).unwrap();
-    step_matches_reference(&mut adp, ArchConfig::plain(), &[], Vec::new());
+    step_matches_reference(&mut adp, three(ArchConfig::plain()), &[], Vec::new());
+}
+
+fn three(arch: ArchConfig) -> ModelSpec {
+    ModelSpec { arch, members: 3 }
+}
+
+/// DVERGE at distillation layers 9 (a block's output, through a projection shortcut) and 4 (a
+/// block's first BatchNorm), and DVERGE+AdvT (PGD 8/255 against each member from the starts
+/// given) at layer 9.
+#[test]
+fn dverge_step_matches_the_published_loop() {
+    use eio::train::adv::AdvTerm;
+    use eio::train::dverge::{Dverge, DvergeConfig};
+    for (layer, adv) in [(9, false), (4, false), (9, true)] {
+        let cfg = DvergeConfig {
+            layer: Some(layer),
+            adv: adv.then(AdvTerm::default),
+            ..DvergeConfig::default()
+        };
+        let l = layer.to_string();
+        let mut args = vec!["--layer", l.as_str()];
+        let mut starts = Vec::new();
+        if adv {
+            args.push("--adv");
+            starts = (1..=3).map(|i| step_noise(8, 1.0, 0.0).roll([i], [0])).collect();
+        }
+        step_matches_reference(
+            &mut Dverge::new(cfg).unwrap(),
+            three(ArchConfig::plain()),
+            &args,
+            starts,
+        );
+    }
+}
+
+/// PGD adversarial training of one network and of an ensemble attacked as a whole.
+#[test]
+fn adversarial_training_step_matches_the_published_loop() {
+    use eio::train::adv::{AdvTerm, AdvTrain};
+    for members in [1, 3] {
+        let mut adv = AdvTrain::new(AdvTerm::default()).unwrap();
+        let spec = ModelSpec { arch: ArchConfig::plain(), members };
+        step_matches_reference(&mut adv, spec, &[], vec![step_noise(8, 1.0, 0.0)]);
+    }
 }
