@@ -3,7 +3,7 @@ eio reads, saved with torch.save, and their logits on the probe input (tests/uti
 
     scripts/python tests/interop.py akamaster DIR   # option-A ResNet-20, akamaster checkpoint
     scripts/python tests/interop.py dverge DIR      # DVERGE-layout ensemble with normalizers
-    scripts/python tests/interop.py trs|gal|adp|dverge-step|adv MODEL [options]   # one step
+    scripts/python tests/interop.py trs|gal|adp|dverge-step|adv|eio MODEL [options]  # one step
 
 Each prints one JSON object on stdout.
 """
@@ -276,13 +276,15 @@ def adp_loss(models, x, y, alpha=2.0, beta=0.5, det_offset=1e-6):
     return ce - alpha * entropy - beta * log_det, {"ce": ce, "entropy": entropy, "log_det": log_det}
 
 
-def dverge_features(m, x, layer):
-    """Features at `layer` (1..20) before the ReLU, numbered as DVERGE's `get_features`
-    (models/resnet.py): 1 the stem's BatchNorm, then two per block (after its first BatchNorm,
-    then after the shortcut's sum), 20 the logits; of an eio_torch plain ResNet20."""
+def features(m, x, layer, route=None, before_relu=True):
+    """Features at `layer` (1..20) along `route`, numbered as `get_features` of the DVERGE and
+    EIO codes (models/resnet.py, resnet.py): 1 the stem's BatchNorm (before its ReLU whatever
+    `before_relu` says), then two per block (after its first BatchNorm, after the shortcut's
+    sum), 20 the logits; of an eio_torch ResNet20."""
     from eio_torch.models import _run
 
-    route = [0] * m.gates
+    route = route or [0] * m.gates
+    act = (lambda t: t) if before_relu else m.act
     h = _run(m.conv1, m.bn1, m.g0, (x - m.mean) / m.std, route)
     if layer == 1:
         return h
@@ -291,11 +293,11 @@ def dverge_features(m, x, layer):
         for b in stage:
             out = _run(b.conv1, b.bn1, b.g1, h, route)
             if layer == k:
-                return out
+                return act(out)
             out = _run(b.conv2, b.bn2, b.g2, m.act(out), route)
             sc = _run(b.shortcut[0], b.shortcut[1], b.gs, h, route) if hasattr(b, "shortcut") else h
             if layer == k + 1:
-                return out + sc
+                return act(out + sc)
             h, k = m.act(out + sc), k + 2
     return m.linear(F.adaptive_avg_pool2d(h, 1).flatten(1))
 
@@ -325,8 +327,8 @@ def distill(m, xs, xt, layer, eps=0.07, alpha=0.007, steps=10):
     x, g = xs.clone(), torch.zeros_like(xs)
     for _ in range(steps):
         x.requires_grad_(True)
-        out = dverge_features(m, x, layer)
-        target = dverge_features(m, xt, layer).detach()
+        out = features(m, x, layer)
+        target = features(m, xt, layer).detach()
         grad = torch.autograd.grad(F.mse_loss(out, target), x)[0]
         with torch.no_grad():
             g = g + grad / grad.flatten(1).norm(1, dim=1).clamp(min=1e-12).view(-1, 1, 1, 1)
@@ -369,13 +371,54 @@ def adv_step(models, x, y):
     return total / len(models), {}
 
 
-def method_step(method, model_path, eps, accumulate, layer, adv):
+def eio_step(net, x, y, layer, routes, starts):
+    """The batch of `EnsembleInOneRunManager.train` (cai-y13/Ensemble-in-One, rgn_manager.py)
+    on the given paths: `linf_distillation` on each path (eval mode, uniform start from
+    `starts["distill{i}"]`, 10 sign steps of 0.007 within 0.07, features after the ReLU), with
+    `--adv_train` `gen_adv_iFGSM` on each path (train mode, 8/255, 2/255, 10 steps, start
+    `starts["adv{i}"]`), then path i trains on the others' distilled batches (plus its own
+    adversarial one), its loss divided by the number of paths. Returns the mean cross-entropy
+    per (path, distilled batch) pair, as eio reports it."""
+    xt = step_noise(N_STEP, 1.0, 0.0)
+    eps, alpha = 0.07, 0.007
+    distilled = []
+    for i, r in enumerate(routes):
+        net.eval()
+        xd = torch.clamp(x + (starts[f"distill{i}"] * 2 - 1) * eps, 0, 1)
+        for _ in range(10):
+            xd.requires_grad_(True)
+            out = features(net, xd, layer, r, before_relu=False)
+            target = features(net, xt, layer, r, before_relu=False).detach()
+            grad = torch.autograd.grad(F.mse_loss(out, target), xd)[0]
+            with torch.no_grad():
+                xd = torch.clamp(torch.min(torch.max(xd - alpha * grad.sign(), x - eps), x + eps),
+                                 0, 1)
+        net.train()
+        distilled.append(xd.detach())
+    adversarial = [linf_pgd(lambda z, r=r: net(z, r), x, y, 8 / 255, 2 / 255, 10, starts[f"adv{i}"])
+                   for i, r in enumerate(routes) if f"adv{i}" in starts]
+    p, total = len(routes), 0
+    for i, r in enumerate(routes):
+        loss = sum(F.cross_entropy(net(d, r), y) for j, d in enumerate(distilled) if j != i)
+        total = total + loss.detach()
+        if adversarial:
+            loss = loss + F.cross_entropy(net(adversarial[i], r), y)
+        (loss / p).backward()
+    return total / (p * (p - 1)), {}
+
+
+def method_step(method, model_path, eps, accumulate, layer, adv, routes=None, starts=None):
     import eio_torch
 
     net = eio_torch.load(model_path).double().train()
     models = net.members if hasattr(net, "members") else [net]
     x, y = step_batch()
-    if method == "dverge":
+    if method == "eio":
+        from eio_torch.files import read_safetensors
+
+        routes = [[int(g) for g in r.split(",")] for r in routes.split(";")]
+        loss, terms = eio_step(net, x, y, layer, routes, read_safetensors(starts)[0])
+    elif method == "dverge":
         loss, terms = dverge_step(models, x, y, layer, adv)
     elif method == "adv":
         loss, terms = adv_step(models, x, y)
@@ -386,7 +429,8 @@ def method_step(method, model_path, eps, accumulate, layer, adv):
         loss.backward()
     out = {"terms": {k: v.item() for k, v in terms.items()}}
     out["loss"] = loss.item()
-    out["grads"] = {k: v.grad.flatten()[:16].tolist() for k, v in net.named_parameters()}
+    out["grads"] = {k: v.grad.flatten()[:16].tolist() for k, v in net.named_parameters()
+                    if v.grad is not None}  # (an RGN's copies off every path have none)
     out["stats"] = {k: v.flatten()[:16].tolist() for k, v in net.named_buffers() if "running" in k}
     return out
 
@@ -394,17 +438,19 @@ def method_step(method, model_path, eps, accumulate, layer, adv):
 def main():
     p = argparse.ArgumentParser()
     p.add_argument("what", choices=["akamaster", "dverge", "trs", "gal", "adp", "dverge-step",
-                                    "adv"])
+                                    "adv", "eio"])
     p.add_argument("path")
     p.add_argument("--eps", type=float, default=0.125, help="TRS: the vicinity radius")
     p.add_argument("--no-accumulate", action="store_true", help="TRS: textbook vicinity PGD")
     p.add_argument("--layer", type=int, default=9, help="DVERGE: the distillation layer")
     p.add_argument("--adv", action="store_true", help="DVERGE: with the adversarial term")
+    p.add_argument("--routes", help="EIO: the paths, gates comma-separated, paths by ';'")
+    p.add_argument("--starts", help="EIO: safetensors file of the random starts")
     a = p.parse_args()
-    if a.what in ("trs", "gal", "adp", "dverge-step", "adv"):
+    if a.what in ("trs", "gal", "adp", "dverge-step", "adv", "eio"):
         method = "dverge" if a.what == "dverge-step" else a.what
-        json.dump(method_step(method, a.path, a.eps, not a.no_accumulate, a.layer, a.adv),
-                  sys.stdout)
+        json.dump(method_step(method, a.path, a.eps, not a.no_accumulate, a.layer, a.adv,
+                              a.routes, a.starts), sys.stdout)
         return
     json.dump({"akamaster": akamaster, "dverge": dverge}[a.what](a.path), sys.stdout)
 

@@ -484,6 +484,11 @@ fn decoded_jpeg_pixels_equal_pil() {
 
 // --- training steps against the published code's loops --------------------------------------
 
+/// Where in a run the reference steps are.
+fn step_at() -> StepAt {
+    StepAt { epoch: 1, step: 0, seed: Seed(0) }
+}
+
 /// `step_noise` of tests/interop.py: the fixed stand-in for a step's random draw.
 fn step_noise(n: i64, scale: f64, offset: f64) -> Tensor {
     let i = Tensor::arange(n * 3072, (Kind::Double, Device::Cpu));
@@ -519,7 +524,7 @@ fn step_matches_reference(
     let target = method.needs_target().then(|| (step_noise(n, 1.0, 0.0), y.zeros_like()));
     let mut batch = Batch::new(x, y, target);
     batch.draws = draws;
-    let stats = method.step(&m, &batch, StepAt { epoch: 1, step: 0, seed: Seed(0) }).unwrap();
+    let stats = method.step(&m, &batch, step_at()).unwrap();
 
     let what = format!("{} {args:?}", method.name());
     let close = |got: f64, want: f64, term: &str| {
@@ -537,9 +542,8 @@ fn step_matches_reference(
     }
     let vars = m.vs.variables();
     let running = vars.keys().filter(|k| k.contains("running")).count();
-    for (key, grad, count) in
-        [("grads", true, m.vs.trainable_variables().len()), ("stats", false, running)]
-    {
+    let with_grad = m.vs.trainable_variables().iter().filter(|v| v.grad().defined()).count();
+    for (key, grad, count) in [("grads", true, with_grad), ("stats", false, running)] {
         let want = want[key].as_object().unwrap();
         assert_eq!(want.len(), count, "{what}: {key}");
         for (name, values) in want {
@@ -634,5 +638,86 @@ fn adversarial_training_step_matches_the_published_loop() {
         let mut adv = AdvTrain::new(AdvTerm::default()).unwrap();
         let spec = ModelSpec { arch: ArchConfig::plain(), members };
         step_matches_reference(&mut adv, spec, &[], vec![step_noise(8, 1.0, 0.0)]);
+    }
+}
+
+/// Ensemble-in-One's diversification through the engine on given paths of an RGN (its own step
+/// draws them), for the reference test.
+struct EioPaths {
+    plan: eio::train::diversify::Plan,
+    adv: Option<(eio::train::adv::AdvTerm, Vec<Tensor>)>,
+}
+
+impl Method for EioPaths {
+    fn name(&self) -> &'static str {
+        "eio"
+    }
+    fn needs_target(&self) -> bool {
+        true
+    }
+    fn step(
+        &mut self,
+        model: &Model,
+        batch: &Batch,
+        at: StepAt,
+    ) -> eio::error::Result<eio::train::StepStats> {
+        let adv = self.adv.as_ref().map(|(a, s)| (a, Some(s.as_slice())));
+        let x_t = &batch.target.as_ref().unwrap().0;
+        let p = self.plan.branches.len() as f64;
+        let cfg = eio::distill::DistillConfig::eio();
+        Ok(eio::train::diversify::step(
+            model, &self.plan, &cfg, adv, &batch.x, &batch.y, x_t, at, p,
+        ))
+    }
+}
+
+/// An EIO step (eval-mode distillation from a random start, features after the ReLU, terms
+/// divided by the number of paths) at layers 1 (the stem, before its ReLU in the code's
+/// numbering) and 9, and with the adversarial term (EIO+AdvT, Eq. 5) at 9, against the EIO
+/// code's loop on the same paths and starts.
+#[test]
+fn eio_step_matches_the_published_loop() {
+    use eio::train::adv::AdvTerm;
+    use eio::train::diversify::{distill_rng, Plan};
+    let dir = tempdir();
+    let routes: Vec<Route> = (0..3)
+        .map(|p| (0..21).map(|g| ((g * 7 + g / (p + 2)) % 2).to_string()).collect::<Vec<_>>())
+        .map(|r| r.join(",").parse().unwrap())
+        .collect();
+    assert!(routes[0] != routes[1] && routes[1] != routes[2] && routes[0] != routes[2]);
+    let x = probe_input(8).to_kind(Kind::Double);
+    for (layer, adv) in [(1, false), (9, false), (9, true)] {
+        let mut starts: Vec<(String, Tensor)> = (0..3)
+            .map(|i| {
+                (
+                    format!("distill{i}"),
+                    eio::attack::uniform_like(&x, &mut distill_rng(step_at(), i)),
+                )
+            })
+            .collect();
+        let adv_starts: Vec<Tensor> =
+            (1..=3).map(|i| step_noise(8, 1.0, 0.0).roll([i], [0])).collect();
+        if adv {
+            starts.extend(
+                adv_starts.iter().enumerate().map(|(i, t)| (format!("adv{i}"), t.shallow_clone())),
+            );
+        }
+        let file = dir.path().join(format!("starts-{layer}-{adv}.safetensors"));
+        Tensor::write_safetensors(&starts, &file).unwrap();
+        let plan = Plan {
+            layer,
+            branches: routes
+                .iter()
+                .map(|r| eio::model::Branch { member: 0, route: r.clone() })
+                .collect(),
+        };
+        let mut method = EioPaths { plan, adv: adv.then(|| (AdvTerm::default(), adv_starts)) };
+        let l = layer.to_string();
+        let r: Vec<String> = routes.iter().map(|r| r.to_string()).collect();
+        let r = r.join(";");
+        let args =
+            ["--layer", l.as_str(), "--routes", r.as_str(), "--starts", file.to_str().unwrap()];
+        let spec = ModelSpec { arch: ArchConfig::rgn(2), members: 1 };
+        step_matches_reference(&mut method, spec, &args, Vec::new());
     }
 }

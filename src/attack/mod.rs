@@ -227,7 +227,7 @@ impl Ball {
 }
 
 /// U[0,1) noise shaped, typed and placed like `x`, drawn from `rng` on the host.
-pub(crate) fn uniform_like(x: &Tensor, rng: &mut Rng) -> Tensor {
+pub fn uniform_like(x: &Tensor, rng: &mut Rng) -> Tensor {
     use rand::Rng as _;
     let n = x.numel();
     let t = if x.kind() == Kind::Double {

@@ -127,11 +127,14 @@ struct Block {
 }
 
 /// Where to stop a forward pass: feature layer 1..=20 (20 = logits), before or after its ReLU.
+/// Numbered as `get_features` of the DVERGE and EIO codes: 1 the stem's BatchNorm, then two per
+/// block (after its first BatchNorm, after the shortcut's sum), 20 the logits.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Tap {
     /// Feature layer, 1..=20.
     pub layer: usize,
-    /// Take the features before the ReLU (DVERGE) instead of after it (EIO code).
+    /// Take the features before the ReLU (DVERGE) instead of after it (EIO code). Layer 1 is
+    /// always before its ReLU: the codes return the stem's output there whatever they are asked.
     pub before_relu: bool,
 }
 
@@ -380,9 +383,11 @@ impl Net {
         );
         let stop = |layer: usize, pre: &Tensor| -> Option<Tensor> {
             match tap {
-                Some(t) if t.layer == layer => {
-                    Some(if t.before_relu { pre.shallow_clone() } else { self.act(pre) })
-                }
+                Some(t) if t.layer == layer => Some(if t.before_relu || layer == 1 {
+                    pre.shallow_clone()
+                } else {
+                    self.act(pre)
+                }),
                 _ => None,
             }
         };

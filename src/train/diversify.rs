@@ -114,10 +114,15 @@ pub fn distill_all(
         .iter()
         .enumerate()
         .map(|(i, b)| {
-            let mut rng = start_seed(at).rng(Stream::Start, 0, i as u64);
-            distill(b.net(model), &b.route, plan.layer, x_s, x_t, cfg, &mut rng)
+            distill(b.net(model), &b.route, plan.layer, x_s, x_t, cfg, &mut distill_rng(at, i))
         })
         .collect()
+}
+
+/// The generator of the distillation on branch `i` at `at` (its random start, when it has
+/// one, is the generator's first draw: [`crate::attack::uniform_like`] of the source batch).
+pub fn distill_rng(at: StepAt, i: usize) -> crate::seed::Rng {
+    start_seed(at).rng(Stream::Start, 0, i as u64)
 }
 
 /// Adversarial examples against each branch of `plan` (Eq. 5; DVERGE+AdvT). The random starts
