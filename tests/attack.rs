@@ -146,6 +146,30 @@ fn every_attack_stays_in_the_ball_and_the_unit_box() {
     }
 }
 
+/// Inputs outside [0, 1] (GAL's noise-augmented training images, which its +AdvT term attacks)
+/// land in [0, 1], within eps of their clipped selves: the reference codes clip to the ball, then
+/// to [0, 1].
+#[test]
+fn attacks_from_inputs_outside_the_unit_box_land_in_it() {
+    let plain = plain_model();
+    let fixed = Target::fixed_zero(&plain);
+    let linear = Linear::new(10, 3072, Kind::Float, 0);
+    let targets: [(&str, &dyn Classifier); 2] = [("linear", &linear), ("resnet20", &fixed)];
+    let eps = 0.03;
+    let x = rand_images(3, 31) * 1.2 - 0.1;
+    let clipped = x.clamp(0.0, 1.0);
+    let y = labels(3, 32);
+    for (name, t) in targets {
+        for a in all_attacks(eps) {
+            let xa = a.perturb(t, &x, &y, &mut rng(3));
+            let d = (&xa - &clipped).abs().max().double_value(&[]);
+            assert!(d <= eps + 1e-6, "{name} {a:?}: {d} from the clipped input");
+            let (lo, hi) = (xa.min().double_value(&[]), xa.max().double_value(&[]));
+            assert!(lo >= 0.0 && hi <= 1.0, "{name} {a:?}: [{lo}, {hi}]");
+        }
+    }
+}
+
 #[test]
 fn attacks_never_touch_weight_gradients() {
     let m = plain_model();

@@ -245,35 +245,56 @@ def trs_loss(models, x, y, eps, accumulate, steps=6, coeff=2.0, lamda=2.0, scale
     return ce + scale * (coeff * cos + lamda * smooth), {"ce": ce, "cos": cos, "smooth": smooth}
 
 
-def gal_loss(models, x, y, lam=0.5):
+def adv_start():
+    """The +AdvT terms' PGD start (tests/interop.rs passes the same)."""
+    return step_noise(N_STEP, 1.0, 0.0).roll(1, 0)
+
+
+def gal_loss(models, x, y, adv, lam=0.5):
+    """train_gal.py's batch; with `--plus-adv`, PGD 8/255 against the ensemble first."""
     x = (x + step_noise(N_STEP, 0.09, -0.5) * (torch.arange(N_STEP) < N_STEP // 2)
          .double().view(-1, 1, 1, 1)).requires_grad_(True)
-    ce, grads = 0, []
+    if adv:
+        xa = linf_pgd(ensemble_logits(models), x.detach(), y, 8 / 255, 2 / 255, 10, adv_start())
+    ce, grads, adv_loss = 0, [], 0
     for m in models:
         loss = F.cross_entropy(m(x), y)
         grads.append(torch.autograd.grad(loss, x, create_graph=True)[0].flatten(1))
         ce = ce + F.cross_entropy(m(x.clone().detach()), y)
+        if adv:
+            adv_loss = adv_loss + F.cross_entropy(m(xa), y)
     cos = torch.stack([F.cosine_similarity(grads[a], grads[b], dim=-1)
                        for a in range(3) for b in range(a + 1, 3)], dim=-1)
     coh = torch.log(cos.exp().sum(dim=-1) + 1e-20).mean()
-    return ce / 3 + lam * coh, {"ce": ce, "coherence": coh}
+    terms = {"ce": ce, "coherence": coh}
+    if adv:
+        terms["adv"] = adv_loss
+    return ce / 3 + lam * coh + adv_loss / 3, terms
 
 
-def adp_loss(models, x, y, alpha=2.0, beta=0.5, det_offset=1e-6):
+def adp_loss(models, x, y, adv, alpha=2.0, beta=0.5, det_offset=1e-6):
+    """train_adp.py's batch; with `--plus-adv`, PGD 8/255 against the ensemble first."""
+    if adv:
+        xa = linf_pgd(ensemble_logits(models), x, y, 8 / 255, 2 / 255, 10, adv_start())
     onehot = F.one_hot(y, 10).double()
-    ce, probs, rest = 0, 0, []
+    ce, probs, rest, adv_loss = 0, 0, [], 0
     for m in models:
         out = m(x)
         ce = ce + F.cross_entropy(out, y)
         p = F.softmax(out, dim=-1)
         rest.append(torch.masked_select(p, onehot == 0).reshape(-1, 9))
         probs = probs + p
+        if adv:
+            adv_loss = adv_loss + F.cross_entropy(m(xa), y)
     probs = probs / 3
     entropy = torch.sum(-probs * torch.log(probs + 1e-20), dim=-1).mean()
     r = torch.stack(rest, dim=1)
     r = r / torch.norm(r, p=2, dim=-1, keepdim=True)
     log_det = torch.logdet(r @ r.permute(0, 2, 1) + det_offset * torch.eye(3).unsqueeze(0)).mean()
-    return ce - alpha * entropy - beta * log_det, {"ce": ce, "entropy": entropy, "log_det": log_det}
+    terms = {"ce": ce, "entropy": entropy, "log_det": log_det}
+    if adv:
+        terms["adv"] = adv_loss
+    return ce - alpha * entropy - beta * log_det + adv_loss, terms
 
 
 def features(m, x, layer, route=None, before_relu=True):
@@ -424,8 +445,8 @@ def method_step(method, model_path, eps, accumulate, layer, adv, routes=None, st
         loss, terms = adv_step(models, x, y)
     else:
         loss, terms = {"trs": lambda: trs_loss(models, x, y, eps, accumulate),
-                       "gal": lambda: gal_loss(models, x, y),
-                       "adp": lambda: adp_loss(models, x, y)}[method]()
+                       "gal": lambda: gal_loss(models, x, y, adv),
+                       "adp": lambda: adp_loss(models, x, y, adv)}[method]()
         loss.backward()
     out = {"terms": {k: v.item() for k, v in terms.items()}}
     out["loss"] = loss.item()
@@ -443,7 +464,7 @@ def main():
     p.add_argument("--eps", type=float, default=0.125, help="TRS: the vicinity radius")
     p.add_argument("--no-accumulate", action="store_true", help="TRS: textbook vicinity PGD")
     p.add_argument("--layer", type=int, default=9, help="DVERGE: the distillation layer")
-    p.add_argument("--adv", action="store_true", help="DVERGE: with the adversarial term")
+    p.add_argument("--adv", action="store_true", help="DVERGE, GAL, ADP: with the adversarial term")
     p.add_argument("--routes", help="EIO: the paths, gates comma-separated, paths by ';'")
     p.add_argument("--starts", help="EIO: safetensors file of the random starts")
     a = p.parse_args()

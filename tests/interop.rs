@@ -535,7 +535,8 @@ fn step_matches_reference(
     };
     close(stats.loss.double_value(&[]), want["loss"].as_f64().unwrap(), "loss");
     let terms = want["terms"].as_object().unwrap();
-    let names: Vec<&str> = stats.terms.iter().map(|(n, _)| *n).collect();
+    let mut names: Vec<&str> = stats.terms.iter().map(|(n, _)| *n).collect();
+    names.sort_unstable();
     assert_eq!(names, terms.keys().map(String::as_str).collect::<Vec<_>>(), "{what}: terms");
     for (name, t) in &stats.terms {
         close(t.double_value(&[]), terms[*name].as_f64().unwrap(), name);
@@ -579,22 +580,43 @@ fn trs_step_matches_the_published_loop() {
     }
 }
 
-/// GAL (leaky ReLU 0.1) with Gaussian-noise augmentation on the first half of the batch.
-#[test]
-fn gal_step_matches_the_published_loop() {
-    use eio::train::gal::{Gal, GalConfig};
-    let mut gal = Gal::new(GalConfig::default()).unwrap();
-    let first_half = Tensor::arange(8, (Kind::Double, Device::Cpu)).lt(4).to_kind(Kind::Double);
-    let noise = step_noise(8, 0.09, -0.5) * first_half.view([8, 1, 1, 1]);
-    let arch = ArchConfig { relu_slope: 0.1, ..ArchConfig::plain() };
-    step_matches_reference(&mut gal, three(arch), &[], vec![noise]);
+/// The +AdvT terms' PGD start (`adv_start` in tests/interop.py).
+fn adv_start() -> Tensor {
+    step_noise(8, 1.0, 0.0).roll([1], [0])
 }
 
+/// GAL (leaky ReLU 0.1) with Gaussian-noise augmentation on the first half of the batch, and
+/// GAL+AdvT.
+#[test]
+fn gal_step_matches_the_published_loop() {
+    use eio::train::adv::AdvTerm;
+    use eio::train::gal::{Gal, GalConfig};
+    for adv in [false, true] {
+        let mut gal =
+            Gal::new(GalConfig { adv: adv.then(AdvTerm::default), ..GalConfig::default() })
+                .unwrap();
+        let first_half = Tensor::arange(8, (Kind::Double, Device::Cpu)).lt(4).to_kind(Kind::Double);
+        let mut draws = vec![step_noise(8, 0.09, -0.5) * first_half.view([8, 1, 1, 1])];
+        draws.extend(adv.then(adv_start));
+        let arch = ArchConfig { relu_slope: 0.1, ..ArchConfig::plain() };
+        let args: &[&str] = if adv { &["--adv"] } else { &[] };
+        step_matches_reference(&mut gal, three(arch), args, draws);
+    }
+}
+
+/// ADP and ADP+AdvT.
 #[test]
 fn adp_step_matches_the_published_loop() {
     use eio::train::adp::{Adp, AdpConfig};
-    let mut adp = Adp::new(AdpConfig::default()).unwrap();
-    step_matches_reference(&mut adp, three(ArchConfig::plain()), &[], Vec::new());
+    use eio::train::adv::AdvTerm;
+    for adv in [false, true] {
+        let mut adp =
+            Adp::new(AdpConfig { adv: adv.then(AdvTerm::default), ..AdpConfig::default() })
+                .unwrap();
+        let args: &[&str] = if adv { &["--adv"] } else { &[] };
+        let draws = adv.then(adv_start).into_iter().collect();
+        step_matches_reference(&mut adp, three(ArchConfig::plain()), args, draws);
+    }
 }
 
 fn three(arch: ArchConfig) -> ModelSpec {

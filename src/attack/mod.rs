@@ -203,7 +203,9 @@ pub(crate) struct Ball {
 impl Ball {
     pub fn new(x: &Tensor, eps: f64) -> Self {
         let _guard = tch::no_grad_guard();
-        Ball { lo: (x - eps).clamp_min(0.0), hi: (x + eps).clamp_max(1.0) }
+        // Both bounds into [0, 1]: an input outside it (GAL's noise-augmented training images)
+        // then projects into [0, 1], as the reference codes' clip to the ball, then to [0, 1].
+        Ball { lo: (x - eps).clamp(0.0, 1.0), hi: (x + eps).clamp(0.0, 1.0) }
     }
 
     /// Projects `xa` onto the ball in place.
