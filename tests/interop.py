@@ -1,5 +1,6 @@
 """Test support for tests/interop.rs: independent PyTorch definitions of the ResNet-20 layouts
-eio reads, saved with torch.save, and their logits on the probe input (tests/util.rs).
+eio reads, saved with torch.save, and their logits on the probe input (tests/util.rs); and one
+training step of each method as its published code takes it, on an eio model file.
 
     scripts/python tests/interop.py akamaster DIR   # option-A ResNet-20, akamaster checkpoint
     scripts/python tests/interop.py dverge DIR      # DVERGE-layout ensemble with normalizers

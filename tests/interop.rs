@@ -1,6 +1,7 @@
 //! Interoperability with PyTorch: `torch.save` checkpoints in (zip and legacy formats, wrappers,
 //! ensembles, pickled modules), normalisation carried by model files, the option-A ResNet-20,
-//! the `eio_torch` Python package (python/), and decoded pixels against PIL.
+//! the `eio_torch` Python package (python/), decoded pixels against PIL, and one training step
+//! of every method against its published code's loop, restated in PyTorch.
 //!
 //! Tests that need the project's Python (the pinned torch, from `VIRTUAL_ENV`, which `scripts/test`
 //! sets) skip with a message without it. Their reference models are defined independently in
