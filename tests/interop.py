@@ -188,7 +188,7 @@ def dverge(out_dir):
 # never zeroed between steps, TRS's extra train-mode forward for its accuracy and GAL's second
 # forward for its cross-entropy (all of which move the BatchNorm running statistics). --------
 
-N_STEP = 8
+N_STEP = 4
 
 
 def step_batch():

@@ -485,6 +485,9 @@ fn decoded_jpeg_pixels_equal_pil() {
 
 // --- training steps against the published code's loops --------------------------------------
 
+/// The batch size of the reference steps (`N_STEP` in tests/interop.py).
+const N_STEP: i64 = 4;
+
 /// Where in a run the reference steps are.
 fn step_at() -> StepAt {
     StepAt { epoch: 1, step: 0, seed: Seed(0) }
@@ -496,7 +499,7 @@ fn step_noise(n: i64, scale: f64, offset: f64) -> Tensor {
     ((i * 104729.0).fmod(997.0) / 997.0 + offset).view([n, 3, 32, 32]) * scale
 }
 
-/// One step of `method` in float64 on a model of `spec` and the probe batch of 8
+/// One step of `method` in float64 on a model of `spec` and the probe batch of [`N_STEP`]
 /// (`draws`: its random tensors), against `tests/interop.py METHOD MODEL args..` (the method's
 /// published code, as it runs a step): loss and terms, every parameter's gradient and the
 /// BatchNorm running statistics after the step (which check the number and order of train-mode
@@ -519,7 +522,7 @@ fn step_matches_reference(
     let want = run_python(&py, &py_args);
 
     m.vs.double();
-    let n = 8i64;
+    let n = N_STEP;
     let x = probe_input(n as usize).to_kind(Kind::Double);
     let y = Tensor::from_slice(&(0..n).map(|i| (3 * i) % 10).collect::<Vec<i64>>());
     let target = method.needs_target().then(|| (step_noise(n, 1.0, 0.0), y.zeros_like()));
@@ -576,14 +579,14 @@ fn trs_step_matches_the_published_loop() {
             &mut trs,
             three(ArchConfig::plain()),
             args,
-            vec![step_noise(4, 1.0, 0.0)],
+            vec![step_noise(N_STEP / 2, 1.0, 0.0)],
         );
     }
 }
 
 /// The +AdvT terms' PGD start (`adv_start` in tests/interop.py).
 fn adv_start() -> Tensor {
-    step_noise(8, 1.0, 0.0).roll([1], [0])
+    step_noise(N_STEP, 1.0, 0.0).roll([1], [0])
 }
 
 /// GAL (leaky ReLU 0.1) with Gaussian-noise augmentation on the first half of the batch, and
@@ -596,8 +599,10 @@ fn gal_step_matches_the_published_loop() {
         let mut gal =
             Gal::new(GalConfig { adv: adv.then(AdvTerm::default), ..GalConfig::default() })
                 .unwrap();
-        let first_half = Tensor::arange(8, (Kind::Double, Device::Cpu)).lt(4).to_kind(Kind::Double);
-        let mut draws = vec![step_noise(8, 0.09, -0.5) * first_half.view([8, 1, 1, 1])];
+        let first_half = Tensor::arange(N_STEP, (Kind::Double, Device::Cpu))
+            .lt(N_STEP / 2)
+            .to_kind(Kind::Double);
+        let mut draws = vec![step_noise(N_STEP, 0.09, -0.5) * first_half.view([N_STEP, 1, 1, 1])];
         draws.extend(adv.then(adv_start));
         let arch = ArchConfig { relu_slope: 0.1, ..ArchConfig::plain() };
         let args: &[&str] = if adv { &["--adv"] } else { &[] };
@@ -642,7 +647,7 @@ fn dverge_step_matches_the_published_loop() {
         let mut starts = Vec::new();
         if adv {
             args.push("--adv");
-            starts = (1..=3).map(|i| step_noise(8, 1.0, 0.0).roll([i], [0])).collect();
+            starts = (1..=3).map(|i| step_noise(N_STEP, 1.0, 0.0).roll([i], [0])).collect();
         }
         step_matches_reference(
             &mut Dverge::new(cfg).unwrap(),
@@ -660,7 +665,7 @@ fn adversarial_training_step_matches_the_published_loop() {
     for members in [1, 3] {
         let mut adv = AdvTrain::new(AdvTerm::default()).unwrap();
         let spec = ModelSpec { arch: ArchConfig::plain(), members };
-        step_matches_reference(&mut adv, spec, &[], vec![step_noise(8, 1.0, 0.0)]);
+        step_matches_reference(&mut adv, spec, &[], vec![step_noise(N_STEP, 1.0, 0.0)]);
     }
 }
 
@@ -708,7 +713,7 @@ fn eio_step_matches_the_published_loop() {
         .map(|r| r.join(",").parse().unwrap())
         .collect();
     assert!(routes[0] != routes[1] && routes[1] != routes[2] && routes[0] != routes[2]);
-    let x = probe_input(8).to_kind(Kind::Double);
+    let x = probe_input(N_STEP as usize).to_kind(Kind::Double);
     for (layer, adv) in [(1, false), (9, false), (9, true)] {
         let mut starts: Vec<(String, Tensor)> = (0..3)
             .map(|i| {
@@ -719,7 +724,7 @@ fn eio_step_matches_the_published_loop() {
             })
             .collect();
         let adv_starts: Vec<Tensor> =
-            (1..=3).map(|i| step_noise(8, 1.0, 0.0).roll([i], [0])).collect();
+            (1..=3).map(|i| step_noise(N_STEP, 1.0, 0.0).roll([i], [0])).collect();
         if adv {
             starts.extend(
                 adv_starts.iter().enumerate().map(|(i, t)| (format!("adv{i}"), t.shallow_clone())),
