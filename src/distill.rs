@@ -37,7 +37,7 @@ copies are touched. In eval mode nothing in the network changes.
 use serde::{Deserialize, Serialize};
 use tch::{Kind, Reduction, Tensor};
 
-use crate::attack::uniform_like;
+use crate::attack::Ball;
 use crate::error::{Error, Result};
 use crate::model::{Net, Route, Tap, FEATURE_LAYERS};
 use crate::seed::Rng;
@@ -155,18 +155,8 @@ pub fn distill(
     let tap = cfg.tap(layer);
     let train = cfg.bn_train;
     let x_s = x_s.detach();
-    let (lo, hi) = {
-        let _guard = tch::no_grad_guard();
-        ((&x_s - cfg.eps).clamp_min(0.0), (&x_s + cfg.eps).clamp_max(1.0))
-    };
-    let mut x = {
-        let _guard = tch::no_grad_guard();
-        if cfg.random_start {
-            (&x_s + (uniform_like(&x_s, rng) * 2.0 - 1.0) * cfg.eps).clamp(0.0, 1.0)
-        } else {
-            x_s.copy()
-        }
-    };
+    let ball = Ball::new(&x_s, cfg.eps);
+    let mut x = if cfg.random_start { ball.uniform(&x_s, cfg.eps, rng) } else { x_s.copy() };
     // Eval mode: the target features do not depend on the step; compute them once.
     let fixed_target = (!train).then(|| tch::no_grad(|| net.features(x_t, route, false, tap)));
     let mut g = cfg.momentum.then(|| x_s.zeros_like());
@@ -194,7 +184,8 @@ pub fn distill(
             }
             None => grad.sign(),
         };
-        x = (x - dir * cfg.step_size).clamp_tensor(Some(&lo), Some(&hi));
+        x = &x - dir * cfg.step_size;
+        ball.project_(&mut x);
     }
     x.detach()
 }

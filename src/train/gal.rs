@@ -28,10 +28,10 @@ use serde::{Deserialize, Serialize};
 use tch::Tensor;
 
 use super::adv::{against_ensemble, against_ensemble_start, AdvTerm};
-use super::methods::{ensemble_correct, input_grads, pairs, sum, summed_ce};
+use super::methods::{ensemble_correct, input_grads, move_running_stats, pairs, sum, summed_ce};
 use super::{stat, Batch, Method, StepAt, StepStats};
 use crate::error::{Error, Result};
-use crate::model::{Model, Route};
+use crate::model::Model;
 use crate::seed::{Rng, Stream};
 
 /// GAL settings. `Default` = the GAL defaults of the DVERGE code.
@@ -205,12 +205,7 @@ impl Method for Gal {
             self.cfg.adv.as_ref().map(|a| against_ensemble(model, a, &batch, at, start.as_ref()));
         let GalLoss { total: mut loss, ce, coherence, logits } =
             self.loss(model, &batch.x, &batch.y);
-        // The code's second forward (module doc).
-        tch::no_grad(|| {
-            for net in &model.nets {
-                let _ = net.forward(&batch.x, &Route::zeros(0), true);
-            }
-        });
+        move_running_stats(model, &batch.x); // the code's second forward (module doc)
         let n = model.nets.len() as f64;
         let mut terms = vec![("ce", stat(&ce)), ("coherence", stat(&coherence))];
         if let Some(xa) = &xa {

@@ -50,6 +50,18 @@ pub fn input_grads(model: &Model, x: &Tensor, y: &Tensor) -> Vec<(Tensor, Tensor
         .collect()
 }
 
+/// A train-mode forward of every member at `x` without a graph: it moves the BatchNorm running
+/// statistics as a forward a reference code runs for another purpose does (TRS's accuracy, GAL's
+/// second cross-entropy), where eio takes what that forward computes from an earlier one.
+pub fn move_running_stats(model: &Model, x: &Tensor) {
+    let route = Route::zeros(model.gates());
+    tch::no_grad(|| {
+        for net in &model.nets {
+            let _ = net.forward(x, &route, true);
+        }
+    });
+}
+
 /// The sum of scalar tensors `ts` (a zero scalar on `device` when there are none).
 pub fn sum(ts: impl IntoIterator<Item = Tensor>, device: tch::Device) -> Tensor {
     ts.into_iter().fold(Tensor::zeros([], (Kind::Float, device)), |a, b| a + b)

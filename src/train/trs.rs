@@ -32,10 +32,11 @@ statistics, the logits being the first forward's).
 use serde::{Deserialize, Serialize};
 use tch::Tensor;
 
-use super::methods::{ensemble_correct, input_grads, pairs, sum};
+use super::methods::{ensemble_correct, input_grads, move_running_stats, pairs, sum};
 use super::{stat, Batch, Method, StepAt, StepStats};
+use crate::attack::Ball;
 use crate::error::{Error, Result};
-use crate::model::{Model, Route};
+use crate::model::Model;
 use crate::seed::{Seed, Stream};
 
 /// TRS settings. `Default` = the published TRS code.
@@ -151,8 +152,8 @@ impl Trs {
     /// magnitude (6 sign steps of eps/3 from the uniform random start `noise`, U[0,1) shaped
     /// like `x`, in [0, 1]; the steps follow the summed gradients when `accumulate`).
     fn vicinity(&self, model: &Model, x: &Tensor, y: &Tensor, eps: f64, noise: &Tensor) -> Tensor {
-        let (lo, hi) = ((x - eps).clamp_min(0.0), (x + eps).clamp_max(1.0));
-        let mut adv = (x + (noise * 2.0 - 1.0) * eps).clamp(0.0, 1.0).detach();
+        let ball = Ball::new(x, eps);
+        let mut adv = ball.start(x, eps, noise).detach();
         let mut summed: Option<Tensor> = None;
         for _ in 0..self.cfg.steps {
             let xr = adv.detach().set_requires_grad(true);
@@ -163,7 +164,8 @@ impl Trs {
                 Some(s) if self.cfg.accumulate => s + g,
                 _ => g,
             };
-            adv = (adv + g.sign() * (eps / 3.0)).clamp_tensor(Some(&lo), Some(&hi));
+            adv = &adv + g.sign() * (eps / 3.0);
+            ball.project_(&mut adv);
             summed = self.cfg.accumulate.then_some(g);
         }
         adv.detach()
@@ -217,12 +219,7 @@ impl Method for Trs {
         } else {
             mean_magnitude(grads.iter(), x.device())
         };
-        // The code's accuracy forward: the running statistics move once more (module doc).
-        tch::no_grad(|| {
-            for net in &model.nets {
-                let _ = net.forward(x, &Route::zeros(0), true);
-            }
-        });
+        move_running_stats(model, x); // the code's accuracy forward (module doc)
         let c = &self.cfg;
         let loss = &ce + (&cos * c.coeff + &smooth * c.lamda) * c.scale;
         loss.backward();
