@@ -4,7 +4,7 @@ training step of each method as its published code takes it, on an eio model fil
 
     scripts/python tests/interop.py akamaster DIR   # option-A ResNet-20, akamaster checkpoint
     scripts/python tests/interop.py dverge DIR      # DVERGE-layout ensemble with normalizers
-    scripts/python tests/interop.py trs|gal|adp|dverge-step|adv|eio MODEL [options]  # one step
+    scripts/python tests/interop.py step MODEL --method trs|gal|adp|dverge|adv|eio [options]
 
 Each prints one JSON object on stdout.
 """
@@ -459,19 +459,19 @@ def method_step(method, model_path, eps, accumulate, layer, adv, routes=None, st
 
 def main():
     p = argparse.ArgumentParser()
-    p.add_argument("what", choices=["akamaster", "dverge", "trs", "gal", "adp", "dverge-step",
-                                    "adv", "eio"])
-    p.add_argument("path")
+    p.add_argument("what", choices=["akamaster", "dverge", "step"])
+    p.add_argument("path", help="akamaster, dverge: the output folder; step: the model file")
+    p.add_argument("--method", choices=["trs", "gal", "adp", "dverge", "adv", "eio"],
+                   help="step: the method whose published loop takes the step")
     p.add_argument("--eps", type=float, default=0.125, help="TRS: the vicinity radius")
     p.add_argument("--no-accumulate", action="store_true", help="TRS: textbook vicinity PGD")
-    p.add_argument("--layer", type=int, default=9, help="DVERGE: the distillation layer")
+    p.add_argument("--layer", type=int, default=9, help="DVERGE, EIO: the distillation layer")
     p.add_argument("--adv", action="store_true", help="DVERGE, GAL, ADP: with the adversarial term")
     p.add_argument("--routes", help="EIO: the paths, gates comma-separated, paths by ';'")
     p.add_argument("--starts", help="EIO: safetensors file of the random starts")
     a = p.parse_args()
-    if a.what in ("trs", "gal", "adp", "dverge-step", "adv", "eio"):
-        method = "dverge" if a.what == "dverge-step" else a.what
-        json.dump(method_step(method, a.path, a.eps, not a.no_accumulate, a.layer, a.adv,
+    if a.what == "step":
+        json.dump(method_step(a.method, a.path, a.eps, not a.no_accumulate, a.layer, a.adv,
                               a.routes, a.starts), sys.stdout)
         return
     json.dump({"akamaster": akamaster, "dverge": dverge}[a.what](a.path), sys.stdout)

@@ -500,10 +500,10 @@ fn step_noise(n: i64, scale: f64, offset: f64) -> Tensor {
 }
 
 /// One step of `method` in float64 on a model of `spec` and the probe batch of [`N_STEP`]
-/// (`draws`: its random tensors), against `tests/interop.py METHOD MODEL args..` (the method's
-/// published code, as it runs a step): loss and terms, every parameter's gradient and the
-/// BatchNorm running statistics after the step (which check the number and order of train-mode
-/// forwards).
+/// (`draws`: its random tensors), against `tests/interop.py step MODEL --method METHOD args..`
+/// (the method's published code, as it runs a step): loss and terms, every parameter's
+/// gradient and the BatchNorm running statistics after the step (which check the number and
+/// order of train-mode forwards).
 fn step_matches_reference(
     method: &mut dyn Method,
     spec: ModelSpec,
@@ -516,8 +516,8 @@ fn step_matches_reference(
     vary_bn(&m);
     let p = dir.path().join("model.safetensors");
     m.save(&p, TensorFile::default()).unwrap();
-    let name = if method.name() == "dverge" { "dverge-step" } else { method.name() };
-    let mut py_args = vec!["tests/interop.py", name, p.to_str().unwrap()];
+    let mut py_args =
+        vec!["tests/interop.py", "step", p.to_str().unwrap(), "--method", method.name()];
     py_args.extend(args);
     let want = run_python(&py, &py_args);
 

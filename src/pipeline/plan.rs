@@ -502,7 +502,8 @@ impl Plan {
 
     /// Which jobs still have to run for the plan to finish in `out`: a job not done that is
     /// final (nothing reads its files) or that a job still to run reads. A job whose readers are
-    /// all done (for instance loaded with [`load_from`](super::reproduce::load_from)) is not needed.
+    /// all done (for instance loaded with [`load_from`](super::reproduce::load_from)) is not
+    /// needed.
     pub fn needed(&self, out: &Path) -> Vec<bool> {
         let n = self.jobs.len();
         let deps: Vec<Vec<usize>> = (0..n).map(|k| self.dependencies(k)).collect();

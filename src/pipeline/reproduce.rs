@@ -1,7 +1,7 @@
 /*!
 The paper's comparison in one resumable command (`eio reproduce --preset NAME --out DIR`): run
-the [`Plan`] of a [`Preset`](super::preset::Preset) in `DIR`: train every arm the preset lists, derive and fine-tune
-the EIO model, craft the black-box transfer set once from baseline surrogate ensembles,
+the [`Plan`] of a [`Preset`](super::preset::Preset) in `DIR`: train every arm the preset lists,
+derive and fine-tune the EIO model, craft the black-box transfer set once from baseline surrogate ensembles,
 evaluate every model (clean and white-box, then black-box on the transfer set as a job of its
 own, so that white-box results do not wait for the transfer set; whole ensembles and one
 selected member, as the paper's Fig. 9), transferability matrices and the stability of derived

@@ -161,8 +161,8 @@ impl Trs {
             let g = Tensor::run_backward(&[&m], &[&xr], false, false).pop().expect("one gradient");
             let _guard = tch::no_grad_guard();
             let g = match summed.take() {
-                Some(s) if self.cfg.accumulate => s + g,
-                _ => g,
+                Some(s) => s + g,
+                None => g,
             };
             adv = &adv + g.sign() * (eps / 3.0);
             ball.project_(&mut adv);
