@@ -42,6 +42,25 @@ fn randomise_bn_stats(m: &Model, seed: i64) {
 }
 
 #[test]
+fn ensemble_logits_average_probabilities_in_the_members_precision() {
+    // log(mean_i softmax(l_i)), written out; in f64 the two forms agree to rounding, which a
+    // computation through f32 (about 1e-7 relative) would not.
+    let members: Vec<Tensor> = (0..3)
+        .map(|i| Tensor::randn([4, 10], (Kind::Double, Device::Cpu)) * (3.0 + i as f64))
+        .collect();
+    let direct =
+        Tensor::stack(&members.iter().map(|l| l.softmax(-1, Kind::Double)).collect::<Vec<_>>(), 0)
+            .mean_dim([0].as_slice(), false, Kind::Double)
+            .log();
+    let got = eio::model::ensemble_logits(members.iter().map(|l| l.shallow_clone()).collect());
+    assert_eq!(got.kind(), Kind::Double);
+    let err = (&got - &direct).abs().max().double_value(&[]);
+    assert!(err < 1e-12, "ensemble logits differ from log(mean softmax) by {err}");
+    let f32_members: Vec<Tensor> = members.iter().map(|l| l.to_kind(Kind::Float)).collect();
+    assert_eq!(eio::model::ensemble_logits(f32_members).kind(), Kind::Float);
+}
+
+#[test]
 fn feature_shapes_and_layer_numbering() {
     let m = Model::new(&plain(), Device::Cpu, Seed(0)).unwrap();
     let net = &m.nets[0];

@@ -480,11 +480,10 @@ pub trait Classifier {
 }
 
 /// The logits of an ensemble from its members' logits: the log of the averaged softmax,
-/// computed stably as `logsumexp_i(log_softmax_i) - log(N)`.
+/// computed stably as `logsumexp_i(log_softmax_i) - log(N)`, in the members' precision.
 pub fn ensemble_logits(members: Vec<Tensor>) -> Tensor {
     let n = members.len() as f64;
-    let logp: Vec<Tensor> =
-        members.into_iter().map(|l| l.log_softmax(-1, tch::Kind::Float)).collect();
+    let logp: Vec<Tensor> = members.into_iter().map(|l| l.log_softmax(-1, l.kind())).collect();
     Tensor::stack(&logp, 0).logsumexp([0].as_slice(), false) - n.ln()
 }
 
