@@ -207,7 +207,9 @@ def magnitude(g):
     return (g ** 2).sum(1).mean() * 2
 
 
-def trs_loss(models, x, y, eps, accumulate, steps=6, coeff=2.0, lamda=2.0, scale=5.0):
+def trs_loss(models, x, y, eps, accumulate, start=None, steps=6, coeff=2.0, lamda=2.0, scale=5.0):
+    """TRS_Trainer's loss for one batch; `start`: the vicinity's uniform draw in [0, 1) (default
+    the fixed stand-in). Also timed by bench/trs_step.py."""
     x.requires_grad_(True)
     ce, grads = 0, []
     for m in models:
@@ -218,9 +220,10 @@ def trs_loss(models, x, y, eps, accumulate, steps=6, coeff=2.0, lamda=2.0, scale
     cos = sum(F.cosine_similarity(grads[a], grads[b]).abs().mean() for a, b in pairs) / 3
 
     # The vicinity PGD on the second half of the batch, from a uniform start.
-    h = N_STEP // 2
+    h = x.shape[0] // 2
     far, yfar = x[h:].detach(), y[h:]
-    adv = torch.clamp(far + (step_noise(h, 1.0, 0.0) * 2 - 1) * eps, 0, 1).requires_grad_(True)
+    start = step_noise(h, 1.0, 0.0) if start is None else start
+    adv = torch.clamp(far + (start * 2 - 1) * eps, 0, 1).requires_grad_(True)
     for _ in range(steps):
         if not accumulate:
             adv.grad = None
