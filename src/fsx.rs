@@ -148,7 +148,8 @@ pub fn check_dir_writable(dir: &Path) -> Result<()> {
     }
     std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
     let probe = temp_name(&dir.join("write-probe"), std::process::id());
-    File::create(&probe).map_err(|e| Error::io(dir, e))?;
+    File::create(&probe)
+        .map_err(|e| Error::data(dir, format!("cannot create files in this folder ({e})")))?;
     let _ = std::fs::remove_file(&probe);
     Ok(())
 }
@@ -165,6 +166,9 @@ impl RunLock {
     /// Takes the lock of `dir` (created if missing), or fails at once naming the folder when
     /// another process holds it.
     pub fn acquire(dir: &Path) -> Result<RunLock> {
+        if dir.exists() && !dir.is_dir() {
+            return Err(Error::data(dir, "is a file, expected a folder"));
+        }
         std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
         let path = dir.join(".lock");
         let file = std::fs::OpenOptions::new()

@@ -132,7 +132,26 @@ impl OptimConfig {
         if !(self.eps > 0.0 && self.eps.is_finite()) {
             return Err(Error::config(format!("Adam eps must be positive, got {}", self.eps)));
         }
+        if self.milestones.first() == Some(&0) || self.milestones.windows(2).any(|w| w[0] >= w[1]) {
+            return Err(Error::config(format!(
+                "milestones must be increasing epochs from 1, got {:?}",
+                self.milestones
+            )));
+        }
         Ok(())
+    }
+
+    /// Checks that every milestone falls inside a run of `epochs` (one past it would never
+    /// decay the learning rate, silently).
+    pub fn check_milestones(&self, epochs: usize) -> Result<()> {
+        match self.milestones.iter().find(|&&m| m >= epochs) {
+            Some(m) => Err(Error::config(format!(
+                "milestones {:?}: epoch {m} is not inside the run's {epochs} epochs (a milestone \
+                 m decays the learning rate from epoch m + 1 on)",
+                self.milestones
+            ))),
+            None => Ok(()),
+        }
     }
 }
 

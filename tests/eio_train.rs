@@ -347,7 +347,11 @@ fn train_derive_finetune_eval_stability_through_the_cli() {
     let bad = d("bad");
     assert_user_error(
         &["train", "eio", "--out", &bad, "--paths", "1", "--data", &data],
-        "at least 2 paths",
+        "2 to 64 paths",
+    );
+    assert_user_error(
+        &["train", "eio", "--out", &bad, "--paths", "100000", "--data", &data],
+        "2 to 64 paths",
     );
     assert_user_error(
         &["train", "eio", "--init", &model, "--copies", "3", "--out", &bad, "--data", &data],

@@ -280,12 +280,36 @@ fn bad_inputs_get_one_clear_error() {
         // 7. outputs are checked before the work.
         (with(wb(model, data), &["--json", leak(under_file.clone())]), 1, vec!["afile", "is a file"]),
         (vec!["attack", "transfer-gen", "--surrogate", leak(surrogate.clone()), "--out", leak(s(&afile)), "--data", data], 1, vec!["afile", "is a file"]),
+        // 7. two flags naming one file (the second write would replace the first).
+        (vec!["derive", "--model", model, "--output", leak(out("same")), "--json", leak(out("./same"))], 1, vec!["--output and --json both name"]),
+        (vec!["eval", "--model", model, "--data", data, "--json", leak(out("e.json")), "--per-image", leak(out("e.json"))], 1, vec!["--json and --per-image"]),
+        (with(wb(model, data), &["--json", leak(out("w.json")), "--csv", leak(out("w.json"))]), 1, vec!["--json and --csv"]),
+        (vec!["bench", "--device", "cpu", "--iters", "1", "--json", leak(s(&afile))], 1, vec!["afile", "already exists", "--force"]),
+        // 7. output folders that are files, or hold something else.
+        (train_args(leak(s(&afile)), data, &[]), 1, vec!["afile", "is a file, expected a folder"]),
+        (vec!["reproduce", "--preset", "smoke", "--out", leak(s(t)), "--data", data], 1, vec!["no plan.toml", "new or empty folder"]),
+        (vec!["reproduce", "--preset", "smoke", "--out", leak(out("r1")), "--data", data, "--only", "eval/baseline"], 1, vec!["eval/baseline", "needs train/baseline", "--only"]),
+        // 6. sizes past what the machine holds are an error, not a panic.
+        (vec!["bench", "--device", "cpu", "--iters", "1", "--batch-size", "100000000000"], 1, vec!["out of memory", "--batch-size"]),
+        (vec!["--threads", "100000", "eval", "--model", model, "--data", data], 2, vec!["--threads", "use at most"]),
+        // 5. flags checked as a whole.
+        (vec!["eval", "--model", model, "--data", data, "--classes", "cat,,dog"], 1, vec!["--classes", "empty class name"]),
+        (vec!["eval", "--model", model, "--data", data, "--classes", "cat,dog,cat"], 1, vec!["--classes", "cat is named twice"]),
+        (train_args(o, data, &["--milestones", "5,2"]), 1, vec!["milestones", "increasing"]),
+        (train_args(o, data, &["--milestones", "3"]), 1, vec!["milestones [3]", "1 epochs"]),
+        (with(wb(model, data), &["--paths", "2"]), 2, vec!["--paths"]),
         // 8. OS errors once.
         (vec!["eval", "--model", leak(out("missing.safetensors"))], 1, vec!["missing.safetensors", "No such file"]),
     ];
     for (args, code, words) in &cases {
         expect_error(args, *code, words);
     }
+    // --from a folder with nothing to load says so.
+    std::fs::create_dir_all(t.join("empty")).unwrap();
+    let from = ["reproduce", "--preset", "smoke", "--data", data, "--only", "eval/baseline"];
+    let (_, _, err) =
+        run(&with(from.to_vec(), &["--out", leak(out("r2")), "--from", leak(out("empty"))]));
+    assert!(err.contains("warning: --from") && err.contains("nothing loaded"), "{err}");
     let (_, _, err) = run(&["eval", "--model", leak(out("missing.safetensors"))]);
     assert_eq!(err.matches("os error 2").count(), 1, "OS error printed once: {err}");
 

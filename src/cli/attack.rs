@@ -10,7 +10,7 @@ use serde::Serialize;
 
 use super::config::resolve;
 use super::model::{routing, RouteArgs};
-use super::{check_new_output, DataArgs};
+use super::{check_new_output, check_new_outputs, DataArgs};
 use eio::attack::{AttackConfig, AttackLoss};
 use eio::data::{Dataset, Split};
 use eio::eval::report::Report;
@@ -95,11 +95,11 @@ pub struct OutputArgs {
 }
 
 impl OutputArgs {
-    fn check(&self) -> Result<()> {
-        for p in [&self.json, &self.csv].into_iter().flatten() {
-            check_new_output(p, self.force)?;
-        }
-        Ok(())
+    /// Checks --json and --csv, and `more` (the command's other output files) with them.
+    fn check(&self, more: &[(&str, Option<&Path>)]) -> Result<()> {
+        let mut all = vec![("--json", self.json.as_deref()), ("--csv", self.csv.as_deref())];
+        all.extend_from_slice(more);
+        check_new_outputs(&all, self.force)
     }
 
     fn write(&self, report: &impl Report) -> Result<()> {
@@ -263,10 +263,7 @@ impl WhiteboxFlags {
 }
 
 fn run_whitebox(a: WhiteboxArgs) -> Result<()> {
-    a.out.check()?;
-    if let Some(p) = &a.per_image {
-        check_new_output(p, a.out.force)?;
-    }
+    a.out.check(&[("--per-image", a.per_image.as_deref())])?;
     let cfg = a.flags.apply(load_config(a.config.as_deref())?)?;
     cfg.validate()?;
     let device = super::device()?;
@@ -287,7 +284,7 @@ fn run_whitebox(a: WhiteboxArgs) -> Result<()> {
         .collect();
     let adv_file = |dir: &Path, eps: f64| dir.join(format!("{stem}_eps{eps}.safetensors"));
     if let Some(dir) = &a.save_adv {
-        std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+        eio::fsx::check_dir_writable(dir)?;
         for &e in &cfg.eps {
             check_new_output(&adv_file(dir, e), a.out.force)?;
         }
@@ -453,7 +450,7 @@ pub struct TransferEvalArgs {
 }
 
 fn run_transfer_eval(a: TransferEvalArgs) -> Result<()> {
-    a.out.check()?;
+    a.out.check(&[])?;
     let device = super::device()?;
     let model = super::model::load_model(&a.target.model, &a.target.route, device)?;
     let routing = routing(&model, &a.target.route, &a.target.model)?;
@@ -536,7 +533,7 @@ impl TransferabilityFlags {
 }
 
 fn run_transferability(a: TransferabilityArgs) -> Result<()> {
-    a.out.check()?;
+    a.out.check(&[])?;
     let cfg = a.flags.apply(load_config(a.config.as_deref())?);
     let device = super::device()?;
     let seed = Seed(super::seed());

@@ -26,9 +26,15 @@ pub struct BenchArgs {
     /// Also write the rows as JSON to this file.
     #[arg(long, value_name = "FILE")]
     json: Option<PathBuf>,
+    /// Overwrite --json if it exists.
+    #[arg(long)]
+    force: bool,
 }
 
 pub fn run(a: BenchArgs) -> Result<()> {
+    if let Some(f) = &a.json {
+        super::check_new_output(f, a.force)?;
+    }
     let device = super::device()?;
     if a.check {
         println!("eio device check: {device:?} against the CPU");

@@ -5,7 +5,7 @@ use std::path::PathBuf;
 use anyhow::{bail, Result};
 use clap::Args;
 
-use super::{check_new_output, write_json, DataArgs};
+use super::{check_new_output, check_new_outputs, write_json, DataArgs};
 use eio::data::Split;
 use eio::eval::clean::{clean_eval, CleanRow, Routings};
 use eio::model::io::TensorFile;
@@ -17,14 +17,11 @@ use eio::seed::Seed;
 #[derive(Debug, Args)]
 pub struct RouteArgs {
     /// RGN path: one gate per block, e.g. 0,1,0,... (default: all zeros).
-    #[arg(long = "path", value_name = "GATES", conflicts_with_all = ["random_path", "paths"])]
+    #[arg(long = "path", value_name = "GATES", conflicts_with = "random_path")]
     pub path: Option<Route>,
     /// A fresh random path for every batch.
-    #[arg(long, conflicts_with = "paths")]
+    #[arg(long)]
     pub random_path: bool,
-    /// Evaluate each of K random paths separately (seeded by --seed).
-    #[arg(long, value_name = "K", value_parser = super::positive)]
-    pub paths: Option<usize>,
     /// Use member K (0-based) of an ensemble file on its own (paper Fig. 9: one selected
     /// member of an ensemble).
     #[arg(long, value_name = "K")]
@@ -44,9 +41,6 @@ pub fn load_model(file: &std::path::Path, r: &RouteArgs, device: tch::Device) ->
 
 /// The routing an attack or single evaluation uses: `--path`, `--random-path`, or all zeros.
 pub fn routing(model: &Model, r: &RouteArgs, file: &std::path::Path) -> Result<Routing> {
-    if r.paths.is_some() {
-        bail!("--paths is not supported here: pick one --path or --random-path");
-    }
     if model.gates() == 0 && (r.random_path || r.path.as_ref().is_some_and(|p| !p.is_empty())) {
         bail!("{} is a plain model: --path and --random-path need an RGN", file.display());
     }
@@ -66,6 +60,9 @@ pub struct EvalArgs {
     data: DataArgs,
     #[command(flatten)]
     route: RouteArgs,
+    /// Evaluate each of K distinct random paths of an RGN separately (seeded by --seed).
+    #[arg(long, value_name = "K", value_parser = super::positive, conflicts_with_all = ["path", "random_path"])]
+    paths: Option<usize>,
     /// Evaluate on the first N test images of each class only.
     #[arg(long, value_name = "N", value_parser = super::positive)]
     test_per_class: Option<usize>,
@@ -85,13 +82,14 @@ pub struct EvalArgs {
 }
 
 pub fn eval(a: EvalArgs) -> Result<()> {
-    for f in [&a.json, &a.per_image].into_iter().flatten() {
-        check_new_output(f, a.force)?;
-    }
+    check_new_outputs(
+        &[("--json", a.json.as_deref()), ("--per-image", a.per_image.as_deref())],
+        a.force,
+    )?;
     let device = super::device()?;
     let model = load_model(&a.model, &a.route, device)?;
     let test = a.data.load(Split::Test, a.test_per_class)?;
-    let routings = match (a.route.paths, a.route.random_path) {
+    let routings = match (a.paths, a.route.random_path) {
         (Some(k), _) => Routings::Paths(k),
         (None, true) => Routings::RandomPerBatch,
         (None, false) => {
@@ -222,10 +220,7 @@ pub struct DeriveArgs {
 }
 
 pub fn derive(a: DeriveArgs) -> Result<()> {
-    check_new_output(&a.output, a.force)?;
-    if let Some(j) = &a.json {
-        check_new_output(j, a.force)?;
-    }
+    check_new_outputs(&[("--output", Some(&a.output)), ("--json", a.json.as_deref())], a.force)?;
     let choice = match (a.best_of, a.paths) {
         (Some(candidates), keep) => PathChoice::BestOf { candidates, keep: keep.unwrap_or(1) },
         (None, Some(k)) => PathChoice::Distinct(k),

@@ -97,9 +97,17 @@ pub fn run_cmd(a: ReproduceArgs) -> Result<()> {
         _ => Some(eio::fsx::RunLock::acquire(&a.out)?),
     };
     let device = super::device()?;
+    if _lock.is_some() {
+        plan.claim_folder(&a.out)?;
+    }
     if let Some(from) = &a.from {
         let loaded = load_from(&plan, from, &a.out, &a.only)?;
-        if !loaded.is_empty() {
+        if loaded.is_empty() {
+            eprintln!(
+                "warning: --from {}: nothing loaded (no finished job there that is not done here)",
+                from.display()
+            );
+        } else {
             eprintln!("loaded from {}: {}", from.display(), loaded.join(", "));
         }
     }

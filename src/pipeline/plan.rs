@@ -535,8 +535,30 @@ impl Plan {
     /// name with other sizes, from another eio version): its files would count as this plan's.
     pub fn check_folder(&self, out: &Path) -> Result<()> {
         let file = out.join("plan.toml");
+        if out.exists() && !out.is_dir() {
+            return Err(Error::config(format!(
+                "--out {}: a file, expected a folder",
+                out.display()
+            )));
+        }
         if !file.exists() {
-            return Ok(());
+            // A folder of other files: a reproduction would write summary.json, report.html,
+            // runs/ and eval/ among them.
+            let stray = std::fs::read_dir(out)
+                .into_iter()
+                .flatten()
+                .flatten()
+                .map(|e| e.file_name())
+                .find(|name| name != ".lock");
+            return match stray {
+                Some(name) => Err(Error::config(format!(
+                    "--out {}: holds {} but no reproduction (no plan.toml): use a new or empty \
+                     folder",
+                    out.display(),
+                    name.to_string_lossy()
+                ))),
+                None => Ok(()),
+            };
         }
         let text = std::fs::read_to_string(&file).map_err(|e| Error::io(&file, e))?;
         let theirs = toml::from_str::<toml::Table>(&text)
@@ -560,6 +582,16 @@ impl Plan {
                 ),
             )),
         }
+    }
+
+    /// Makes `out` this plan's folder: checks it ([`Plan::check_folder`]) and writes plan.toml,
+    /// before anything else (loaded results, job workers) writes there.
+    pub fn claim_folder(&self, out: &Path) -> Result<()> {
+        self.check_folder(out)?;
+        std::fs::create_dir_all(out).map_err(|e| Error::io(out, e))?;
+        let text =
+            toml::to_string(self).map_err(|e| Error::config(format!("internal: plan: {e}")))?;
+        crate::model::io::write_atomic(&out.join("plan.toml"), text.as_bytes())
     }
 
     /// Refuses names in `only` that are not jobs of this plan.

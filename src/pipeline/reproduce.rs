@@ -132,10 +132,7 @@ pub fn run(
     command: &str,
 ) -> Result<Summary> {
     plan.check_only(only)?;
-    plan.check_folder(out)?;
-    std::fs::create_dir_all(out).map_err(|e| Error::io(out, e))?;
-    let text = toml::to_string(plan).map_err(|e| Error::config(format!("internal: plan: {e}")))?;
-    write_atomic(&out.join("plan.toml"), text.as_bytes())?;
+    plan.claim_folder(out)?;
     let p = &plan.preset;
     let eval_set = data.test.first_per_class(p.eval_per_class);
     let test = data.test.first_per_class(p.test_per_class);
@@ -158,6 +155,12 @@ pub fn run(
                 job.name
             );
             continue;
+        }
+        if let Some(d) = plan.dependencies(k).into_iter().find(|&d| !plan.jobs[d].is_done(out)) {
+            return Err(Error::config(format!(
+                "{}: needs {}, which is not done (add it to --only)",
+                job.name, plan.jobs[d].name
+            )));
         }
         eprintln!("[{}/{}] {}", k + 1, plan.jobs.len(), job.name);
         let t0 = std::time::Instant::now();

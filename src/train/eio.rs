@@ -78,9 +78,11 @@ impl Default for EioConfig {
 impl EioConfig {
     /// Checks the values are usable.
     pub fn validate(&self) -> Result<()> {
-        if self.paths < 2 {
+        // Each path is a distillation and p - 1 training passes per batch: more than the 64
+        // members an ensemble may have is a slip, not an experiment.
+        if !(2..=64).contains(&self.paths) {
             return Err(Error::config(format!(
-                "vulnerability diversification needs at least 2 paths per batch, got {}",
+                "vulnerability diversification samples 2 to 64 paths per batch, got {}",
                 self.paths
             )));
         }

@@ -697,6 +697,7 @@ pub fn fit(
 ) -> Result<Vec<EpochRecord>> {
     cfg.validate()?;
     optim.validate()?;
+    optim.check_milestones(cfg.epochs)?;
     crate::validate::check_classes(train)?;
     crate::validate::check_classes(test)?;
     if train.len() < 2 {
