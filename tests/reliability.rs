@@ -521,3 +521,74 @@ fn nan_stop_keeps_a_finite_checkpoint() {
     eio::model::Model::load(&ckpt, tch::Device::Cpu).unwrap();
     assert!(std::fs::read_to_string(t.join("nan/train.log")).unwrap().contains("training stopped"));
 }
+
+/// `stability` args on `model` into `out`, tiny: 2 paths, PGD-1, one restart, 10 test images.
+fn stability_args<'a>(
+    model: &'a str,
+    out: &'a str,
+    data: &'a str,
+    more: &[&'a str],
+) -> Vec<&'a str> {
+    let mut v = vec![
+        "stability",
+        "--model",
+        model,
+        "--out",
+        out,
+        "--data",
+        data,
+        "--device",
+        "cpu",
+        "--steps",
+        "1",
+        "--restarts",
+        "1",
+        "--eps",
+        "0.01",
+        "--test-per-class",
+        "1",
+        "-k",
+        "2",
+    ];
+    v.extend(more);
+    v
+}
+
+/// A tiny `eio train <method>` run into `out`.
+fn train_method(method: &'static str, out: &Path, data: &str, more: &[&str]) -> PathBuf {
+    let out_s = s(out);
+    let mut v = train_args(&out_s, data, more);
+    v[1] = method;
+    ok(&v);
+    out.join("model.safetensors")
+}
+
+/// Issue 6: asking for more distinct paths than an RGN has is one error everywhere.
+#[test]
+fn more_paths_than_an_rgn_has_is_an_error() {
+    let tmp = tempdir();
+    let t = tmp.path();
+    let data = s(&tiny_data(&t.join("data"), 2, 1, false));
+    let rgn = s(&train_method("rgn-warmup", &t.join("rgn1"), &data, &["--augment", "top1"]));
+    let out = s(&t.join("out.safetensors"));
+    let only = "this RGN has only 2 distinct paths";
+    let cpu = ["--data", data.as_str(), "--device", "cpu"];
+    let with = |mut v: Vec<&'static str>| {
+        v.extend(cpu.iter().map(|a| leak(a.to_string())));
+        v
+    };
+    let (rgn_l, out_l) = (leak(rgn.clone()), leak(out.clone()));
+    let tf = ["attack", "transferability", "--model", rgn_l, "--paths", "5", "--steps", "1"];
+    expect_error(&with(tf.to_vec()), 1, &["--paths 5", only]);
+    expect_error(&with(vec!["eval", "--model", rgn_l, "--paths", "5"]), 1, &["--paths 5", only]);
+    let derive = vec!["derive", "--model", rgn_l, "--paths", "5", "--output", out_l];
+    expect_error(&derive, 1, &["--paths 5", only]);
+    let best = vec!["derive", "--model", rgn_l, "--best-of", "3", "--output", out_l];
+    expect_error(&with(best), 1, &["--best-of 3", only]);
+    let st = s(&t.join("st"));
+    let mut k8 = stability_args(&rgn, &st, &data, &[]);
+    k8[18] = "8";
+    expect_error(&k8, 1, &["-k 8", only]);
+    // As many as there are is fine.
+    ok(&["derive", "--model", rgn_l, "--paths", "2", "--output", out_l]);
+}

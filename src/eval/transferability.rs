@@ -23,7 +23,8 @@ use super::transfer::Named;
 use crate::attack::AttackConfig;
 use crate::data::Dataset;
 use crate::error::{Error, Result};
-use crate::model::{Classifier, Model, Route};
+use crate::model::route::distinct_paths;
+use crate::model::{Classifier, Model};
 use crate::progress::Progress;
 use crate::seed::{Seed, Stream};
 
@@ -115,8 +116,8 @@ impl Report for TransferabilityReport {
 }
 
 /// The members to compare in `model` (read from the file `name`), each its own plain model: the
-/// networks of an ensemble (`member <i>`), or `paths` random paths of an RGN drawn from `seed`
-/// (`path <route>`).
+/// networks of an ensemble (`member <i>`), or `paths` distinct random paths of an RGN drawn from
+/// `seed` (`path <route>`).
 pub fn members(
     model: &Model,
     name: &str,
@@ -131,11 +132,9 @@ pub fn members(
             )));
         }
         let mut rng = seed.rng(Stream::Route, 0, 0);
-        (0..paths)
-            .map(|_| {
-                let r = Route::random(model.gates(), model.spec.arch.copies, &mut rng);
-                Ok((format!("path {r}"), model.derive(&r)?))
-            })
+        distinct_paths(model.gates(), model.spec.arch.copies, paths, "--paths", &mut rng)?
+            .into_iter()
+            .map(|r| Ok((format!("path {r}"), model.derive(&r)?)))
             .collect()
     } else if model.nets.len() > 1 {
         (0..model.nets.len()).map(|i| Ok((format!("member {i}"), model.member(i)?))).collect()

@@ -24,7 +24,7 @@ use crate::eval::aggregate::Spread;
 use crate::eval::whitebox::{whitebox, WhiteboxConfig};
 use crate::fsx::write_json;
 use crate::model::io::{write_atomic, TensorFile};
-use crate::model::route::sample_distinct;
+use crate::model::route::distinct_paths;
 use crate::model::{Model, Target};
 use crate::seed::{Seed, Stream};
 use crate::train::{fit, RunDir, TrainSpec};
@@ -213,8 +213,7 @@ pub fn stability(
     };
 
     let mut rng = Seed(cfg.seed).rng(Stream::Route, 0, 0);
-    let routes =
-        sample_distinct(rgn.gates(), rgn.spec.arch.copies, rgn.gates(), cfg.paths, &mut rng);
+    let routes = distinct_paths(rgn.gates(), rgn.spec.arch.copies, cfg.paths, "-k", &mut rng)?;
     let mut rows = Vec::new();
     for (i, route) in routes.iter().enumerate() {
         let dir = out.join(format!("path{i}"));
