@@ -592,3 +592,28 @@ fn more_paths_than_an_rgn_has_is_an_error() {
     // As many as there are is fine.
     ok(&["derive", "--model", rgn_l, "--paths", "2", "--output", out_l]);
 }
+
+/// Issue 5: a transferability matrix without an eligible image (none classified correctly by
+/// every member) is an error, not a matrix of zeros.
+#[test]
+fn transferability_without_eligible_images_is_an_error() {
+    let tmp = tempdir();
+    let t = tmp.path();
+    let data = s(&tiny_data(&t.join("data"), 2, 1, false));
+    let ens = train_method("baseline", &t.join("ens"), &data, &["--members", "2"]);
+    // Member 0 always says class 0, member 1 always class 1.
+    let split = t.join("split.safetensors");
+    let biased = |c: i64| {
+        move |b: &Tensor| {
+            let b = b.copy();
+            let _ = b.get(c).fill_(1e4);
+            b
+        }
+    };
+    tamper(&ens, &split, "member0.linear.bias", biased(0), |_| {});
+    tamper(&split, &split, "member1.linear.bias", biased(1), |_| {});
+    let split = s(&split);
+    let mut args = vec!["attack", "transferability", "--model", &split, "--data", &data];
+    args.extend(["--device", "cpu", "--steps", "1", "--restarts", "1"]);
+    expect_error(&args, 1, &["no image is eligible", "more test images"]);
+}
