@@ -617,3 +617,36 @@ fn transferability_without_eligible_images_is_an_error() {
     args.extend(["--device", "cpu", "--steps", "1", "--restarts", "1"]);
     expect_error(&args, 1, &["no image is eligible", "more test images"]);
 }
+
+/// Issue 3: a fine-tuning configuration holds [train] and [optim] only; another run's
+/// configuration (another method) is one error naming the file, not a switch of method.
+#[test]
+fn finetune_configs_hold_only_train_and_optim() {
+    let tmp = tempdir();
+    let t = tmp.path();
+    let data = s(&tiny_data(&t.join("data"), 2, 1, false));
+    let rgn = s(&train_method("rgn-warmup", &t.join("rgn"), &data, &[]));
+    let plain = s(&t.join("plain.safetensors"));
+    ok(&["derive", "--model", &rgn, "--output", &plain]);
+    let adp = t.join("adp.toml");
+    std::fs::write(&adp, "members = 3\n[train]\nepochs = 1\n[method.adp]\nalpha = 2.0\n").unwrap();
+    let adp = s(&adp);
+    let rgn_cfg = s(&t.join("rgn/config.toml"));
+    let out = s(&t.join("ft"));
+    for cfg in [&adp, &rgn_cfg] {
+        let mut ft = vec!["finetune", "--model", &plain, "--out", &out, "--config", cfg];
+        ft.extend(["--data", &data, "--device", "cpu", "--test-per-class", "1"]);
+        expect_error(&ft, 1, &[cfg, "[train] and [optim]", "method"]);
+        let more = ["--finetune-epochs", "1", "--finetune-config", cfg];
+        expect_error(&stability_args(&rgn, &out, &data, &more), 1, &[cfg, "[train] and [optim]"]);
+    }
+    assert!(!t.join("ft/model.safetensors").exists());
+    // A file with only those tables is taken.
+    let good = t.join("good.toml");
+    std::fs::write(&good, "[train]\nepochs = 1\ntrain_per_class = 2\n[optim]\nlr = 0.01\n")
+        .unwrap();
+    let good = s(&good);
+    let mut ft = vec!["finetune", "--model", &plain, "--out", &out, "--config", &good];
+    ft.extend(["--data", &data, "--device", "cpu", "--test-per-class", "1"]);
+    ok(&ft);
+}

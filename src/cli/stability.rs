@@ -13,8 +13,7 @@ use eio::attack::AttackConfig;
 use eio::data::Split;
 use eio::eval::whitebox::WhiteboxConfig;
 use eio::pipeline::stability::{stability, StabilityConfig};
-use eio::train::config::resolve;
-use eio::train::TrainSpec;
+use eio::train::config::resolve_finetune;
 
 #[derive(Debug, Args)]
 pub struct StabilityArgs {
@@ -110,11 +109,8 @@ pub fn run(a: StabilityArgs) -> Result<()> {
             checkpoint_every: a.checkpoint_every,
             ..Default::default()
         };
-        let ft = resolve(
-            &TrainSpec::finetune(),
-            a.finetune_config.as_deref(),
-            &FinetuneOverrides { train: &flags },
-        )?;
+        let ft =
+            resolve_finetune(a.finetune_config.as_deref(), &FinetuneOverrides { train: &flags })?;
         ft.train.validate()?;
         ft.optim.validate()?;
         let train = a.data.load(Split::Train, None)?;
