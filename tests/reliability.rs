@@ -650,3 +650,82 @@ fn finetune_configs_hold_only_train_and_optim() {
     ft.extend(["--data", &data, "--device", "cpu", "--test-per-class", "1"]);
     ok(&ft);
 }
+
+/// Issue 4: a stopped white-box run is continued only by the same model: another model with
+/// the same clean predictions (here: every logit shifted alike) starts over, saying why.
+#[test]
+fn whitebox_resumes_only_for_the_same_model() {
+    use std::time::{Duration, Instant};
+    let tmp = tempdir();
+    let t = tmp.path();
+    let data = s(&tiny_data(&t.join("data"), 2, 1, false));
+    let model = train_method("baseline", &t.join("m"), &data, &[]);
+    let shifted = t.join("shifted.safetensors");
+    tamper(&model, &shifted, "linear.bias", |b| b + 0.5, |_| {});
+    let (model, shifted) = (s(&model), s(&shifted));
+    let json = s(&t.join("wb/r.json"));
+    let state = t.join("wb/r.state.json");
+    let args = |m: &str| -> Vec<String> {
+        let mut v: Vec<String> =
+            wb(leak(m.to_string()), leak(data.clone())).into_iter().map(String::from).collect();
+        v[7] = "10".into(); // --images
+        v[9] = "10".into(); // --steps
+        v[11] = "2".into(); // --restarts
+        v[13] = "0.01,0.02,0.03,0.04,0.05,0.06,0.07,0.08".into(); // --eps
+        v.extend(["--json".into(), json.clone()]);
+        v
+    };
+    // Stop a run on `model` as soon as it has saved its progress.
+    let v = args(&model);
+    let mut child = cmd(&v.iter().map(String::as_str).collect::<Vec<_>>())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let start = Instant::now();
+    while !state.exists() && child.try_wait().unwrap().is_none() {
+        assert!(start.elapsed() < Duration::from_secs(120), "no state file");
+        std::thread::sleep(Duration::from_millis(2));
+    }
+    child.kill().ok();
+    child.wait().unwrap();
+    assert!(state.exists(), "the run finished before the stop; make it longer");
+    let saved = std::fs::read(&state).unwrap();
+
+    let log = ok(&args(&shifted).iter().map(String::as_str).collect::<Vec<_>>());
+    assert!(!log.contains("continuing"), "{log}");
+    let line = log.lines().find(|l| l.contains("starting over")).expect(&log);
+    assert!(line.contains("r.state.json") && line.contains("another model"), "{line}");
+    // The same model continues.
+    std::fs::write(&state, saved).unwrap();
+    std::fs::remove_file(t.join("wb/r.json")).unwrap();
+    let log = ok(&args(&model).iter().map(String::as_str).collect::<Vec<_>>());
+    assert!(log.contains("continuing from"), "{log}");
+}
+
+/// Issue 4, transfer sets: a rerun of `transfer-gen` keeps a file only when the same surrogate
+/// model made it, not merely a surrogate of the same name.
+#[test]
+fn transfer_sets_are_kept_only_for_the_same_surrogate_model() {
+    let tmp = tempdir();
+    let t = tmp.path();
+    let data = s(&tiny_data(&t.join("data"), 2, 1, false));
+    let a = s(&train_method("baseline", &t.join("a"), &data, &[]));
+    let b = s(&train_method("baseline", &t.join("b"), &data, &["--seed", "1"]));
+    let set = s(&t.join("set"));
+    let gen = |model: &str, more: &[&str]| {
+        let surrogate = format!("s={model}");
+        let mut v = vec!["attack", "transfer-gen", "--surrogate", &surrogate, "--out", &set];
+        v.extend(["--data", &data, "--images", "3", "--steps", "1", "--eps", "0.03"]);
+        v.extend(["--losses", "ce", "--device", "cpu"]);
+        v.extend(more);
+        v.iter().map(|a| a.to_string()).collect::<Vec<_>>()
+    };
+    let strs = |v: &[String]| v.iter().map(|a| leak(a.clone())).collect::<Vec<&str>>();
+    ok(&strs(&gen(&a, &[])));
+    ok(&strs(&gen(&a, &[])));
+    let words = ["s_eps0.03.safetensors", "other settings", "--force"];
+    expect_error(&strs(&gen(&b, &[])), 1, &words);
+    ok(&strs(&gen(&b, &["--force"])));
+    ok(&strs(&gen(&b, &[])));
+}
