@@ -729,3 +729,96 @@ fn transfer_sets_are_kept_only_for_the_same_surrogate_model() {
     ok(&strs(&gen(&b, &["--force"])));
     ok(&strs(&gen(&b, &[])));
 }
+
+/// The stability report's rows in `dir`: (name, route, clean, robust) of each.
+fn stability_rows(dir: &Path) -> Vec<(String, String, String)> {
+    let r: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.join("report.json")).unwrap()).unwrap();
+    r["rows"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|row| {
+            let acc = format!("{} {}", row["clean"], row["robust"]);
+            (row["name"].to_string(), row["route"].to_string(), acc)
+        })
+        .collect()
+}
+
+/// Issue 1: stability's per-path cache (derived file, evaluation) is reused only for the same
+/// RGN, route and settings: another seed (even with --force), another model in the same folder,
+/// or a damaged derived file are made again; an identical rerun still reuses everything.
+#[test]
+fn stability_reuses_only_what_was_made_from_the_same_model_and_route() {
+    let tmp = tempdir();
+    let t = tmp.path();
+    let data = s(&tiny_data(&t.join("data"), 2, 1, false));
+    let rgn = s(&train_method("rgn-warmup", &t.join("rgn"), &data, &[]));
+    let other = s(&train_method("rgn-warmup", &t.join("other"), &data, &["--seed", "1"]));
+    let (st, fresh) = (t.join("st"), t.join("fresh"));
+    let (st_s, fresh_s) = (s(&st), s(&fresh));
+    let derived = |dir: &Path, i: usize| dir.join(format!("path{i}/derived.safetensors"));
+    let route_of = |f: &Path| TensorFile::read(f).unwrap().meta["eio.path"].clone();
+
+    // (a) another seed with --force: the derived files are the new seed's routes.
+    ok(&stability_args(&rgn, &st_s, &data, &[]));
+    ok(&stability_args(&rgn, &st_s, &data, &["--seed", "7", "--force"]));
+    for (i, (_, route, _)) in stability_rows(&st).iter().enumerate() {
+        assert_eq!(*route, format!("\"{}\"", route_of(&derived(&st, i))), "path {i}");
+    }
+
+    // (b) another model in the same folder: nothing of the first is reused; the rows and the
+    // derived files are those of a run in a fresh folder.
+    ok(&stability_args(&other, &fresh_s, &data, &[]));
+    std::fs::remove_file(st.join("report.json")).unwrap();
+    let log = ok(&stability_args(&other, &st_s, &data, &[]));
+    assert!(!log.contains("reusing"), "{log}");
+    assert!(log.contains("deriving it again"), "{log}");
+    assert_eq!(stability_rows(&st), stability_rows(&fresh));
+    for i in 0..2 {
+        assert_eq!(
+            std::fs::read(derived(&st, i)).unwrap(),
+            std::fs::read(derived(&fresh, i)).unwrap()
+        );
+    }
+
+    // (c) a damaged derived file is made again, with --force and without.
+    let damage = || {
+        let bytes = std::fs::read(derived(&st, 0)).unwrap();
+        std::fs::write(derived(&st, 0), &bytes[..bytes.len() / 2]).unwrap();
+    };
+    damage();
+    ok(&stability_args(&other, &st_s, &data, &["--force"]));
+    damage();
+    std::fs::remove_file(st.join("report.json")).unwrap();
+    let log = ok(&stability_args(&other, &st_s, &data, &[]));
+    assert!(
+        log.contains("path0/derived.safetensors") && log.contains("deriving it again"),
+        "{log}"
+    );
+    assert_eq!(std::fs::read(derived(&st, 0)).unwrap(), std::fs::read(derived(&fresh, 0)).unwrap());
+    assert_eq!(stability_rows(&st), stability_rows(&fresh));
+
+    // An identical rerun (an interrupted run resumed) reuses every path.
+    std::fs::remove_file(st.join("report.json")).unwrap();
+    let log = ok(&stability_args(&other, &st_s, &data, &[]));
+    assert_eq!(log.matches("reusing").count(), 2, "{log}");
+    assert!(!log.contains("derived path") && !log.contains("again"), "{log}");
+}
+
+/// Issue 2: stability's reference models are checked before any path is derived.
+#[test]
+fn stability_checks_its_references_before_the_work() {
+    let tmp = tempdir();
+    let t = tmp.path();
+    let data = s(&tiny_data(&t.join("data"), 2, 1, false));
+    let rgn = s(&train_method("rgn-warmup", &t.join("rgn"), &data, &[]));
+    let out = s(&t.join("st"));
+    let missing = s(&t.join("nonexist.safetensors"));
+    let not_model = s(&t.join("data/test/cat/0000.jpg"));
+    for (reference, word) in [(&missing, "No such file"), (&not_model, "not a safetensors file")] {
+        let args = stability_args(&rgn, &out, &data, &["--reference", reference]);
+        expect_error(&args, 1, &[reference, word]);
+        assert!(!t.join("st/path0").exists(), "a path was derived before the check");
+    }
+}

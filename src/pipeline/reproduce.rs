@@ -341,6 +341,7 @@ pub fn run(
                     &data.test,
                     &out.join("stability"),
                     device,
+                    false,
                 )?;
             }
         }
