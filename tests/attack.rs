@@ -394,6 +394,10 @@ impl Classifier for StopsAt<'_> {
         self.calls.set(left - 1);
         self.inner.logits(x, sgm)
     }
+    // The wrapped model's: its progress is resumed by the model itself.
+    fn identity(&self) -> Option<String> {
+        self.inner.identity()
+    }
 }
 
 /// A white-box evaluation stopped part-way continues from its state file to the numbers of an

@@ -545,3 +545,304 @@ fn nan_stop_keeps_a_finite_checkpoint() {
     eio::model::Model::load(&ckpt, tch::Device::Cpu).unwrap();
     assert!(std::fs::read_to_string(t.join("nan/train.log")).unwrap().contains("training stopped"));
 }
+
+/// `stability` args on `model` into `out`, tiny: 2 paths, PGD-1, one restart, 10 test images.
+fn stability_args<'a>(
+    model: &'a str,
+    out: &'a str,
+    data: &'a str,
+    more: &[&'a str],
+) -> Vec<&'a str> {
+    let mut v = vec![
+        "stability",
+        "--model",
+        model,
+        "--out",
+        out,
+        "--data",
+        data,
+        "--device",
+        "cpu",
+        "--steps",
+        "1",
+        "--restarts",
+        "1",
+        "--eps",
+        "0.01",
+        "--test-per-class",
+        "1",
+        "-k",
+        "2",
+    ];
+    v.extend(more);
+    v
+}
+
+/// A tiny `eio train <method>` run into `out`.
+fn train_method(method: &'static str, out: &Path, data: &str, more: &[&str]) -> PathBuf {
+    let out_s = s(out);
+    let mut v = train_args(&out_s, data, more);
+    v[1] = method;
+    ok(&v);
+    out.join("model.safetensors")
+}
+
+/// Issue 6: asking for more distinct paths than an RGN has is one error everywhere.
+#[test]
+fn more_paths_than_an_rgn_has_is_an_error() {
+    let tmp = tempdir();
+    let t = tmp.path();
+    let data = s(&tiny_data(&t.join("data"), 2, 1, false));
+    let rgn = s(&train_method("rgn-warmup", &t.join("rgn1"), &data, &["--augment", "top1"]));
+    let out = s(&t.join("out.safetensors"));
+    let only = "this RGN has only 2 distinct paths";
+    let cpu = ["--data", data.as_str(), "--device", "cpu"];
+    let with = |mut v: Vec<&'static str>| {
+        v.extend(cpu.iter().map(|a| leak(a.to_string())));
+        v
+    };
+    let (rgn_l, out_l) = (leak(rgn.clone()), leak(out.clone()));
+    let tf = ["attack", "transferability", "--model", rgn_l, "--paths", "5", "--steps", "1"];
+    expect_error(&with(tf.to_vec()), 1, &["--paths 5", only]);
+    expect_error(&with(vec!["eval", "--model", rgn_l, "--paths", "5"]), 1, &["--paths 5", only]);
+    let derive = vec!["derive", "--model", rgn_l, "--paths", "5", "--output", out_l];
+    expect_error(&derive, 1, &["--paths 5", only]);
+    let best = vec!["derive", "--model", rgn_l, "--best-of", "3", "--output", out_l];
+    expect_error(&with(best), 1, &["--best-of 3", only]);
+    let st = s(&t.join("st"));
+    let mut k8 = stability_args(&rgn, &st, &data, &[]);
+    k8[18] = "8";
+    expect_error(&k8, 1, &["-k 8", only]);
+    // As many as there are is fine.
+    ok(&["derive", "--model", rgn_l, "--paths", "2", "--output", out_l]);
+}
+
+/// Issue 5: a transferability matrix without an eligible image (none classified correctly by
+/// every member) is an error, not a matrix of zeros.
+#[test]
+fn transferability_without_eligible_images_is_an_error() {
+    let tmp = tempdir();
+    let t = tmp.path();
+    let data = s(&tiny_data(&t.join("data"), 2, 1, false));
+    let ens = train_method("baseline", &t.join("ens"), &data, &["--members", "2"]);
+    // Member 0 always says class 0, member 1 always class 1.
+    let split = t.join("split.safetensors");
+    let biased = |c: i64| {
+        move |b: &Tensor| {
+            let b = b.copy();
+            let _ = b.get(c).fill_(1e4);
+            b
+        }
+    };
+    tamper(&ens, &split, "member0.linear.bias", biased(0), |_| {});
+    tamper(&split, &split, "member1.linear.bias", biased(1), |_| {});
+    let split = s(&split);
+    let mut args = vec!["attack", "transferability", "--model", &split, "--data", &data];
+    args.extend(["--device", "cpu", "--steps", "1", "--restarts", "1"]);
+    expect_error(&args, 1, &["no image is eligible", "more test images"]);
+}
+
+/// Issue 3: a fine-tuning configuration holds [train] and [optim] only; another run's
+/// configuration (another method) is one error naming the file, not a switch of method.
+#[test]
+fn finetune_configs_hold_only_train_and_optim() {
+    let tmp = tempdir();
+    let t = tmp.path();
+    let data = s(&tiny_data(&t.join("data"), 2, 1, false));
+    let rgn = s(&train_method("rgn-warmup", &t.join("rgn"), &data, &[]));
+    let plain = s(&t.join("plain.safetensors"));
+    ok(&["derive", "--model", &rgn, "--output", &plain]);
+    let adp = t.join("adp.toml");
+    std::fs::write(&adp, "members = 3\n[train]\nepochs = 1\n[method.adp]\nalpha = 2.0\n").unwrap();
+    let adp = s(&adp);
+    let rgn_cfg = s(&t.join("rgn/config.toml"));
+    let out = s(&t.join("ft"));
+    for cfg in [&adp, &rgn_cfg] {
+        let mut ft = vec!["finetune", "--model", &plain, "--out", &out, "--config", cfg];
+        ft.extend(["--data", &data, "--device", "cpu", "--test-per-class", "1"]);
+        expect_error(&ft, 1, &[cfg, "[train] and [optim]", "method"]);
+        let more = ["--finetune-epochs", "1", "--finetune-config", cfg];
+        expect_error(&stability_args(&rgn, &out, &data, &more), 1, &[cfg, "[train] and [optim]"]);
+    }
+    assert!(!t.join("ft/model.safetensors").exists());
+    // A file with only those tables is taken.
+    let good = t.join("good.toml");
+    std::fs::write(&good, "[train]\nepochs = 1\ntrain_per_class = 2\n[optim]\nlr = 0.01\n")
+        .unwrap();
+    let good = s(&good);
+    let mut ft = vec!["finetune", "--model", &plain, "--out", &out, "--config", &good];
+    ft.extend(["--data", &data, "--device", "cpu", "--test-per-class", "1"]);
+    ok(&ft);
+}
+
+/// Issue 4: a stopped white-box run is continued only by the same model: another model with
+/// the same clean predictions (here: every logit shifted alike) starts over, saying why.
+#[test]
+fn whitebox_resumes_only_for_the_same_model() {
+    use std::time::{Duration, Instant};
+    let tmp = tempdir();
+    let t = tmp.path();
+    let data = s(&tiny_data(&t.join("data"), 2, 1, false));
+    let model = train_method("baseline", &t.join("m"), &data, &[]);
+    let shifted = t.join("shifted.safetensors");
+    tamper(&model, &shifted, "linear.bias", |b| b + 0.5, |_| {});
+    let (model, shifted) = (s(&model), s(&shifted));
+    let json = s(&t.join("wb/r.json"));
+    let state = t.join("wb/r.state.json");
+    let args = |m: &str| -> Vec<String> {
+        let mut v: Vec<String> =
+            wb(leak(m.to_string()), leak(data.clone())).into_iter().map(String::from).collect();
+        v[7] = "10".into(); // --images
+        v[9] = "10".into(); // --steps
+        v[11] = "2".into(); // --restarts
+        v[13] = "0.01,0.02,0.03,0.04,0.05,0.06,0.07,0.08".into(); // --eps
+        v.extend(["--json".into(), json.clone()]);
+        v
+    };
+    // Stop a run on `model` as soon as it has saved its progress.
+    let v = args(&model);
+    let mut child = cmd(&v.iter().map(String::as_str).collect::<Vec<_>>())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let start = Instant::now();
+    while !state.exists() && child.try_wait().unwrap().is_none() {
+        assert!(start.elapsed() < Duration::from_secs(120), "no state file");
+        std::thread::sleep(Duration::from_millis(2));
+    }
+    child.kill().ok();
+    child.wait().unwrap();
+    assert!(state.exists(), "the run finished before the stop; make it longer");
+    let saved = std::fs::read(&state).unwrap();
+
+    let log = ok(&args(&shifted).iter().map(String::as_str).collect::<Vec<_>>());
+    assert!(!log.contains("continuing"), "{log}");
+    let line = log.lines().find(|l| l.contains("starting over")).expect(&log);
+    assert!(line.contains("r.state.json") && line.contains("another model"), "{line}");
+    // The same model continues.
+    std::fs::write(&state, saved).unwrap();
+    std::fs::remove_file(t.join("wb/r.json")).unwrap();
+    let log = ok(&args(&model).iter().map(String::as_str).collect::<Vec<_>>());
+    assert!(log.contains("continuing from"), "{log}");
+}
+
+/// Issue 4, transfer sets: a rerun of `transfer-gen` keeps a file only when the same surrogate
+/// model made it, not merely a surrogate of the same name.
+#[test]
+fn transfer_sets_are_kept_only_for_the_same_surrogate_model() {
+    let tmp = tempdir();
+    let t = tmp.path();
+    let data = s(&tiny_data(&t.join("data"), 2, 1, false));
+    let a = s(&train_method("baseline", &t.join("a"), &data, &[]));
+    let b = s(&train_method("baseline", &t.join("b"), &data, &["--seed", "1"]));
+    let set = s(&t.join("set"));
+    let gen = |model: &str, more: &[&str]| {
+        let surrogate = format!("s={model}");
+        let mut v = vec!["attack", "transfer-gen", "--surrogate", &surrogate, "--out", &set];
+        v.extend(["--data", &data, "--images", "3", "--steps", "1", "--eps", "0.03"]);
+        v.extend(["--losses", "ce", "--device", "cpu"]);
+        v.extend(more);
+        v.iter().map(|a| a.to_string()).collect::<Vec<_>>()
+    };
+    let strs = |v: &[String]| v.iter().map(|a| leak(a.clone())).collect::<Vec<&str>>();
+    ok(&strs(&gen(&a, &[])));
+    ok(&strs(&gen(&a, &[])));
+    let words = ["s_eps0.03.safetensors", "other settings", "--force"];
+    expect_error(&strs(&gen(&b, &[])), 1, &words);
+    ok(&strs(&gen(&b, &["--force"])));
+    ok(&strs(&gen(&b, &[])));
+}
+
+/// The stability report's rows in `dir`: (name, route, clean, robust) of each.
+fn stability_rows(dir: &Path) -> Vec<(String, String, String)> {
+    let r: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.join("report.json")).unwrap()).unwrap();
+    r["rows"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|row| {
+            let acc = format!("{} {}", row["clean"], row["robust"]);
+            (row["name"].to_string(), row["route"].to_string(), acc)
+        })
+        .collect()
+}
+
+/// Issue 1: stability's per-path cache (derived file, evaluation) is reused only for the same
+/// RGN, route and settings: another seed (even with --force), another model in the same folder,
+/// or a damaged derived file are made again; an identical rerun still reuses everything.
+#[test]
+fn stability_reuses_only_what_was_made_from_the_same_model_and_route() {
+    let tmp = tempdir();
+    let t = tmp.path();
+    let data = s(&tiny_data(&t.join("data"), 2, 1, false));
+    let rgn = s(&train_method("rgn-warmup", &t.join("rgn"), &data, &[]));
+    let other = s(&train_method("rgn-warmup", &t.join("other"), &data, &["--seed", "1"]));
+    let (st, fresh) = (t.join("st"), t.join("fresh"));
+    let (st_s, fresh_s) = (s(&st), s(&fresh));
+    let derived = |dir: &Path, i: usize| dir.join(format!("path{i}/derived.safetensors"));
+    let route_of = |f: &Path| TensorFile::read(f).unwrap().meta["eio.path"].clone();
+
+    // (a) another seed with --force: the derived files are the new seed's routes.
+    ok(&stability_args(&rgn, &st_s, &data, &[]));
+    ok(&stability_args(&rgn, &st_s, &data, &["--seed", "7", "--force"]));
+    for (i, (_, route, _)) in stability_rows(&st).iter().enumerate() {
+        assert_eq!(*route, format!("\"{}\"", route_of(&derived(&st, i))), "path {i}");
+    }
+
+    // (b) another model in the same folder: nothing of the first is reused; the rows and the
+    // derived files are those of a run in a fresh folder.
+    ok(&stability_args(&other, &fresh_s, &data, &[]));
+    std::fs::remove_file(st.join("report.json")).unwrap();
+    let log = ok(&stability_args(&other, &st_s, &data, &[]));
+    assert!(!log.contains("reusing"), "{log}");
+    assert!(log.contains("deriving it again"), "{log}");
+    assert_eq!(stability_rows(&st), stability_rows(&fresh));
+    for i in 0..2 {
+        assert_eq!(
+            std::fs::read(derived(&st, i)).unwrap(),
+            std::fs::read(derived(&fresh, i)).unwrap()
+        );
+    }
+
+    // (c) a damaged derived file is made again, with --force and without.
+    let damage = || {
+        let bytes = std::fs::read(derived(&st, 0)).unwrap();
+        std::fs::write(derived(&st, 0), &bytes[..bytes.len() / 2]).unwrap();
+    };
+    damage();
+    ok(&stability_args(&other, &st_s, &data, &["--force"]));
+    damage();
+    std::fs::remove_file(st.join("report.json")).unwrap();
+    let log = ok(&stability_args(&other, &st_s, &data, &[]));
+    assert!(
+        log.contains("path0/derived.safetensors") && log.contains("deriving it again"),
+        "{log}"
+    );
+    assert_eq!(std::fs::read(derived(&st, 0)).unwrap(), std::fs::read(derived(&fresh, 0)).unwrap());
+    assert_eq!(stability_rows(&st), stability_rows(&fresh));
+
+    // An identical rerun (an interrupted run resumed) reuses every path.
+    std::fs::remove_file(st.join("report.json")).unwrap();
+    let log = ok(&stability_args(&other, &st_s, &data, &[]));
+    assert_eq!(log.matches("reusing").count(), 2, "{log}");
+    assert!(!log.contains("derived path") && !log.contains("again"), "{log}");
+}
+
+/// Issue 2: stability's reference models are checked before any path is derived.
+#[test]
+fn stability_checks_its_references_before_the_work() {
+    let tmp = tempdir();
+    let t = tmp.path();
+    let data = s(&tiny_data(&t.join("data"), 2, 1, false));
+    let rgn = s(&train_method("rgn-warmup", &t.join("rgn"), &data, &[]));
+    let out = s(&t.join("st"));
+    let missing = s(&t.join("nonexist.safetensors"));
+    let not_model = s(&t.join("data/test/cat/0000.jpg"));
+    for (reference, word) in [(&missing, "No such file"), (&not_model, "not a safetensors file")] {
+        let args = stability_args(&rgn, &out, &data, &["--reference", reference]);
+        expect_error(&args, 1, &[reference, word]);
+        assert!(!t.join("st/path0").exists(), "a path was derived before the check");
+    }
+}

@@ -21,7 +21,7 @@ use eio::eval::transfer::{
 use eio::eval::transferability::{members, transferability, TransferabilityConfig};
 use eio::eval::whitebox::{named_attack, whitebox_detailed, whitebox_resumable, WhiteboxConfig};
 use eio::model::io::write_atomic;
-use eio::model::{Model, Routing, Target};
+use eio::model::{Model, Target};
 use eio::seed::Seed;
 
 #[derive(Debug, Subcommand)]
@@ -270,7 +270,7 @@ fn run_whitebox(a: WhiteboxArgs) -> Result<()> {
     let model = super::model::load_model(&a.target.model, &a.target.route, device)?;
     let seed = Seed(super::seed());
     let routing = routing(&model, &a.target.route, &a.target.model)?;
-    let describe = describe_routing(&routing);
+    let describe = routing.to_string();
     let target = Target::new(&model, routing, seed)?;
     let (test, idx) = a.images.select(seed)?;
     let data = test.select(&idx);
@@ -334,14 +334,6 @@ fn run_whitebox(a: WhiteboxArgs) -> Result<()> {
         println!("{:>8} {:>9.2}%", r.eps, 100.0 * r.robust_accuracy);
     }
     a.out.write(&report)
-}
-
-fn describe_routing(r: &Routing) -> String {
-    match r {
-        Routing::Fixed(route) if route.is_empty() => "plain".into(),
-        Routing::Fixed(route) => format!("path {route}"),
-        Routing::Random => "random path per forward".into(),
-    }
 }
 
 #[derive(Debug, Default, Args)]

@@ -13,8 +13,7 @@ use eio::attack::AttackConfig;
 use eio::data::Split;
 use eio::eval::whitebox::WhiteboxConfig;
 use eio::pipeline::stability::{stability, StabilityConfig};
-use eio::train::config::resolve;
-use eio::train::TrainSpec;
+use eio::train::config::resolve_finetune;
 
 #[derive(Debug, Args)]
 pub struct StabilityArgs {
@@ -38,7 +37,8 @@ pub struct StabilityArgs {
     /// Also checkpoint fine-tuning runs every N steps.
     #[arg(long, value_name = "N", value_parser = super::positive)]
     checkpoint_every: Option<usize>,
-    /// Replace the report (report.json, report.md) of a finished run in --out.
+    /// Redo everything in --out (derivations, fine-tuning runs, evaluations) rather than reuse
+    /// it, and replace the report (report.json, report.md) of a finished run.
     #[arg(long)]
     force: bool,
     /// Also evaluate these models (plain, ensembles, or RGNs on the all-zero path) on the same
@@ -110,11 +110,8 @@ pub fn run(a: StabilityArgs) -> Result<()> {
             checkpoint_every: a.checkpoint_every,
             ..Default::default()
         };
-        let ft = resolve(
-            &TrainSpec::finetune(),
-            a.finetune_config.as_deref(),
-            &FinetuneOverrides { train: &flags },
-        )?;
+        let ft =
+            resolve_finetune(a.finetune_config.as_deref(), &FinetuneOverrides { train: &flags })?;
         ft.train.validate()?;
         ft.optim.validate()?;
         let train = a.data.load(Split::Train, None)?;
@@ -125,7 +122,7 @@ pub fn run(a: StabilityArgs) -> Result<()> {
     let device = super::device()?;
     let test = a.data.load(Split::Test, None)?;
     let finetune = finetuning.as_ref().map(|(ft, train)| (ft, train));
-    let report = stability(&a.model, &cfg, finetune, &test, &a.out, device)?;
+    let report = stability(&a.model, &cfg, finetune, &test, &a.out, device, a.force)?;
     print!("{}", report.markdown());
     eprintln!("wrote {}", a.out.join("report.json").display());
     Ok(())

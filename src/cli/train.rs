@@ -13,7 +13,7 @@ use eio::model::{Augment, Model};
 use eio::seed::Seed;
 use eio::train::adp::AdpConfig;
 use eio::train::adv::AdvTerm;
-use eio::train::config::resolve;
+use eio::train::config::{resolve, resolve_finetune};
 use eio::train::diversify::LayerPer;
 use eio::train::dverge::DvergeConfig;
 use eio::train::eio::EioConfig;
@@ -67,8 +67,8 @@ pub struct RunArgs {
     /// Start over even if --out holds a run.
     #[arg(long, conflicts_with = "resume")]
     pub force: bool,
-    /// TOML configuration (warmup_epochs, members, [arch], [train], [optim], [method.<name>]);
-    /// flags override it.
+    /// TOML configuration (warmup_epochs, members, [arch], [train], [optim], [method.<name>];
+    /// for `eio finetune` only [train] and [optim]); flags override it.
     #[arg(long, value_name = "FILE")]
     pub config: Option<PathBuf>,
     #[command(flatten)]
@@ -693,7 +693,7 @@ pub fn finetune(a: FinetuneArgs) -> Result<()> {
         );
     }
     let o = FinetuneOverrides { train: &a.train.with_seed(), optim: &a.optim };
-    let mut spec = resolve(&TrainSpec::finetune(), a.run.config.as_deref(), &o)?;
+    let mut spec = resolve_finetune(a.run.config.as_deref(), &o)?;
     spec.members = model.spec.members;
     spec.arch = model.spec.arch.clone();
     spec.validate()?;

@@ -11,7 +11,7 @@ use super::accuracy;
 use super::aggregate::Spread;
 use crate::data::Dataset;
 use crate::error::{Error, Result};
-use crate::model::route::sample_distinct;
+use crate::model::route::distinct_paths;
 use crate::model::{Model, Route, Routing, Target, MAX_PATHS};
 use crate::seed::{Seed, Stream};
 
@@ -95,7 +95,7 @@ pub fn clean_eval(
         Routings::Paths(k) => {
             let mut rng = seed.rng(Stream::Route, 0, 0);
             let (gates, copies) = (model.gates(), model.spec.arch.copies);
-            sample_distinct(gates, copies, gates, *k, &mut rng)
+            distinct_paths(gates, copies, *k, "--paths", &mut rng)?
                 .into_iter()
                 .map(|r| (format!("path {r}"), Routing::Fixed(r)))
                 .collect()

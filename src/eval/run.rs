@@ -12,9 +12,7 @@ use crate::seed::{Rng, Seed, Stream};
 /// stream, so that e.g. the attack at eps 0.03, restart 2 draws the same numbers whichever eps
 /// list it is part of.
 pub(crate) fn key(label: &str) -> u64 {
-    label
-        .bytes()
-        .fold(0xcbf2_9ce4_8422_2325u64, |h, b| (h ^ b as u64).wrapping_mul(0x0100_0000_01b3))
+    crate::seed::fnv1a(crate::seed::FNV1A_START, label.as_bytes())
 }
 
 /// The attack generator of batch `batch` of the attack run labelled `label`.

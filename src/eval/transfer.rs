@@ -203,12 +203,26 @@ impl TransferGenConfig {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 struct Plan {
     surrogate: String,
+    /// The surrogate's [`Classifier::identity`] (its weights), so that a rerun with another model
+    /// under the same name does not keep this one's examples. Absent in files written before it
+    /// was recorded (see [`Plan::keeps`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    model: Option<String>,
     eps: f64,
     seed: u64,
     images: usize,
     /// [`fingerprint`] of the images, as a decimal string.
     fingerprint: String,
     versions: Vec<TransferVersion>,
+}
+
+impl Plan {
+    /// True when a file made with the plan `saved` holds what this plan asks for: the same plan,
+    /// or one written before surrogates were identified that matches in everything else (such a
+    /// file cannot tell which model made it; it is kept, as it was before).
+    fn keeps(&self, saved: &Plan) -> bool {
+        saved == self || (saved.model.is_none() && *saved == Plan { model: None, ..self.clone() })
+    }
 }
 
 /// One file written (or found complete) by [`transfer_gen`].
@@ -291,11 +305,10 @@ pub fn read_metadata(path: &Path) -> Result<BTreeMap<String, String>> {
 
 /// A stable fingerprint of the chosen images (FNV-1a over indices and labels).
 fn fingerprint(index: &[usize], labels: &[u8]) -> u64 {
-    let mut h = 0xcbf2_9ce4_8422_2325u64;
+    let mut h = crate::seed::FNV1A_START;
     for (&i, &l) in index.iter().zip(labels) {
-        for b in (i as u64).to_le_bytes().into_iter().chain([l]) {
-            h = (h ^ b as u64).wrapping_mul(0x0100_0000_01b3);
-        }
+        h = crate::seed::fnv1a(h, &(i as u64).to_le_bytes());
+        h = crate::seed::fnv1a(h, &[l]);
     }
     h
 }
@@ -372,10 +385,12 @@ pub fn transfer_gen_with(
     let mut files = Vec::new();
     let mut jobs = Vec::new();
     for s in surrogates {
+        let model = s.target.identity();
         for &eps in &cfg.eps {
             let path = out_dir.join(format!("{}_eps{eps}.safetensors", file_stem(&s.name)));
             let plan = Plan {
                 surrogate: s.name.clone(),
+                model: model.clone(),
                 eps,
                 seed: seed.0,
                 images: n,
@@ -387,33 +402,24 @@ pub fn transfer_gen_with(
                 let planned = read_metadata(&path).ok().and_then(|m| {
                     m.get(PLAN_KEY).and_then(|j| serde_json::from_str::<Plan>(j).ok())
                 });
-                if planned.as_ref() != Some(&plan) {
+                if !planned.is_some_and(|p| plan.keeps(&p)) {
                     return Err(Error::data(
                         &path,
-                        "already exists, made with other settings (surrogate, images, seed or \
-                         attacks): pass --force to replace it, or use another --out folder",
+                        "already exists, made with other settings (surrogate model, images, seed \
+                         or attacks): pass --force to replace it, or use another --out folder",
                     ));
                 }
             }
-            jobs.push((s, eps));
+            jobs.push((s, eps, path, plan));
         }
     }
-    for (s, eps) in jobs {
+    for (s, eps, path, plan) in jobs {
         {
-            let path = out_dir.join(format!("{}_eps{eps}.safetensors", file_stem(&s.name)));
-            let versions = cfg.versions(eps);
-            let plan = Plan {
-                surrogate: s.name.clone(),
-                eps,
-                seed: seed.0,
-                images: n,
-                fingerprint: print.to_string(),
-                versions: versions.clone(),
-            };
+            let versions = plan.versions.clone();
             if path.is_file() {
                 let meta = read_metadata(&path)?;
                 let planned = meta.get(PLAN_KEY).and_then(|j| serde_json::from_str::<Plan>(j).ok());
-                if planned.as_ref() == Some(&plan) {
+                if planned.is_some_and(|p| plan.keeps(&p)) {
                     if let Some(file) =
                         meta.get(TRANSFER_KEY).and_then(|j| serde_json::from_str(j).ok())
                     {
@@ -891,6 +897,7 @@ mod tests {
         let cfg = TransferGenConfig::default();
         let plan = |seed| Plan {
             surrogate: "s".into(),
+            model: None,
             eps: 0.03,
             seed,
             images: 2,

@@ -23,7 +23,8 @@ use super::transfer::Named;
 use crate::attack::AttackConfig;
 use crate::data::Dataset;
 use crate::error::{Error, Result};
-use crate::model::{Classifier, Model, Route};
+use crate::model::route::distinct_paths;
+use crate::model::{Classifier, Model};
 use crate::progress::Progress;
 use crate::seed::{Seed, Stream};
 
@@ -115,8 +116,8 @@ impl Report for TransferabilityReport {
 }
 
 /// The members to compare in `model` (read from the file `name`), each its own plain model: the
-/// networks of an ensemble (`member <i>`), or `paths` random paths of an RGN drawn from `seed`
-/// (`path <route>`).
+/// networks of an ensemble (`member <i>`), or `paths` distinct random paths of an RGN drawn from
+/// `seed` (`path <route>`).
 pub fn members(
     model: &Model,
     name: &str,
@@ -131,17 +132,33 @@ pub fn members(
             )));
         }
         let mut rng = seed.rng(Stream::Route, 0, 0);
-        (0..paths)
-            .map(|_| {
-                let r = Route::random(model.gates(), model.spec.arch.copies, &mut rng);
-                Ok((format!("path {r}"), model.derive(&r)?))
-            })
+        distinct_paths(model.gates(), model.spec.arch.copies, paths, "--paths", &mut rng)?
+            .into_iter()
+            .map(|r| Ok((format!("path {r}"), model.derive(&r)?)))
             .collect()
     } else if model.nets.len() > 1 {
         (0..model.nets.len()).map(|i| Ok((format!("member {i}"), model.member(i)?))).collect()
     } else {
         Err(Error::config(format!("{name}: transferability needs an ensemble or an RGN")))
     }
+}
+
+/// The images of `data` that every one of `members` classifies correctly (the images a
+/// transferability matrix is computed on), as indices into `data`, in order.
+pub fn eligible(
+    members: &[Named],
+    data: &Dataset,
+    batch: usize,
+    device: Device,
+) -> Result<Vec<usize>> {
+    let (x, y) = data.tensors();
+    let mut eligible = vec![true; data.len()];
+    for m in members {
+        for (e, ok) in eligible.iter_mut().zip(clean_correct(m.target, (&x, &y), batch, device)?) {
+            *e &= ok;
+        }
+    }
+    Ok(where_true(&eligible).into_iter().map(|i| i as usize).collect())
 }
 
 /// Computes the transferability matrix among `members` on images of `data` (e.g. the test
@@ -162,17 +179,16 @@ pub fn transferability(
         return Err(Error::config("the transferability matrix needs at least one member"));
     }
     let start = Instant::now();
-    let (x_all, y_all) = data.tensors();
-    let mut eligible = vec![true; data.len()];
-    for m in members {
-        for (e, ok) in
-            eligible.iter_mut().zip(clean_correct(m.target, (&x_all, &y_all), cfg.batch, device)?)
-        {
-            *e &= ok;
-        }
-    }
-    let mut index: Vec<usize> = where_true(&eligible).into_iter().map(|i| i as usize).collect();
+    let mut index = eligible(members, data, cfg.batch, device)?;
     let n_eligible = index.len();
+    if n_eligible == 0 {
+        // Every entry would be 0 of 0: a matrix of zeros would read as "nothing transfers".
+        return Err(Error::config(format!(
+            "no image is eligible for the transferability matrix: none of the {} test images is \
+             classified correctly by every member; use more test images",
+            data.len()
+        )));
+    }
     if index.len() > cfg.images {
         index.shuffle(&mut seed.rng(Stream::Eval, key("transferability/images"), 0));
         index.truncate(cfg.images);
@@ -224,20 +240,7 @@ pub fn transferability(
                 }
             }
         }
-        success.push(
-            fooled
-                .iter()
-                .map(
-                    |f| {
-                        if n == 0 {
-                            0.0
-                        } else {
-                            f.iter().filter(|&&b| b).count() as f64 / n as f64
-                        }
-                    },
-                )
-                .collect(),
-        );
+        success.push(fooled.iter().map(|f| super::aggregate::fraction(f)).collect());
     }
     progress.finish();
     Ok(TransferabilityReport {

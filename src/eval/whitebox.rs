@@ -207,7 +207,8 @@ pub fn whitebox(
 
 /// [`whitebox`] with per-image results, that keeps its progress in `state` (JSON, written
 /// atomically after every restart) and, when `state` holds the progress of the same protocol on
-/// the same images and clean predictions, continues from it; the file is removed when the run
+/// the same target ([`Classifier::identity`]: model and route), images and clean predictions,
+/// continues from it (else it says why not and starts over); the file is removed when the run
 /// ends. The result is the same as an uninterrupted run's, but for its `seconds` (the runs' wall
 /// time, summed). A random-route target draws its routes from a stream a stop would lose: it
 /// runs from the start, without a state file.
@@ -232,6 +233,10 @@ pub fn whitebox_resumable(
 /// The progress of a [`whitebox_resumable`] run: what it ran on, and what it found so far.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 struct WhiteboxState {
+    /// The target's [`Classifier::identity`] (model and routing); absent in states written
+    /// before it was kept, which a model's run therefore does not continue.
+    #[serde(default)]
+    model: Option<String>,
     config: WhiteboxConfig,
     seed: u64,
     labels: Vec<i64>,
@@ -324,7 +329,9 @@ fn run(
     let predictions = Vec::<i64>::try_from(super::predict(target, &x, cfg.batch, device))?;
     let labels = Vec::<i64>::try_from(&y)?;
     let clean: Vec<bool> = predictions.iter().zip(&labels).map(|(p, l)| p == l).collect();
+    let model = state_file.and_then(|_| target.identity());
     let fresh = WhiteboxState {
+        model: model.clone(),
         config: cfg.clone(),
         seed: seed.0,
         labels: labels.clone(),
@@ -334,27 +341,41 @@ fn run(
         seconds: 0.0,
     };
     let mut state = match state_file.filter(|f| f.exists()) {
-        Some(f) => match crate::fsx::read_json::<WhiteboxState>(f) {
-            Ok(s)
-                if (&s.config, s.seed, &s.labels, &s.predictions)
-                    == (cfg, seed.0, &labels, &predictions) =>
-            {
-                eprintln!(
-                    "white-box: continuing from {} ({} of {} eps done)",
-                    f.display(),
-                    s.done.len(),
-                    cfg.eps.len()
-                );
-                s
+        Some(f) => {
+            let saved = crate::fsx::read_json::<WhiteboxState>(f);
+            // Why the saved progress is not this run's, if it is not: the first difference.
+            let why = match &saved {
+                Err(_) => None,
+                Ok(s) if s.model != model => Some("another model or route"),
+                Ok(s) if s.config != *cfg => Some("other settings"),
+                Ok(s) if s.seed != seed.0 => Some("another seed"),
+                Ok(s) if s.labels != labels => Some("other images"),
+                Ok(s) if s.predictions != predictions => Some("other clean predictions"),
+                Ok(_) => None,
+            };
+            match (saved, why) {
+                (Ok(s), None) => {
+                    eprintln!(
+                        "white-box: continuing from {} ({} of {} eps done)",
+                        f.display(),
+                        s.done.len(),
+                        cfg.eps.len()
+                    );
+                    s
+                }
+                (Ok(_), Some(why)) => {
+                    eprintln!(
+                        "warning: {} is the state of another white-box run ({why}); starting over",
+                        f.display()
+                    );
+                    fresh
+                }
+                (Err(e), _) => {
+                    eprintln!("warning: {e}; starting over");
+                    fresh
+                }
             }
-            _ => {
-                eprintln!(
-                    "warning: {} is the state of another white-box run; starting over",
-                    f.display()
-                );
-                fresh
-            }
-        },
+        }
         None => fresh,
     };
     let mut detail =

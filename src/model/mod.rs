@@ -435,6 +435,30 @@ impl Model {
         Ok(model)
     }
 
+    /// A fingerprint of what the model computes: its spec and every weight and buffer (names,
+    /// kinds, shapes, values; not their memory layout), as 16 hex digits. Results kept between
+    /// runs (a resumed evaluation, a cached stability row, a derived path) are keyed on it, so
+    /// that another model's are never taken for this one's.
+    pub fn fingerprint(&self) -> String {
+        use crate::seed::fnv1a;
+        let _guard = tch::no_grad_guard();
+        let spec = serde_json::to_string(&self.spec).expect("specs serialise");
+        let mut h = fnv1a(crate::seed::FNV1A_START, spec.as_bytes());
+        let vars: std::collections::BTreeMap<String, Tensor> =
+            self.vs.variables().into_iter().collect();
+        let mut buf = Vec::new();
+        for (name, t) in &vars {
+            let t = t.to_device(Device::Cpu).contiguous();
+            let numel = t.numel();
+            buf.resize(numel * t.kind().elt_size_in_bytes(), 0);
+            t.copy_data_u8(&mut buf, numel);
+            h = fnv1a(h, name.as_bytes());
+            h = fnv1a(h, format!("{:?}{:?}", t.kind(), t.size()).as_bytes());
+            h = fnv1a(h, &buf);
+        }
+        format!("{h:016x}")
+    }
+
     /// Lays the weights out for `f` and makes the networks compute in that layout (values
     /// unchanged; optimiser state made afterwards follows the weights).
     pub fn set_memory_format(&mut self, f: MemoryFormat) {
@@ -477,6 +501,12 @@ pub trait Classifier {
     fn is_random(&self) -> bool {
         false
     }
+    /// What this classifier is (e.g. a model's [`Model::fingerprint`] and its routing), for
+    /// progress saved by one run and resumed by another: saved progress is used only for the
+    /// same identity. `None`: unknown.
+    fn identity(&self) -> Option<String> {
+        None
+    }
 }
 
 /// The logits of an ensemble from its members' logits: the log of the averaged softmax,
@@ -494,6 +524,17 @@ pub enum Routing {
     Fixed(Route),
     /// A fresh uniformly random route at every forward call.
     Random,
+}
+
+impl fmt::Display for Routing {
+    /// `plain`, `path 0,1,...` or `random path per forward`.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Routing::Fixed(route) if route.is_empty() => f.write_str("plain"),
+            Routing::Fixed(route) => write!(f, "path {route}"),
+            Routing::Random => f.write_str("random path per forward"),
+        }
+    }
 }
 
 /// A [`Model`] seen as a [`Classifier`], with a routing policy.
@@ -553,5 +594,9 @@ impl Classifier for Target<'_> {
 
     fn is_random(&self) -> bool {
         self.routing == Routing::Random && self.model.gates() > 0
+    }
+
+    fn identity(&self) -> Option<String> {
+        Some(format!("model {}, {}", self.model.fingerprint(), self.routing))
     }
 }

@@ -117,6 +117,28 @@ pub fn sample_distinct(
     routes
 }
 
+/// The `k` distinct random paths that `flag K` asks of a network with `gates` gated blocks of
+/// `copies` choices ([`sample_distinct`] over every gate), or an error naming `flag` when the
+/// network has fewer than `k` distinct paths (drawing would silently give fewer, or repeat
+/// some: every command that asks for K distinct paths draws them here).
+pub fn distinct_paths(
+    gates: usize,
+    copies: usize,
+    k: usize,
+    flag: &str,
+    rng: &mut Rng,
+) -> Result<Vec<Route>> {
+    // None: more paths than a u128 counts.
+    let total = u32::try_from(gates).ok().and_then(|g| (copies as u128).checked_pow(g));
+    if let Some(total) = total.filter(|&t| t < k as u128) {
+        return Err(Error::config(format!(
+            "{flag} {k}: this RGN has only {total} distinct path{}",
+            if total == 1 { "" } else { "s" }
+        )));
+    }
+    Ok(sample_distinct(gates, copies, gates, k, rng))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -130,6 +152,20 @@ mod tests {
         assert!(r.check(3, 2).is_err());
         assert!(r.check(4, 2).is_ok());
         assert!(Route(vec![2]).check(1, 2).is_err());
+    }
+
+    #[test]
+    fn distinct_paths_are_all_distinct_or_an_error() {
+        let mut rng = Seed(1).rng(Stream::Route, 0, 0);
+        let rs = distinct_paths(2, 2, 4, "--paths", &mut rng).unwrap();
+        let mut seen: Vec<_> = rs.iter().map(|r| r.0.clone()).collect();
+        seen.sort();
+        seen.dedup();
+        assert_eq!(seen.len(), 4);
+        let e = distinct_paths(1, 2, 5, "--paths", &mut rng).unwrap_err().to_string();
+        assert_eq!(e, "--paths 5: this RGN has only 2 distinct paths");
+        assert_eq!(distinct_paths(21, 2, 3, "-k", &mut rng).unwrap().len(), 3);
+        assert_eq!(distinct_paths(100, 3, 3, "-k", &mut rng).unwrap().len(), 3, "no overflow");
     }
 
     #[test]

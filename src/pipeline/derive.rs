@@ -14,7 +14,7 @@ use crate::data::Dataset;
 use crate::error::{Error, Result};
 use crate::eval::whitebox::{whitebox, WhiteboxConfig};
 use crate::model::io::TensorFile;
-use crate::model::route::sample_distinct;
+use crate::model::route::distinct_paths;
 use crate::model::{Model, Route, Routing, Target};
 use crate::seed::{Seed, Stream};
 
@@ -140,7 +140,7 @@ pub fn derive(
         PathChoice::Zeros => vec![Route::zeros(gates)],
         PathChoice::Given(r) => vec![r.clone()],
         PathChoice::Random => vec![Route::random(gates, copies, &mut rng)],
-        PathChoice::Distinct(k) => sample_distinct(gates, copies, gates, *k, &mut rng),
+        PathChoice::Distinct(k) => distinct_paths(gates, copies, *k, "--paths", &mut rng)?,
         PathChoice::BestOf { candidates: k, keep } => {
             if keep > k {
                 return Err(Error::config(format!(
@@ -149,7 +149,7 @@ pub fn derive(
             }
             let cfg = screening.whitebox();
             cfg.validate()?;
-            let cands = sample_distinct(gates, copies, gates, *k, &mut rng);
+            let cands = distinct_paths(gates, copies, *k, "--best-of", &mut rng)?;
             let train =
                 train.ok_or_else(|| Error::config("best-of derivation needs training images"))?;
             let val = train.random_subset(screening.images, seed);

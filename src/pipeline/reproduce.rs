@@ -24,7 +24,7 @@ use super::summary::{epoch_cost, Curve, MatrixResult, ModelResult, StabilityResu
 use crate::data::Dataset;
 use crate::error::{Error, Result};
 use crate::eval::transfer::{transfer_eval, transfer_files, transfer_gen, Named};
-use crate::eval::transferability::{members, transferability, TransferabilityConfig};
+use crate::eval::transferability::{eligible, members, transferability, TransferabilityConfig};
 use crate::eval::whitebox::whitebox_resumable;
 use crate::fsx::{read_json, write_json};
 use crate::model::io::{write_atomic, TensorFile};
@@ -309,12 +309,23 @@ pub fn run(
                     attack: p.whitebox().attack,
                     ..TransferabilityConfig::default()
                 };
-                let rep = transferability(&named, None, &eval_set, &cfg, device, seed)?;
+                // Without an image every member gets right there is no matrix (an empty one in
+                // the summary, which the report says), rather than a failed reproduction.
+                let success = if eligible(&named, &eval_set, cfg.batch, device)?.is_empty() {
+                    eprintln!(
+                        "warning: {}: no evaluation image is classified correctly by every \
+                         member: no matrix",
+                        job.name
+                    );
+                    Vec::new()
+                } else {
+                    transferability(&named, None, &eval_set, &cfg, device, seed)?.success
+                };
                 let res = MatrixResult {
                     name: name.clone(),
-                    labels: rep.members.clone(),
+                    labels: named.iter().map(|m| m.name.clone()).collect(),
                     eps: cfg.eps,
-                    success: rep.success.clone(),
+                    success,
                 };
                 write_json(&out.join(&job.outputs[0]), &res)?;
             }
@@ -333,6 +344,7 @@ pub fn run(
                     &data.test,
                     &out.join("stability"),
                     device,
+                    false,
                 )?;
             }
         }

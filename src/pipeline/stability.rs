@@ -8,6 +8,10 @@ Everything lives in the output folder: `path{i}/derived.safetensors`, `path{i}/f
 resumable training run), `path{i}/eval.json`, `reference{j}-eval.json`, and the summary
 `report.json` / `report.md`. A rerun reuses what is there (finished derivations, fine-tuning
 runs, evaluations done with the same settings), so an interrupted run picks up where it was.
+Each is reused only for what it was made from: a derivation for the same route of the same RGN
+(its [`Model::fingerprint`] is in the derived file), a fine-tuning run for the same derived
+weights, an evaluation for the same settings and the same evaluated weights. Anything else
+(another model, seed or route, a damaged file) is made again, saying so; `force` remakes all.
 */
 
 use std::borrow::Cow;
@@ -24,7 +28,7 @@ use crate::eval::aggregate::Spread;
 use crate::eval::whitebox::{whitebox, WhiteboxConfig};
 use crate::fsx::write_json;
 use crate::model::io::{write_atomic, TensorFile};
-use crate::model::route::sample_distinct;
+use crate::model::route::distinct_paths;
 use crate::model::{Model, Target};
 use crate::seed::{Seed, Stream};
 use crate::train::{fit, RunDir, TrainSpec};
@@ -75,6 +79,9 @@ pub struct StabilityRow {
     pub robust: Vec<f64>,
     /// The evaluation settings (a cached row is reused only with the same ones).
     pub settings: String,
+    /// The evaluated weights' [`Model::fingerprint`] (a cached row is reused only for them).
+    #[serde(default)]
+    pub fingerprint: String,
     /// Seconds spent evaluating.
     pub eval_secs: f64,
 }
@@ -165,11 +172,17 @@ impl StabilityReport {
     }
 }
 
+/// Metadata key of a derived path's source: the RGN's [`Model::fingerprint`].
+const SOURCE_KEY: &str = "eio.derived_from_model";
+/// Metadata key of a derived path's route.
+const PATH_KEY: &str = "eio.path";
+
 /// Runs the stability experiment on the RGN file `rgn_file` into `out` (see the module docs):
 /// `test` is the test split (its first `test_per_class` images of each class are used) and,
 /// with `finetune`, each derived path is first fine-tuned on the training split given with it
 /// (its first `train_per_class` images of each class when the fine-tuning config sets that).
-/// Writes `report.json` and `report.md` and returns the report.
+/// With `force`, everything in `out` is made again rather than reused. Writes `report.json`
+/// and `report.md` and returns the report.
 pub fn stability(
     rgn_file: &Path,
     cfg: &StabilityConfig,
@@ -177,6 +190,7 @@ pub fn stability(
     test: &Dataset,
     out: &Path,
     device: Device,
+    force: bool,
 ) -> Result<StabilityReport> {
     if cfg.paths == 0 || cfg.paths > crate::model::MAX_PATHS {
         return Err(Error::config(format!(
@@ -193,6 +207,16 @@ pub fn stability(
             rgn_file.display()
         )));
     }
+    let mut rng = Seed(cfg.seed).rng(Stream::Route, 0, 0);
+    let routes = distinct_paths(rgn.gates(), rgn.spec.arch.copies, cfg.paths, "-k", &mut rng)?;
+    // The inputs read only after the paths' work, checked before it.
+    for f in &cfg.references {
+        Model::load(f, Device::Cpu)?;
+    }
+    for f in ["report.json", "report.md"] {
+        crate::fsx::check_writable(&out.join(f))?;
+    }
+    let source = rgn.fingerprint();
     // Everything an evaluation depends on: a cached row is reused only when it matches.
     let settings = format!(
         "test_per_class={} seed={} whitebox={}",
@@ -209,27 +233,54 @@ pub fn stability(
         None => (ft, Cow::Borrowed(train)),
     });
     let evaluate = |name: String, file: &Path, route: Option<String>, cache: &Path| {
-        evaluate_cached(name, file, route, cache, &settings, cfg, &test, device)
+        evaluate_cached(name, file, route, cache, &settings, cfg, &test, device, force)
     };
 
-    let mut rng = Seed(cfg.seed).rng(Stream::Route, 0, 0);
-    let routes =
-        sample_distinct(rgn.gates(), rgn.spec.arch.copies, rgn.gates(), cfg.paths, &mut rng);
     let mut rows = Vec::new();
     for (i, route) in routes.iter().enumerate() {
         let dir = out.join(format!("path{i}"));
         let derived = dir.join("derived.safetensors");
-        if !derived.exists() {
+        // A derivation found here is reused only when it is this route of this RGN.
+        let held = derived.exists().then(|| Model::load(&derived, Device::Cpu));
+        let reuse = match &held {
+            None => false,
+            Some(_) if force => false,
+            Some(Err(e)) => {
+                eprintln!("path {i}: {e}; deriving it again");
+                false
+            }
+            Some(Ok((_, f)))
+                if f.meta.get(SOURCE_KEY) != Some(&source)
+                    || f.meta.get(PATH_KEY) != Some(&route.to_string()) =>
+            {
+                eprintln!(
+                    "path {i}: {} is not path {route} of {} (another model, seed or -k); \
+                     deriving it again",
+                    derived.display(),
+                    rgn_file.display()
+                );
+                false
+            }
+            Some(Ok(_)) => true,
+        };
+        let before = held.and_then(|h| h.ok()).map(|(m, _)| m.fingerprint());
+        let now = if reuse {
+            before.clone()
+        } else {
             let plain = rgn.derive(route)?;
             let mut extra = TensorFile::default();
             extra.meta.insert("eio.derived_from".into(), rgn_file.display().to_string());
-            extra.meta.insert("eio.path".into(), route.to_string());
+            extra.meta.insert(SOURCE_KEY.into(), source.clone());
+            extra.meta.insert(PATH_KEY.into(), route.to_string());
             plain.save(&derived, extra)?;
             eprintln!("derived path {i}: {route} -> {}", derived.display());
-        }
+            Some(plain.fingerprint())
+        };
         let file = match &finetune {
             Some((ft, train)) => {
-                let run = RunDir { dir: dir.join("finetune"), resume: true, force: false };
+                // A fine-tuning run continues only from the weights it started from.
+                let restart = force || before != now;
+                let run = RunDir { dir: dir.join("finetune"), resume: !restart, force: restart };
                 let (mut model, _) = Model::load(&derived, device)?;
                 // `eio finetune`'s configuration for this model, saved with the run.
                 let spec = TrainSpec {
@@ -296,9 +347,9 @@ pub fn stability(
     Ok(report)
 }
 
-/// The row of one model: read from `cache` when it holds one with the same `settings` and file,
-/// else evaluated (white-box on `test`, seeded with `cfg.seed` so that every model faces the
-/// same random starts) and written there.
+/// The row of one model: read from `cache` when it holds one with the same `settings`, file,
+/// route and weights (unless `force`), else evaluated (white-box on `test`, seeded with
+/// `cfg.seed` so that every model faces the same random starts) and written there.
 #[allow(clippy::too_many_arguments)]
 fn evaluate_cached(
     name: String,
@@ -309,17 +360,29 @@ fn evaluate_cached(
     cfg: &StabilityConfig,
     test: &Dataset,
     device: Device,
+    force: bool,
 ) -> Result<StabilityRow> {
-    if let Ok(text) = std::fs::read_to_string(cache) {
-        if let Ok(row) = serde_json::from_str::<StabilityRow>(&text) {
-            if row.settings == settings && row.file == file.display().to_string() {
+    let t = Instant::now();
+    let (model, _) = Model::load(file, device)?;
+    let fingerprint = model.fingerprint();
+    if cache.exists() && !force {
+        match crate::fsx::read_json::<StabilityRow>(cache) {
+            Ok(row)
+                if row.settings == settings
+                    && row.file == file.display().to_string()
+                    && row.route == route
+                    && row.fingerprint == fingerprint =>
+            {
                 eprintln!("{name}: reusing {}", cache.display());
                 return Ok(row);
             }
+            Ok(_) => eprintln!(
+                "{name}: {} is the evaluation of another model or settings; evaluating again",
+                cache.display()
+            ),
+            Err(e) => eprintln!("{name}: {e}; evaluating again"),
         }
     }
-    let t = Instant::now();
-    let (model, _) = Model::load(file, device)?;
     let target = Target::fixed_zero(&model);
     let rep = whitebox(&target, test, &cfg.whitebox, device, Seed(cfg.seed))?;
     let clean = rep.clean_accuracy;
@@ -338,6 +401,7 @@ fn evaluate_cached(
         clean,
         robust,
         settings: settings.to_string(),
+        fingerprint,
         eval_secs: t.elapsed().as_secs_f64(),
     };
     write_json(cache, &row)?;

@@ -100,7 +100,8 @@ pub struct MatrixResult {
     pub labels: Vec<String>,
     /// Radius of the attack.
     pub eps: f64,
-    /// Success rates in [0, 1], row = source, column = target.
+    /// Success rates in [0, 1], row = source, column = target; empty when no evaluation image
+    /// was classified correctly by every member (no matrix).
     pub success: Vec<Vec<f64>>,
 }
 

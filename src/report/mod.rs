@@ -392,12 +392,18 @@ fn transferability_figures(s: &Summary) -> Result<Vec<Item>> {
         items.push(Item::Figure(Figure {
             id: format!("fig8-{}", k + 1),
             title: format!("Transferability within {}", m.name),
-            caption: format!(
-                "Success rate of PGD examples made on the source (row) against the target \
-                 (column) at eps {}; the diagonal is the white-box success rate. Lower off the \
-                 diagonal = more diverse vulnerabilities.",
-                tables::eps_header(m.eps).trim_start_matches("ε=")
-            ),
+            caption: if m.success.is_empty() {
+                "No evaluation image was classified correctly by every member: no matrix (more \
+                 evaluation images or better-trained members give one)."
+                    .into()
+            } else {
+                format!(
+                    "Success rate of PGD examples made on the source (row) against the target \
+                     (column) at eps {}; the diagonal is the white-box success rate. Lower off \
+                     the diagonal = more diverse vulnerabilities.",
+                    tables::eps_header(m.eps).trim_start_matches("ε=")
+                )
+            },
             svg: Heatmap {
                 title: format!(
                     "{} (eps {})",

@@ -242,6 +242,44 @@ fn to_table(v: &impl Serialize) -> Result<toml::Table> {
     }
 }
 
+/// The TOML table of `path` (errors name the file).
+fn read_table(path: &Path) -> Result<toml::Table> {
+    let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
+    toml::from_str(&text).map_err(|e| Error::config(format!("{}: {}", path.display(), e.message())))
+}
+
+/// `eio finetune`'s configuration ([`TrainSpec::finetune`]), overridden by the TOML `file` (if
+/// any), overridden by `overrides`. A fine-tuning file holds only `[train]` and `[optim]`: the
+/// model fixes the members and the architecture, and fine-tuning is clean training, so a file
+/// with anything else (e.g. a training run's `config.toml`, with its `method`) is an error
+/// naming the file rather than a switch to that run's method.
+pub fn resolve_finetune(file: Option<&Path>, overrides: &impl Serialize) -> Result<TrainSpec> {
+    if let Some(path) = file {
+        let other: Vec<String> = read_table(path)?
+            .iter()
+            .filter(|(k, _)| !["train", "optim"].contains(&k.as_str()))
+            .map(|(k, v)| match (k.as_str(), v) {
+                ("method", toml::Value::String(m)) => format!("method = \"{m}\""),
+                ("method", toml::Value::Table(t)) => {
+                    let names: Vec<&str> = t.keys().map(String::as_str).collect();
+                    format!("[method.{}]", names.join("/"))
+                }
+                (k, toml::Value::Table(_)) => format!("[{k}]"),
+                (k, _) => k.to_string(),
+            })
+            .collect();
+        if !other.is_empty() {
+            return Err(Error::config(format!(
+                "{}: a fine-tuning configuration holds only [train] and [optim] tables, but this \
+                 one also sets {} (a training run's configuration? keep only those two tables)",
+                path.display(),
+                other.join(", ")
+            )));
+        }
+    }
+    resolve(&TrainSpec::finetune(), file, overrides)
+}
+
 /// `base`, overridden by the TOML `file` (if any), overridden by `overrides` (which serialises
 /// only the flags that were given). Returns the configuration and its TOML text.
 pub fn resolve<C>(base: &C, file: Option<&Path>, overrides: &impl Serialize) -> Result<C>
@@ -250,10 +288,7 @@ where
 {
     let mut table = to_table(base)?;
     if let Some(path) = file {
-        let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
-        let t: toml::Table = toml::from_str(&text)
-            .map_err(|e| Error::config(format!("{}: {}", path.display(), e.message())))?;
-        merge(&mut table, t);
+        merge(&mut table, read_table(path)?);
         if let Err(e) = toml::Value::Table(table.clone()).try_into::<C>() {
             return Err(Error::config(format!("{}: {}", path.display(), e.message())));
         }

@@ -577,12 +577,8 @@ const RUN_FILES: [&str; 4] = ["model.safetensors", "metrics.csv", "train.log", "
 /// What a run was trained on (checkpoint metadata): sizes, classes and a fingerprint of the
 /// labels and of 64 images spread over each split, so that `--resume` refuses other data.
 fn data_identity(train: &Dataset, test: &Dataset) -> String {
-    let mut h = 0xcbf2_9ce4_8422_2325u64;
-    let mut eat = |bytes: &[u8]| {
-        for &b in bytes {
-            h = (h ^ b as u64).wrapping_mul(0x0100_0000_01b3);
-        }
-    };
+    let mut h = crate::seed::FNV1A_START;
+    let mut eat = |bytes: &[u8]| h = crate::seed::fnv1a(h, bytes);
     for d in [train, test] {
         eat(d.labels());
         let n = d.len();
