@@ -770,3 +770,62 @@ fn bench_methods_times_every_method_and_its_peak_memory() {
         assert!(out.contains(row["method"].as_str().unwrap()), "{out}");
     }
 }
+
+/// A saved plain model and its bytes.
+fn saved_plain(dir: &Path) -> (std::path::PathBuf, Vec<u8>) {
+    let p = dir.join("model.safetensors");
+    Model::new(&plain(), Device::Cpu, Seed(0)).unwrap().save(&p, TensorFile::default()).unwrap();
+    let bytes = std::fs::read(&p).unwrap();
+    (p, bytes)
+}
+
+#[test]
+fn cut_short_model_files_are_called_damaged_not_another_format() {
+    let dir = tempdir();
+    let (_, bytes) = saved_plain(dir.path());
+    let header = 8 + u64::from_le_bytes(bytes[..8].try_into().unwrap()) as usize;
+    for (name, keep, says) in [
+        (
+            "data",
+            bytes.len() / 2,
+            format!("holds {} bytes, its header describes {}", bytes.len() / 2, bytes.len()),
+        ),
+        (
+            "header",
+            header / 2,
+            format!("holds {} bytes, fewer than its own {header}-byte header", header / 2),
+        ),
+    ] {
+        let p = dir.path().join(format!("{name}.safetensors"));
+        std::fs::write(&p, &bytes[..keep]).unwrap();
+        let e = err_text(Model::load(&p, Device::Cpu));
+        assert!(e.starts_with(&p.display().to_string()), "{e}");
+        assert!(e.contains("damaged safetensors file") && e.contains(&says), "{e}");
+        assert!(e.contains("cut short") && !e.contains("convert"), "{e}");
+    }
+    // A torch.save zip loses its directory (written last) first.
+    let p = dir.path().join("cut.pt");
+    std::fs::write(&p, b"PK\x03\x04 the first bytes of a torch.save archive").unwrap();
+    let e = err_text(Model::load(&p, Device::Cpu));
+    assert!(e.contains("cut.pt") && e.contains("damaged zip archive, probably cut short"), "{e}");
+
+    // `train --resume` from a checkpoint cut short says so too.
+    let data = cifar_jpeg().display().to_string();
+    let out = dir.path().join("run");
+    let out = out.to_str().unwrap();
+    let args = |resume: bool| {
+        let mut a = vec!["--threads", "1", "train", "baseline", "--out", out, "--device", "cpu"];
+        a.extend(["--data", &data, "--epochs", "1", "--batch-size", "10"]);
+        a.extend(["--train-per-class", "2", "--test-per-class", "1"]);
+        if resume {
+            a.push("--resume");
+        }
+        a
+    };
+    let (ok, _, err) = crate::util::eio(&args(false));
+    assert!(ok, "{err}");
+    let ckpt = dir.path().join("run/checkpoint.safetensors");
+    let full = std::fs::read(&ckpt).unwrap();
+    std::fs::write(&ckpt, &full[..full.len() - 1000]).unwrap();
+    assert_user_error(&args(true), "checkpoint.safetensors: damaged safetensors file: it holds");
+}
