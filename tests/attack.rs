@@ -887,3 +887,66 @@ fn eval_per_image_rows_give_the_reported_accuracy() {
         assert_eq!(best.to_string(), r[2]);
     }
 }
+
+#[test]
+fn transfer_gen_force_replaces_a_damaged_file() {
+    use eio::eval::transfer::transfer_gen_with;
+    let linear = Linear::new(10, 3072, Kind::Float, 7);
+    let data = self_labelled(&linear, 4, 60);
+    let index = [0usize, 1, 2];
+    let attack = AttackConfig::Pgd(PgdConfig { steps: 2, restarts: 1, ..PgdConfig::whitebox(1.0) });
+    let cfg = TransferGenConfig {
+        eps: vec![0.03],
+        losses: vec![AttackLoss::CrossEntropy],
+        attacks: vec![attack],
+        batch: 2,
+    };
+    let dir = tempdir();
+    let sur = [Named::new("lin", &linear)];
+    // A process that another test thread spawns holds a copy of this process's descriptors, the
+    // folder's lock included, until it execs: a call that meets the lock so held tries again.
+    let gen = |force: bool| {
+        let mut tries = 0;
+        loop {
+            let r = transfer_gen_with(
+                &sur,
+                &data,
+                &index,
+                &cfg,
+                dir.path(),
+                Device::Cpu,
+                Seed(1),
+                force,
+            );
+            match r {
+                Err(e) if e.to_string().contains("in use by another eio process") && tries < 50 => {
+                    tries += 1;
+                    std::thread::sleep(std::time::Duration::from_millis(100));
+                }
+                r => return r,
+            }
+        }
+    };
+    gen(false).unwrap();
+    let path = dir.path().join("lin_eps0.03.safetensors");
+    let good = std::fs::read(&path).unwrap();
+    let header = 8 + u64::from_le_bytes(good[..8].try_into().unwrap()) as usize;
+    // Cut in the tensors (the header and its plan intact: it must not be kept as complete), cut
+    // in the header, emptied.
+    for (keep, says) in [
+        (good.len() - 100, "its header describes"),
+        (header - 100, "fewer than its own"),
+        (0, "an empty file"),
+    ] {
+        std::fs::write(&path, &good[..keep]).unwrap();
+        let e = gen(false).unwrap_err().to_string();
+        assert!(e.starts_with(&path.display().to_string()), "{e}");
+        assert!(e.contains("cannot be read") && e.contains(says), "{keep} bytes: {e}");
+        assert!(e.contains("pass --force to replace it") && !e.contains("other settings"), "{e}");
+        let r = gen(true).unwrap();
+        assert!(!r.files[0].skipped);
+        assert_eq!(std::fs::read(&path).unwrap(), good, "{keep} bytes: replaced as made before");
+    }
+    // Once whole, a rerun keeps it.
+    assert!(gen(false).unwrap().files[0].skipped);
+}
