@@ -829,3 +829,64 @@ fn cut_short_model_files_are_called_damaged_not_another_format() {
     std::fs::write(&ckpt, &full[..full.len() - 1000]).unwrap();
     assert_user_error(&args(true), "checkpoint.safetensors: damaged safetensors file: it holds");
 }
+
+#[test]
+fn edited_model_metadata_and_integer_weights_name_the_file() {
+    let dir = tempdir();
+    let (p, _) = saved_plain(dir.path());
+    let file = TensorFile::read(&p).unwrap();
+    let spec: serde_json::Value = serde_json::from_str(&file.meta["eio.model"]).unwrap();
+    let edited = |name: &str, key: &str, value: serde_json::Value| {
+        let mut spec = spec.clone();
+        match key {
+            "copies" => spec["arch"]["copies"] = value,
+            _ => spec[key] = value,
+        }
+        let mut f = TensorFile::read(&p).unwrap();
+        f.meta.insert("eio.model".into(), spec.to_string());
+        let q = dir.path().join(name);
+        f.write(&q).unwrap();
+        q
+    };
+    for (name, key, says) in [
+        ("copies0.safetensors", "copies", "copies must be in 1..=255, got 0"),
+        ("members0.safetensors", "members", "an ensemble needs at least one member"),
+    ] {
+        let q = edited(name, key, 0.into());
+        let e = err_text(Model::load(&q, Device::Cpu));
+        assert!(e.starts_with(&format!("{}: bad 'eio.model' metadata", q.display())), "{e}");
+        assert!(e.contains(says), "{e}");
+    }
+
+    // Integer weights would be converted to other numbers: refused, naming file and tensor.
+    // Floating-point storage is a rounding and loads (f16 is what `save_half` writes).
+    let (want, _) = Model::load(&p, Device::Cpu).unwrap();
+    for kind in [Kind::Int, Kind::Int64, Kind::Uint8, Kind::Double, Kind::Half, Kind::BFloat16] {
+        let mut f = TensorFile::read(&p).unwrap();
+        let w = f.tensors["conv1.weight"].to_kind(kind);
+        f.tensors.insert("conv1.weight".into(), w.shallow_clone());
+        let q = dir.path().join(format!("{kind:?}.safetensors"));
+        f.write(&q).unwrap();
+        match Model::load(&q, Device::Cpu) {
+            Ok((m, _)) => {
+                assert!(matches!(kind, Kind::Double | Kind::Half | Kind::BFloat16), "{kind:?}");
+                let got = m.vs.variables();
+                assert!(got["conv1.weight"].equal(&w.to_kind(Kind::Float)), "{kind:?}");
+                for (k, t) in want.vs.variables().iter().filter(|(k, _)| *k != "conv1.weight") {
+                    assert!(got[k].equal(t), "{kind:?}: {k}");
+                }
+            }
+            Err(e) => {
+                let e = e.to_string();
+                assert!(!matches!(kind, Kind::Double | Kind::Half | Kind::BFloat16), "{e}");
+                assert!(e.starts_with(&q.display().to_string()), "{e}");
+                let dtype = match kind {
+                    Kind::Int => "I32",
+                    Kind::Int64 => "I64",
+                    _ => "U8",
+                };
+                assert!(e.contains(&format!("tensor 'conv1.weight' is stored as {dtype},")), "{e}");
+            }
+        }
+    }
+}

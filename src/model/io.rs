@@ -16,6 +16,7 @@ use tch::{Device, Kind, Tensor};
 use super::{pth, ArchConfig, Augment, Model, ModelSpec, Normalization, Route, Shortcut};
 use crate::error::{Error, Result};
 use crate::seed::Seed;
+use crate::validate::is_float;
 
 /// Metadata key holding the JSON [`ModelSpec`].
 pub const SPEC_KEY: &str = "eio.model";
@@ -297,9 +298,13 @@ impl Model {
         };
         let spec = match file.meta.get(SPEC_KEY) {
             Some(json) => {
-                let spec = serde_json::from_str::<ModelSpec>(json).map_err(|e| {
+                let bad = |e: &dyn std::fmt::Display| {
                     Error::checkpoint(path, format!("bad '{SPEC_KEY}' metadata: {e}"))
-                })?;
+                };
+                let spec = serde_json::from_str::<ModelSpec>(json).map_err(|e| bad(&e))?;
+                // Checked here so that the error names the file: a spec that is not usable is
+                // a damaged or edited file, not a bad flag.
+                spec.validate().map_err(|e| bad(&e))?;
                 let carried = spec.arch.normalization();
                 match normalization {
                     Some(want) if !carried.matches(&want) => {
@@ -343,6 +348,20 @@ impl Model {
                     ),
                 )
             })?;
+            // Every variable is floating point and stored values are converted to its
+            // precision: from another floating-point storage (f16 files of `save_half`, f64 or
+            // bf16 state dicts) that is a rounding, from integers it would load other numbers.
+            if !is_float(t.kind()) {
+                let stored =
+                    kind_to_dtype(t.kind()).map_or(format!("{:?}", t.kind()), |d| format!("{d:?}"));
+                return Err(Error::checkpoint(
+                    path,
+                    format!(
+                        "tensor '{name}' is stored as {stored}, expected floating point (F32, \
+                         F16, BF16 or F64)"
+                    ),
+                ));
+            }
             if t.size() != var.size() {
                 return Err(Error::checkpoint(
                     path,
