@@ -950,3 +950,68 @@ fn transfer_gen_force_replaces_a_damaged_file() {
     // Once whole, a rerun keeps it.
     assert!(gen(false).unwrap().files[0].skipped);
 }
+
+/// `v` without its nulls (TOML has none; they are the `None`s of the JSON report).
+fn without_nulls(v: serde_json::Value) -> serde_json::Value {
+    match v {
+        serde_json::Value::Object(m) => serde_json::Value::Object(
+            m.into_iter()
+                .filter(|(_, v)| !v.is_null())
+                .map(|(k, v)| (k, without_nulls(v)))
+                .collect(),
+        ),
+        v => v,
+    }
+}
+
+#[test]
+fn whitebox_config_files_choose_any_attack_and_reports_feed_back() {
+    let dir = tempdir();
+    let d = |p: &str| dir.path().join(p).display().to_string();
+    let model = d("plain.safetensors");
+    plain_model().save(std::path::Path::new(&model), TensorFile::default()).unwrap();
+    let data = cifar_jpeg().display().to_string();
+    let run = |config: &str, json: &str, extra: &[&str]| {
+        let mut args = vec!["attack", "whitebox", "--model", &model, "--device", "cpu"];
+        args.extend(["--data", &data, "--first-per-class", "1", "--config", config]);
+        args.extend(["--json", json]);
+        args.extend(extra);
+        let (ok, out, err) = eio(&args);
+        assert!(ok, "eio {args:?} failed:\n{err}");
+        let report: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(json).unwrap()).unwrap();
+        (out, report)
+    };
+    for (kind, text, says) in [
+        ("fgsm", "eps = [0.01]\n[attack]\nkind = \"fgsm\"\n", "FGSM, 1 restart(s), loss ce"),
+        ("apgd", "eps = [0.01]\n[attack]\nkind = \"apgd\"\nsteps = 2\n", "APGD-2, 1 restart(s)"),
+        ("pgd", "eps = [0.01]\n[attack]\nsteps = 2\nrestarts = 1\n", "PGD-2, step 0.2*eps"),
+    ] {
+        let config = d(&format!("{kind}.toml"));
+        std::fs::write(&config, text).unwrap();
+        let (out, report) = run(&config, &d(&format!("{kind}.json")), &[]);
+        assert!(out.contains(says), "{out}");
+        assert_eq!(report["attack"], kind, "{report}");
+        // The report's config block, as TOML, runs the same protocol again.
+        let block: toml::Value =
+            toml::Value::try_from(without_nulls(report["config"].clone())).unwrap();
+        let again = d(&format!("{kind}-again.toml"));
+        std::fs::write(&again, toml::to_string(&block).unwrap()).unwrap();
+        let (_, back) = run(&again, &d(&format!("{kind}-again.json")), &[]);
+        assert_eq!(back["config"], report["config"], "{kind}");
+        assert_eq!(back["rows"][0]["robust_accuracy"], report["rows"][0]["robust_accuracy"]);
+    }
+    // Flags that would do nothing to the configured attack are errors naming the flag.
+    for (kind, flag, value) in
+        [("fgsm", "--step-ratio", "0.1"), ("apgd", "--random-start", "false")]
+    {
+        let mut args = vec!["attack", "whitebox", "--model", &model, "--device", "cpu"];
+        let config = d(&format!("{kind}.toml"));
+        args.extend(["--data", &data, "--first-per-class", "1", "--config", &config]);
+        args.extend([flag, value]);
+        assert_user_error(
+            &args,
+            &format!("{flag} applies only to the PGD attacks (pgd, mpgd), not {kind}"),
+        );
+    }
+}

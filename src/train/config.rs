@@ -224,10 +224,20 @@ impl TrainSpec {
     }
 }
 
+/// Key of the tag of internally tagged enums (`[attack]` with `kind = "fgsm"`).
+const TAG: &str = "kind";
+
+/// `over` merged into `base`, table by table. A table whose `kind` differs from the base's is
+/// another variant of a tagged enum: it replaces the base's table whole, so that the fields of
+/// the default variant (PGD's `random_start`) are not carried into another (FGSM).
 fn merge(base: &mut toml::Table, over: toml::Table) {
     for (k, v) in over {
         match (base.get_mut(&k), v) {
-            (Some(toml::Value::Table(b)), toml::Value::Table(o)) => merge(b, o),
+            (Some(toml::Value::Table(b)), toml::Value::Table(o))
+                if o.get(TAG).is_none_or(|kind| b.get(TAG) == Some(kind)) =>
+            {
+                merge(b, o)
+            }
             (_, v) => {
                 base.insert(k, v);
             }
