@@ -890,3 +890,47 @@ fn edited_model_metadata_and_integer_weights_name_the_file() {
         }
     }
 }
+
+#[test]
+fn a_bare_method_name_in_a_config_means_its_defaults() {
+    use eio::train::config::resolve;
+    use eio::train::{MethodConfig, TrainSpec};
+    let dir = tempdir();
+    let cfg = dir.path().join("method.toml");
+    let resolved = |base: MethodConfig, text: &str, flags: &toml::Table| {
+        std::fs::write(&cfg, text).unwrap();
+        resolve(&TrainSpec::defaults(base), Some(&cfg), flags)
+    };
+    let none = toml::Table::new();
+    for m in MethodConfig::every() {
+        let want = TrainSpec::defaults(
+            MethodConfig::every().into_iter().find(|d| d.name() == m.name()).unwrap(),
+        );
+        let text = format!("method = \"{}\"\n", m.name());
+        assert_eq!(resolved(m.clone(), &text, &none).unwrap(), want, "{text}");
+        // What a run writes reads back as it was.
+        let spec = TrainSpec::defaults(m.clone());
+        assert_eq!(resolved(m, &spec.to_toml().unwrap(), &none).unwrap(), spec);
+    }
+    // Flags on top of a bare name set their fields, the rest keeps the defaults.
+    let eio = || MethodConfig::every().into_iter().find(|m| m.name() == "eio").unwrap();
+    let flags: toml::Table = toml::from_str("[method.eio]\npaths = 5\n").unwrap();
+    let with_flag = resolved(eio(), "method = \"eio\"\n", &flags).unwrap();
+    assert_eq!(with_flag, resolved(eio(), "[method.eio]\n", &flags).unwrap());
+    assert_ne!(with_flag, TrainSpec::defaults(eio()));
+    // An unknown name lists the methods; a table keeps its own errors.
+    let e = resolved(eio(), "method = \"foo\"\n", &none).unwrap_err().to_string();
+    assert!(
+        e.contains("method.toml") && e.contains("unknown variant `foo`") && e.contains("`eio`"),
+        "{e}"
+    );
+    let e = resolved(eio(), "[method.eio]\nbogus = 1\n", &none).unwrap_err().to_string();
+    assert!(e.contains("method.toml") && e.contains("bogus"), "{e}");
+    // The command still checks that the file configures its own method.
+    std::fs::write(&cfg, "method = \"dverge\"\n").unwrap();
+    let out = dir.path().join("run");
+    assert_user_error(
+        &["train", "eio", "--out", out.to_str().unwrap(), "--config", cfg.to_str().unwrap()],
+        "configures method 'dverge', but this is `eio train eio`",
+    );
+}
