@@ -66,6 +66,14 @@ impl Error {
     pub fn checkpoint(path: impl Into<PathBuf>, msg: impl Into<String>) -> Self {
         Error::Checkpoint { path: path.into(), msg: msg.into() }
     }
+    /// The message without the file it names, for a message of its own about that file.
+    pub fn detail(&self) -> String {
+        match self {
+            Error::Io { err, .. } => err.to_string(),
+            Error::Data { msg, .. } | Error::Checkpoint { msg, .. } => msg.clone(),
+            e => e.to_string(),
+        }
+    }
     /// A configuration error.
     pub fn config(msg: impl Into<String>) -> Self {
         Error::Config(msg.into())

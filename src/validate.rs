@@ -10,7 +10,8 @@ use crate::data::Dataset;
 use crate::error::{Error, Result};
 use crate::model::NUM_CLASSES;
 
-fn is_float(k: Kind) -> bool {
+/// True for the floating-point kinds weights may be stored in.
+pub(crate) fn is_float(k: Kind) -> bool {
     matches!(k, Kind::Float | Kind::Double | Kind::Half | Kind::BFloat16)
 }
 

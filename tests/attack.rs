@@ -891,3 +891,131 @@ fn eval_per_image_rows_give_the_reported_accuracy() {
         assert_eq!(best.to_string(), r[2]);
     }
 }
+
+#[test]
+fn transfer_gen_force_replaces_a_damaged_file() {
+    use eio::eval::transfer::transfer_gen_with;
+    let linear = Linear::new(10, 3072, Kind::Float, 7);
+    let data = self_labelled(&linear, 4, 60);
+    let index = [0usize, 1, 2];
+    let attack = AttackConfig::Pgd(PgdConfig { steps: 2, restarts: 1, ..PgdConfig::whitebox(1.0) });
+    let cfg = TransferGenConfig {
+        eps: vec![0.03],
+        losses: vec![AttackLoss::CrossEntropy],
+        attacks: vec![attack],
+        batch: 2,
+    };
+    let dir = tempdir();
+    let sur = [Named::new("lin", &linear)];
+    // A process that another test thread spawns holds a copy of this process's descriptors, the
+    // folder's lock included, until it execs: a call that meets the lock so held tries again.
+    let gen = |force: bool| {
+        let mut tries = 0;
+        loop {
+            let r = transfer_gen_with(
+                &sur,
+                &data,
+                &index,
+                &cfg,
+                dir.path(),
+                Device::Cpu,
+                Seed(1),
+                force,
+            );
+            match r {
+                Err(e) if e.to_string().contains("in use by another eio process") && tries < 50 => {
+                    tries += 1;
+                    std::thread::sleep(std::time::Duration::from_millis(100));
+                }
+                r => return r,
+            }
+        }
+    };
+    gen(false).unwrap();
+    let path = dir.path().join("lin_eps0.03.safetensors");
+    let good = std::fs::read(&path).unwrap();
+    let header = 8 + u64::from_le_bytes(good[..8].try_into().unwrap()) as usize;
+    // Cut in the tensors (the header and its plan intact: it must not be kept as complete), cut
+    // in the header, emptied.
+    for (keep, says) in [
+        (good.len() - 100, "its header describes"),
+        (header - 100, "fewer than its own"),
+        (0, "an empty file"),
+    ] {
+        std::fs::write(&path, &good[..keep]).unwrap();
+        let e = gen(false).unwrap_err().to_string();
+        assert!(e.starts_with(&path.display().to_string()), "{e}");
+        assert!(e.contains("cannot be read") && e.contains(says), "{keep} bytes: {e}");
+        assert!(e.contains("pass --force to replace it") && !e.contains("other settings"), "{e}");
+        let r = gen(true).unwrap();
+        assert!(!r.files[0].skipped);
+        assert_eq!(std::fs::read(&path).unwrap(), good, "{keep} bytes: replaced as made before");
+    }
+    // Once whole, a rerun keeps it.
+    assert!(gen(false).unwrap().files[0].skipped);
+}
+
+/// `v` without its nulls (TOML has none; they are the `None`s of the JSON report).
+fn without_nulls(v: serde_json::Value) -> serde_json::Value {
+    match v {
+        serde_json::Value::Object(m) => serde_json::Value::Object(
+            m.into_iter()
+                .filter(|(_, v)| !v.is_null())
+                .map(|(k, v)| (k, without_nulls(v)))
+                .collect(),
+        ),
+        v => v,
+    }
+}
+
+#[test]
+fn whitebox_config_files_choose_any_attack_and_reports_feed_back() {
+    let dir = tempdir();
+    let d = |p: &str| dir.path().join(p).display().to_string();
+    let model = d("plain.safetensors");
+    plain_model().save(std::path::Path::new(&model), TensorFile::default()).unwrap();
+    let data = cifar_jpeg().display().to_string();
+    let run = |config: &str, json: &str, extra: &[&str]| {
+        let mut args = vec!["attack", "whitebox", "--model", &model, "--device", "cpu"];
+        args.extend(["--data", &data, "--first-per-class", "1", "--config", config]);
+        args.extend(["--json", json]);
+        args.extend(extra);
+        let (ok, out, err) = eio(&args);
+        assert!(ok, "eio {args:?} failed:\n{err}");
+        let report: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(json).unwrap()).unwrap();
+        (out, report)
+    };
+    for (kind, text, says) in [
+        ("fgsm", "eps = [0.01]\n[attack]\nkind = \"fgsm\"\n", "FGSM, 1 restart(s), loss ce"),
+        ("apgd", "eps = [0.01]\n[attack]\nkind = \"apgd\"\nsteps = 2\n", "APGD-2, 1 restart(s)"),
+        ("pgd", "eps = [0.01]\n[attack]\nsteps = 2\nrestarts = 1\n", "PGD-2, step 0.2*eps"),
+    ] {
+        let config = d(&format!("{kind}.toml"));
+        std::fs::write(&config, text).unwrap();
+        let (out, report) = run(&config, &d(&format!("{kind}.json")), &[]);
+        assert!(out.contains(says), "{out}");
+        assert_eq!(report["attack"], kind, "{report}");
+        // The report's config block, as TOML, runs the same protocol again.
+        let block: toml::Value =
+            toml::Value::try_from(without_nulls(report["config"].clone())).unwrap();
+        let again = d(&format!("{kind}-again.toml"));
+        std::fs::write(&again, toml::to_string(&block).unwrap()).unwrap();
+        let (_, back) = run(&again, &d(&format!("{kind}-again.json")), &[]);
+        assert_eq!(back["config"], report["config"], "{kind}");
+        assert_eq!(back["rows"][0]["robust_accuracy"], report["rows"][0]["robust_accuracy"]);
+    }
+    // Flags that would do nothing to the configured attack are errors naming the flag.
+    for (kind, flag, value) in
+        [("fgsm", "--step-ratio", "0.1"), ("apgd", "--random-start", "false")]
+    {
+        let mut args = vec!["attack", "whitebox", "--model", &model, "--device", "cpu"];
+        let config = d(&format!("{kind}.toml"));
+        args.extend(["--data", &data, "--first-per-class", "1", "--config", &config]);
+        args.extend([flag, value]);
+        assert_user_error(
+            &args,
+            &format!("{flag} applies only to the PGD attacks (pgd, mpgd), not {kind}"),
+        );
+    }
+}

@@ -770,3 +770,167 @@ fn bench_methods_times_every_method_and_its_peak_memory() {
         assert!(out.contains(row["method"].as_str().unwrap()), "{out}");
     }
 }
+
+/// A saved plain model and its bytes.
+fn saved_plain(dir: &Path) -> (std::path::PathBuf, Vec<u8>) {
+    let p = dir.join("model.safetensors");
+    Model::new(&plain(), Device::Cpu, Seed(0)).unwrap().save(&p, TensorFile::default()).unwrap();
+    let bytes = std::fs::read(&p).unwrap();
+    (p, bytes)
+}
+
+#[test]
+fn cut_short_model_files_are_called_damaged_not_another_format() {
+    let dir = tempdir();
+    let (_, bytes) = saved_plain(dir.path());
+    let header = 8 + u64::from_le_bytes(bytes[..8].try_into().unwrap()) as usize;
+    for (name, keep, says) in [
+        (
+            "data",
+            bytes.len() / 2,
+            format!("holds {} bytes, its header describes {}", bytes.len() / 2, bytes.len()),
+        ),
+        (
+            "header",
+            header / 2,
+            format!("holds {} bytes, fewer than its own {header}-byte header", header / 2),
+        ),
+    ] {
+        let p = dir.path().join(format!("{name}.safetensors"));
+        std::fs::write(&p, &bytes[..keep]).unwrap();
+        let e = err_text(Model::load(&p, Device::Cpu));
+        assert!(e.starts_with(&p.display().to_string()), "{e}");
+        assert!(e.contains("damaged safetensors file") && e.contains(&says), "{e}");
+        assert!(e.contains("cut short") && !e.contains("convert"), "{e}");
+    }
+    // A torch.save zip loses its directory (written last) first.
+    let p = dir.path().join("cut.pt");
+    std::fs::write(&p, b"PK\x03\x04 the first bytes of a torch.save archive").unwrap();
+    let e = err_text(Model::load(&p, Device::Cpu));
+    assert!(e.contains("cut.pt") && e.contains("damaged zip archive, probably cut short"), "{e}");
+
+    // `train --resume` from a checkpoint cut short says so too.
+    let data = cifar_jpeg().display().to_string();
+    let out = dir.path().join("run");
+    let out = out.to_str().unwrap();
+    let args = |resume: bool| {
+        let mut a = vec!["--threads", "1", "train", "baseline", "--out", out, "--device", "cpu"];
+        a.extend(["--data", &data, "--epochs", "1", "--batch-size", "10"]);
+        a.extend(["--train-per-class", "2", "--test-per-class", "1"]);
+        if resume {
+            a.push("--resume");
+        }
+        a
+    };
+    let (ok, _, err) = crate::util::eio(&args(false));
+    assert!(ok, "{err}");
+    let ckpt = dir.path().join("run/checkpoint.safetensors");
+    let full = std::fs::read(&ckpt).unwrap();
+    std::fs::write(&ckpt, &full[..full.len() - 1000]).unwrap();
+    assert_user_error(&args(true), "checkpoint.safetensors: damaged safetensors file: it holds");
+}
+
+#[test]
+fn edited_model_metadata_and_integer_weights_name_the_file() {
+    let dir = tempdir();
+    let (p, _) = saved_plain(dir.path());
+    let file = TensorFile::read(&p).unwrap();
+    let spec: serde_json::Value = serde_json::from_str(&file.meta["eio.model"]).unwrap();
+    let edited = |name: &str, key: &str, value: serde_json::Value| {
+        let mut spec = spec.clone();
+        match key {
+            "copies" => spec["arch"]["copies"] = value,
+            _ => spec[key] = value,
+        }
+        let mut f = TensorFile::read(&p).unwrap();
+        f.meta.insert("eio.model".into(), spec.to_string());
+        let q = dir.path().join(name);
+        f.write(&q).unwrap();
+        q
+    };
+    for (name, key, says) in [
+        ("copies0.safetensors", "copies", "copies must be in 1..=255, got 0"),
+        ("members0.safetensors", "members", "an ensemble needs at least one member"),
+    ] {
+        let q = edited(name, key, 0.into());
+        let e = err_text(Model::load(&q, Device::Cpu));
+        assert!(e.starts_with(&format!("{}: bad 'eio.model' metadata", q.display())), "{e}");
+        assert!(e.contains(says), "{e}");
+    }
+
+    // Integer weights would be converted to other numbers: refused, naming file and tensor.
+    // Floating-point storage is a rounding and loads (f16 is what `save_half` writes).
+    let (want, _) = Model::load(&p, Device::Cpu).unwrap();
+    for kind in [Kind::Int, Kind::Int64, Kind::Uint8, Kind::Double, Kind::Half, Kind::BFloat16] {
+        let mut f = TensorFile::read(&p).unwrap();
+        let w = f.tensors["conv1.weight"].to_kind(kind);
+        f.tensors.insert("conv1.weight".into(), w.shallow_clone());
+        let q = dir.path().join(format!("{kind:?}.safetensors"));
+        f.write(&q).unwrap();
+        match Model::load(&q, Device::Cpu) {
+            Ok((m, _)) => {
+                assert!(matches!(kind, Kind::Double | Kind::Half | Kind::BFloat16), "{kind:?}");
+                let got = m.vs.variables();
+                assert!(got["conv1.weight"].equal(&w.to_kind(Kind::Float)), "{kind:?}");
+                for (k, t) in want.vs.variables().iter().filter(|(k, _)| *k != "conv1.weight") {
+                    assert!(got[k].equal(t), "{kind:?}: {k}");
+                }
+            }
+            Err(e) => {
+                let e = e.to_string();
+                assert!(!matches!(kind, Kind::Double | Kind::Half | Kind::BFloat16), "{e}");
+                assert!(e.starts_with(&q.display().to_string()), "{e}");
+                let dtype = match kind {
+                    Kind::Int => "I32",
+                    Kind::Int64 => "I64",
+                    _ => "U8",
+                };
+                assert!(e.contains(&format!("tensor 'conv1.weight' is stored as {dtype},")), "{e}");
+            }
+        }
+    }
+}
+
+#[test]
+fn a_bare_method_name_in_a_config_means_its_defaults() {
+    use eio::train::config::resolve;
+    use eio::train::{MethodConfig, TrainSpec};
+    let dir = tempdir();
+    let cfg = dir.path().join("method.toml");
+    let resolved = |base: MethodConfig, text: &str, flags: &toml::Table| {
+        std::fs::write(&cfg, text).unwrap();
+        resolve(&TrainSpec::defaults(base), Some(&cfg), flags)
+    };
+    let none = toml::Table::new();
+    for m in MethodConfig::every() {
+        let want = TrainSpec::defaults(
+            MethodConfig::every().into_iter().find(|d| d.name() == m.name()).unwrap(),
+        );
+        let text = format!("method = \"{}\"\n", m.name());
+        assert_eq!(resolved(m.clone(), &text, &none).unwrap(), want, "{text}");
+        // What a run writes reads back as it was.
+        let spec = TrainSpec::defaults(m.clone());
+        assert_eq!(resolved(m, &spec.to_toml().unwrap(), &none).unwrap(), spec);
+    }
+    // Flags on top of a bare name set their fields, the rest keeps the defaults.
+    let eio = || MethodConfig::every().into_iter().find(|m| m.name() == "eio").unwrap();
+    let flags: toml::Table = toml::from_str("[method.eio]\npaths = 5\n").unwrap();
+    let with_flag = resolved(eio(), "method = \"eio\"\n", &flags).unwrap();
+    assert_eq!(with_flag, resolved(eio(), "[method.eio]\n", &flags).unwrap());
+    assert_ne!(with_flag, TrainSpec::defaults(eio()));
+    // An unknown name lists the methods; a table keeps its own errors.
+    let e = resolved(eio(), "method = \"foo\"\n", &none).unwrap_err().to_string();
+    assert!(
+        e.contains("method.toml") && e.contains("unknown variant `foo`") && e.contains("`eio`"),
+        "{e}"
+    );
+    let e = resolved(eio(), "[method.eio]\nbogus = 1\n", &none).unwrap_err().to_string();
+    assert!(e.contains("method.toml") && e.contains("bogus"), "{e}");
+    // The command still checks that the file configures its own method.
+    std::fs::write(&cfg, "method = \"dverge\"\n").unwrap();
+    let out = dir.path().join("run");
+    assert_user_error(
+        &["train", "eio", "--out", out.to_str().unwrap(), "--config", cfg.to_str().unwrap()],
+        "configures method 'dverge', but this is `eio train eio`",
+    );
+}

@@ -239,6 +239,20 @@ impl WhiteboxFlags {
         if self.momentum.is_some() && cfg.attack.name() != "mpgd" {
             bail!("--momentum applies only to --attack mpgd, not {}", cfg.attack.name());
         }
+        // FGSM steps eps and APGD adapts its step, from the clean image: these would be
+        // ignored silently (the attack may come from a --config file, not --attack).
+        if !matches!(cfg.attack, AttackConfig::Pgd(_)) {
+            let given = [
+                ("--step-ratio", self.step_ratio.is_some()),
+                ("--random-start", self.random_start.is_some()),
+            ];
+            if let Some((flag, _)) = given.into_iter().find(|(_, g)| *g) {
+                bail!(
+                    "{flag} applies only to the PGD attacks (pgd, mpgd), not {}",
+                    cfg.attack.name()
+                );
+            }
+        }
         let mut attack = AttackOverrides {
             steps: self.steps,
             step_ratio: self.step_ratio,

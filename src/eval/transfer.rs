@@ -31,7 +31,6 @@ their plans still match.
 */
 
 use std::collections::BTreeMap;
-use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
@@ -45,7 +44,7 @@ use super::whitebox::paper_eps;
 use crate::attack::{AttackConfig, AttackLoss, PgdConfig};
 use crate::data::Dataset;
 use crate::error::{Error, Result};
-use crate::model::io::TensorFile;
+use crate::model::io::{read_header, TensorFile};
 use crate::model::Classifier;
 use crate::progress::Progress;
 use crate::seed::Seed;
@@ -279,21 +278,12 @@ fn file_stem(name: &str) -> String {
         .collect()
 }
 
-/// Reads only the `__metadata__` of a safetensors file (not its tensors).
+/// Reads only the `__metadata__` of a safetensors file (not its tensors); a file cut short or
+/// otherwise damaged is an error (see [`read_header`]).
 pub fn read_metadata(path: &Path) -> Result<BTreeMap<String, String>> {
-    let mut f = std::fs::File::open(path).map_err(|e| Error::io(path, e))?;
-    let mut len = [0u8; 8];
-    f.read_exact(&mut len).map_err(|e| Error::io(path, e))?;
-    let len = u64::from_le_bytes(len);
-    if len > 100 << 20 {
-        return Err(Error::checkpoint(path, "not a safetensors file (header too large)"));
-    }
-    let mut header = vec![0u8; len as usize];
-    f.read_exact(&mut header).map_err(|e| Error::io(path, e))?;
-    let v: serde_json::Value = serde_json::from_slice(&header)
-        .map_err(|e| Error::checkpoint(path, format!("not a safetensors file ({e})")))?;
+    let header = read_header(path)?;
     let mut out = BTreeMap::new();
-    if let Some(m) = v.get("__metadata__").and_then(|m| m.as_object()) {
+    if let Some(m) = header.get("__metadata__").and_then(|m| m.as_object()) {
         for (k, v) in m {
             if let Some(s) = v.as_str() {
                 out.insert(k.clone(), s.to_string());
@@ -399,9 +389,19 @@ pub fn transfer_gen_with(
             };
             // Before any work: a file made with other settings is replaced only with `force`.
             if path.exists() && !force {
-                let planned = read_metadata(&path).ok().and_then(|m| {
-                    m.get(PLAN_KEY).and_then(|j| serde_json::from_str::<Plan>(j).ok())
-                });
+                let planned = match read_metadata(&path) {
+                    Ok(m) => m.get(PLAN_KEY).and_then(|j| serde_json::from_str::<Plan>(j).ok()),
+                    Err(e) => {
+                        return Err(Error::data(
+                            &path,
+                            format!(
+                                "already exists but cannot be read ({}): pass --force to replace \
+                                 it, or use another --out folder",
+                                e.detail()
+                            ),
+                        ))
+                    }
+                };
                 if !planned.is_some_and(|p| plan.keeps(&p)) {
                     return Err(Error::data(
                         &path,
@@ -416,8 +416,8 @@ pub fn transfer_gen_with(
     for (s, eps, path, plan) in jobs {
         {
             let versions = plan.versions.clone();
-            if path.is_file() {
-                let meta = read_metadata(&path)?;
+            // Only `force` gets here with a file that cannot be read: it is replaced.
+            if let Ok(meta) = read_metadata(&path) {
                 let planned = meta.get(PLAN_KEY).and_then(|j| serde_json::from_str::<Plan>(j).ok());
                 if planned.is_some_and(|p| plan.keeps(&p)) {
                     if let Some(file) =

@@ -16,6 +16,7 @@ use tch::{Device, Kind, Tensor};
 use super::{pth, ArchConfig, Augment, Model, ModelSpec, Normalization, Route, Shortcut};
 use crate::error::{Error, Result};
 use crate::seed::Seed;
+use crate::validate::is_float;
 
 /// Metadata key holding the JSON [`ModelSpec`].
 pub const SPEC_KEY: &str = "eio.model";
@@ -65,11 +66,19 @@ impl TensorFile {
     /// Reads `path`; errors name the file.
     pub fn read(path: &Path) -> Result<Self> {
         let bytes = std::fs::read(path).map_err(|e| Error::io(path, e))?;
-        let (_, header) = safetensors::SafeTensors::read_metadata(&bytes)
-            .map_err(|e| Error::checkpoint(path, format!("not a safetensors file ({e})")))?;
+        let (_, header) = safetensors::SafeTensors::read_metadata(&bytes).map_err(|e| {
+            // A file that starts like a safetensors file is a damaged one (typically cut short
+            // by an interrupted copy), not a file of another format.
+            let msg = match inspect(&bytes, bytes.len() as u64) {
+                Shape::Other => format!("not a safetensors file ({e})"),
+                Shape::Damaged(why) => format!("{DAMAGED}: {why}"),
+                Shape::Whole(_) => format!("{DAMAGED} ({e})"),
+            };
+            Error::checkpoint(path, msg)
+        })?;
         let meta = header.metadata().clone().unwrap_or_default().into_iter().collect();
         let st = safetensors::SafeTensors::deserialize(&bytes)
-            .map_err(|e| Error::checkpoint(path, format!("corrupt safetensors file ({e})")))?;
+            .map_err(|e| Error::checkpoint(path, format!("{DAMAGED} ({e})")))?;
         let mut tensors = BTreeMap::new();
         for (name, view) in st.tensors() {
             let kind = dtype_to_kind(view.dtype()).ok_or_else(|| {
@@ -111,6 +120,86 @@ impl TensorFile {
         let bytes =
             safetensors::serialize(views, &Some(meta)).map_err(|e| Error::config(e.to_string()))?;
         write_atomic(path, &sorted_header(bytes))
+    }
+}
+
+/// How errors about a safetensors file that cannot be read start, when the file is one.
+const DAMAGED: &str = "damaged safetensors file";
+
+/// Largest header the safetensors format allows (the crate's limit).
+const MAX_HEADER: u64 = 100 << 20;
+
+/// What the first bytes of a file say about it as a safetensors file.
+enum Shape {
+    /// It does not start like one (an 8-byte header length, then a JSON object): another format.
+    Other,
+    /// It starts like one but is cut short or damaged; why, in words.
+    Damaged(String),
+    /// Its header parses and the file holds exactly the bytes the header describes.
+    Whole(serde_json::Value),
+}
+
+/// Inspects a file of `len` bytes from its first bytes `head`, which hold its whole header
+/// when the file does.
+fn inspect(head: &[u8], len: u64) -> Shape {
+    let Some(n) = head.get(..8).map(|b| u64::from_le_bytes(b.try_into().expect("8 bytes"))) else {
+        return Shape::Other;
+    };
+    if n > MAX_HEADER || head.get(8) != Some(&b'{') {
+        return Shape::Other;
+    }
+    let header_end = 8 + n;
+    if len < header_end {
+        return Shape::Damaged(format!(
+            "it holds {len} bytes, fewer than its own {header_end}-byte header: the file was cut \
+             short"
+        ));
+    }
+    let Some(Ok(header)) =
+        head.get(8..header_end as usize).map(serde_json::from_slice::<serde_json::Value>)
+    else {
+        return Shape::Damaged("its header is not valid JSON".into());
+    };
+    let Some(entries) = header.as_object() else {
+        return Shape::Damaged("its header is not a JSON object".into());
+    };
+    // The data section ends where the last tensor ends.
+    let mut data_end = 0u64;
+    for (name, entry) in entries.iter().filter(|(k, _)| *k != "__metadata__") {
+        match entry["data_offsets"].as_array().map(|o| o.iter().map(|v| v.as_u64()).collect()) {
+            Some(Some::<Vec<u64>>(o)) if o.len() == 2 => data_end = data_end.max(o[1]),
+            _ => return Shape::Damaged(format!("tensor '{name}' has no valid data_offsets")),
+        }
+    }
+    let want = header_end.saturating_add(data_end);
+    if len != want {
+        let how = if len < want { "the file was cut short" } else { "trailing bytes" };
+        return Shape::Damaged(format!(
+            "it holds {len} bytes, its header describes {want} ({how})"
+        ));
+    }
+    Shape::Whole(header)
+}
+
+/// The JSON header of the safetensors file `path`, read without its tensors, once the file is
+/// known to hold the bytes the header describes: a file cut short is an error that says so,
+/// not a file that reads as complete.
+pub fn read_header(path: &Path) -> Result<serde_json::Value> {
+    use std::io::Read;
+    let mut f = std::fs::File::open(path).map_err(|e| Error::io(path, e))?;
+    let len = f.metadata().map_err(|e| Error::io(path, e))?.len();
+    let mut head = Vec::new();
+    (&mut f).take(8).read_to_end(&mut head).map_err(|e| Error::io(path, e))?;
+    if let Ok(b) = <[u8; 8]>::try_from(&head[..]) {
+        let n = u64::from_le_bytes(b);
+        if n <= MAX_HEADER {
+            f.take(n).read_to_end(&mut head).map_err(|e| Error::io(path, e))?;
+        }
+    }
+    match inspect(&head, len) {
+        Shape::Whole(header) => Ok(header),
+        Shape::Damaged(why) => Err(Error::checkpoint(path, format!("{DAMAGED}: {why}"))),
+        Shape::Other => Err(Error::checkpoint(path, what_is(&head))),
     }
 }
 
@@ -209,9 +298,13 @@ impl Model {
         };
         let spec = match file.meta.get(SPEC_KEY) {
             Some(json) => {
-                let spec = serde_json::from_str::<ModelSpec>(json).map_err(|e| {
+                let bad = |e: &dyn std::fmt::Display| {
                     Error::checkpoint(path, format!("bad '{SPEC_KEY}' metadata: {e}"))
-                })?;
+                };
+                let spec = serde_json::from_str::<ModelSpec>(json).map_err(|e| bad(&e))?;
+                // Checked here so that the error names the file: a spec that is not usable is
+                // a damaged or edited file, not a bad flag.
+                spec.validate().map_err(|e| bad(&e))?;
                 let carried = spec.arch.normalization();
                 match normalization {
                     Some(want) if !carried.matches(&want) => {
@@ -255,6 +348,20 @@ impl Model {
                     ),
                 )
             })?;
+            // Every variable is floating point and stored values are converted to its
+            // precision: from another floating-point storage (f16 files of `save_half`, f64 or
+            // bf16 state dicts) that is a rounding, from integers it would load other numbers.
+            if !is_float(t.kind()) {
+                let stored =
+                    kind_to_dtype(t.kind()).map_or(format!("{:?}", t.kind()), |d| format!("{d:?}"));
+                return Err(Error::checkpoint(
+                    path,
+                    format!(
+                        "tensor '{name}' is stored as {stored}, expected floating point (F32, \
+                         F16, BF16 or F64)"
+                    ),
+                ));
+            }
             if t.size() != var.size() {
                 return Err(Error::checkpoint(
                     path,

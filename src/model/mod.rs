@@ -389,6 +389,23 @@ pub struct ModelSpec {
     pub members: usize,
 }
 
+impl ModelSpec {
+    /// Checks the architecture and the member count.
+    pub fn validate(&self) -> Result<()> {
+        self.arch.validate()?;
+        if self.members == 0 {
+            return Err(Error::config("an ensemble needs at least one member"));
+        }
+        if self.members > MAX_MEMBERS {
+            return Err(Error::config(format!(
+                "an ensemble of {} members: at most {MAX_MEMBERS} are supported",
+                self.members
+            )));
+        }
+        Ok(())
+    }
+}
+
 /// Networks and the variable store that owns their weights.
 pub struct Model {
     /// The weights (names follow the PyTorch layout; ensemble members under `member{i}`).
@@ -408,16 +425,7 @@ impl fmt::Debug for Model {
 impl Model {
     /// Builds freshly initialised networks; initial weights come from `seed`.
     pub fn new(spec: &ModelSpec, device: Device, seed: Seed) -> Result<Self> {
-        spec.arch.validate()?;
-        if spec.members == 0 {
-            return Err(Error::config("an ensemble needs at least one member"));
-        }
-        if spec.members > MAX_MEMBERS {
-            return Err(Error::config(format!(
-                "an ensemble of {} members: at most {MAX_MEMBERS} are supported",
-                spec.members
-            )));
-        }
+        spec.validate()?;
         // libtorch draws initial weights from its one global generator.
         let (vs, nets) = with_global_seed((seed.derive(Stream::Init, 0, 0) >> 1) as i64, || {
             let vs = nn::VarStore::new(device);

@@ -89,7 +89,8 @@ pub fn read(path: &Path) -> Result<BTreeMap<String, Tensor>> {
 /// Reads the pickle and the storages of a zip-format file.
 fn read_zip(bytes: &[u8]) -> std::result::Result<(Value, BTreeMap<String, Vec<u8>>), String> {
     let mut zip = zip::ZipArchive::new(std::io::Cursor::new(bytes))
-        .map_err(|e| format!("a zip archive that cannot be read ({e})"))?;
+        // torch.save writes the zip's directory last: a file cut short loses it first.
+        .map_err(|e| format!("a damaged zip archive, probably cut short ({e})"))?;
     let names: Vec<String> = zip.file_names().map(str::to_string).collect();
     if names.iter().any(|n| n.ends_with("/constants.pkl") || n.contains("/code/")) {
         return Err(

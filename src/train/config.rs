@@ -108,7 +108,37 @@ pub struct TrainSpec {
     /// Optimiser.
     pub optim: OptimConfig,
     /// The method.
+    #[serde(deserialize_with = "method_config")]
     pub method: MethodConfig,
+}
+
+/// Reads a [`MethodConfig`]: a `[method.<name>]` table, or a bare name, which for a method with
+/// settings means its defaults (`method = "eio"` is `[method.eio]` left empty; runs write
+/// `method = "baseline"`, so the bare form is the one users copy).
+fn method_config<'de, D: serde::Deserializer<'de>>(
+    d: D,
+) -> std::result::Result<MethodConfig, D::Error> {
+    use serde::de::{self, IntoDeserializer};
+    struct Visit;
+    impl<'de> de::Visitor<'de> for Visit {
+        type Value = MethodConfig;
+        fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+            f.write_str("a method name or a [method.<name>] table")
+        }
+        fn visit_str<E: de::Error>(self, name: &str) -> std::result::Result<MethodConfig, E> {
+            MethodConfig::deserialize(name.into_deserializer()).or_else(|unit: E| {
+                // Every method's settings default field by field, so an empty table is valid.
+                serde_json::from_value(serde_json::json!({ name: {} })).map_err(|_| unit)
+            })
+        }
+        fn visit_map<A: de::MapAccess<'de>>(
+            self,
+            map: A,
+        ) -> std::result::Result<MethodConfig, A::Error> {
+            MethodConfig::deserialize(de::value::MapAccessDeserializer::new(map))
+        }
+    }
+    d.deserialize_any(Visit)
 }
 
 impl TrainSpec {
@@ -224,10 +254,20 @@ impl TrainSpec {
     }
 }
 
+/// Key of the tag of internally tagged enums (`[attack]` with `kind = "fgsm"`).
+const TAG: &str = "kind";
+
+/// `over` merged into `base`, table by table. A table whose `kind` differs from the base's is
+/// another variant of a tagged enum: it replaces the base's table whole, so that the fields of
+/// the default variant (PGD's `random_start`) are not carried into another (FGSM).
 fn merge(base: &mut toml::Table, over: toml::Table) {
     for (k, v) in over {
         match (base.get_mut(&k), v) {
-            (Some(toml::Value::Table(b)), toml::Value::Table(o)) => merge(b, o),
+            (Some(toml::Value::Table(b)), toml::Value::Table(o))
+                if o.get(TAG).is_none_or(|kind| b.get(TAG) == Some(kind)) =>
+            {
+                merge(b, o)
+            }
             (_, v) => {
                 base.insert(k, v);
             }
