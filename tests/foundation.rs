@@ -933,4 +933,10 @@ fn a_bare_method_name_in_a_config_means_its_defaults() {
         &["train", "eio", "--out", out.to_str().unwrap(), "--config", cfg.to_str().unwrap()],
         "configures method 'dverge', but this is `eio train eio`",
     );
+    // So does another method's table (it read as a map of two methods).
+    std::fs::write(&cfg, "[method.dverge]\nlayer = 5\n").unwrap();
+    assert_user_error(
+        &["train", "eio", "--out", out.to_str().unwrap(), "--config", cfg.to_str().unwrap()],
+        "configures method 'dverge', but this is `eio train eio`",
+    );
 }

@@ -257,14 +257,20 @@ impl TrainSpec {
 /// Key of the tag of internally tagged enums (`[attack]` with `kind = "fgsm"`).
 const TAG: &str = "kind";
 
-/// `over` merged into `base`, table by table. A table whose `kind` differs from the base's is
-/// another variant of a tagged enum: it replaces the base's table whole, so that the fields of
-/// the default variant (PGD's `random_start`) are not carried into another (FGSM).
+/// Key of the externally tagged [`MethodConfig`] (`[method.<name>]`).
+const METHOD: &str = "method";
+
+/// `over` merged into `base`, table by table. A table of another variant of a tagged enum
+/// replaces the base's table whole: one whose `kind` differs from the base's, so that the fields
+/// of the default variant (PGD's `random_start`) are not carried into another (FGSM); and a
+/// `[method.<name>]` of another method than the base's, which then reads as that method (and
+/// is refused by name where the command trains another) instead of a map of two methods.
 fn merge(base: &mut toml::Table, over: toml::Table) {
     for (k, v) in over {
         match (base.get_mut(&k), v) {
             (Some(toml::Value::Table(b)), toml::Value::Table(o))
-                if o.get(TAG).is_none_or(|kind| b.get(TAG) == Some(kind)) =>
+                if o.get(TAG).is_none_or(|kind| b.get(TAG) == Some(kind))
+                    && !(k == METHOD && o.keys().any(|name| !b.contains_key(name))) =>
             {
                 merge(b, o)
             }
