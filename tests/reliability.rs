@@ -587,7 +587,7 @@ fn train_method(method: &'static str, out: &Path, data: &str, more: &[&str]) -> 
     out.join("model.safetensors")
 }
 
-/// Issue 6: asking for more distinct paths than an RGN has is one error everywhere.
+/// Asking for more distinct paths than an RGN has is one error everywhere.
 #[test]
 fn more_paths_than_an_rgn_has_is_an_error() {
     let tmp = tempdir();
@@ -617,7 +617,7 @@ fn more_paths_than_an_rgn_has_is_an_error() {
     ok(&["derive", "--model", rgn_l, "--paths", "2", "--output", out_l]);
 }
 
-/// Issue 5: a transferability matrix without an eligible image (none classified correctly by
+/// A transferability matrix without an eligible image (none classified correctly by
 /// every member) is an error, not a matrix of zeros.
 #[test]
 fn transferability_without_eligible_images_is_an_error() {
@@ -642,7 +642,7 @@ fn transferability_without_eligible_images_is_an_error() {
     expect_error(&args, 1, &["no image is eligible", "more test images"]);
 }
 
-/// Issue 3: a fine-tuning configuration holds [train] and [optim] only; another run's
+/// A fine-tuning configuration holds [train] and [optim] only; another run's
 /// configuration (another method) is one error naming the file, not a switch of method.
 #[test]
 fn finetune_configs_hold_only_train_and_optim() {
@@ -675,7 +675,7 @@ fn finetune_configs_hold_only_train_and_optim() {
     ok(&ft);
 }
 
-/// Issue 4: a stopped white-box run is continued only by the same model: another model with
+/// A stopped white-box run is continued only by the same model: another model with
 /// the same clean predictions (here: every logit shifted alike) starts over, saying why.
 #[test]
 fn whitebox_resumes_only_for_the_same_model() {
@@ -727,7 +727,7 @@ fn whitebox_resumes_only_for_the_same_model() {
     assert!(log.contains("continuing from"), "{log}");
 }
 
-/// Issue 4, transfer sets: a rerun of `transfer-gen` keeps a file only when the same surrogate
+/// Transfer sets: a rerun of `transfer-gen` keeps a file only when the same surrogate
 /// model made it, not merely a surrogate of the same name.
 #[test]
 fn transfer_sets_are_kept_only_for_the_same_surrogate_model() {
@@ -769,7 +769,7 @@ fn stability_rows(dir: &Path) -> Vec<(String, String, String)> {
         .collect()
 }
 
-/// Issue 1: stability's per-path cache (derived file, evaluation) is reused only for the same
+/// Stability's per-path cache (derived file, evaluation) is reused only for the same
 /// RGN, route and settings: another seed (even with --force), another model in the same folder,
 /// or a damaged derived file are made again; an identical rerun still reuses everything.
 #[test]
@@ -830,7 +830,7 @@ fn stability_reuses_only_what_was_made_from_the_same_model_and_route() {
     assert!(!log.contains("derived path") && !log.contains("again"), "{log}");
 }
 
-/// Issue 2: stability's reference models are checked before any path is derived.
+/// Stability's reference models are checked before any path is derived.
 #[test]
 fn stability_checks_its_references_before_the_work() {
     let tmp = tempdir();
