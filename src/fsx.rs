@@ -141,11 +141,18 @@ pub fn check_writable(path: &Path) -> Result<()> {
     check_dir_writable(dir)
 }
 
-/// Checks that files can be created in `dir` (created if missing).
-pub fn check_dir_writable(dir: &Path) -> Result<()> {
+/// Refuses a `dir` that exists as something other than a folder (a folder that does not exist
+/// yet is fine: it will be created).
+pub fn check_folder_or_absent(dir: &Path) -> Result<()> {
     if dir.exists() && !dir.is_dir() {
         return Err(Error::data(dir, "is a file, expected a folder"));
     }
+    Ok(())
+}
+
+/// Checks that files can be created in `dir` (created if missing).
+pub fn check_dir_writable(dir: &Path) -> Result<()> {
+    check_folder_or_absent(dir)?;
     std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
     let probe = temp_name(&dir.join("write-probe"), std::process::id());
     File::create(&probe)
@@ -166,9 +173,7 @@ impl RunLock {
     /// Takes the lock of `dir` (created if missing), or fails at once naming the folder when
     /// another process holds it.
     pub fn acquire(dir: &Path) -> Result<RunLock> {
-        if dir.exists() && !dir.is_dir() {
-            return Err(Error::data(dir, "is a file, expected a folder"));
-        }
+        check_folder_or_absent(dir)?;
         std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
         let path = dir.join(".lock");
         let file = std::fs::OpenOptions::new()

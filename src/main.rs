@@ -44,8 +44,8 @@ fn report_out_of_memory_as_an_error() {
 
 /// What ran out, from libtorch's message, when `msg` is an allocation failure.
 fn out_of_memory(msg: &str) -> Option<String> {
-    if let Some(i) = msg.find("you tried to allocate ") {
-        let bytes: String = msg[i + 22..].chars().take_while(char::is_ascii_digit).collect();
+    if let Some(rest) = msg.split("you tried to allocate ").nth(1) {
+        let bytes: String = rest.chars().take_while(char::is_ascii_digit).collect();
         let gib = bytes.parse::<f64>().ok()? / (1u64 << 30) as f64;
         return Some(format!("the CPU could not allocate {gib:.1} GiB"));
     }

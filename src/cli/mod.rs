@@ -236,7 +236,6 @@ pub fn positive(s: &str) -> std::result::Result<usize, String> {
     }
 }
 
-/// Parses a flag value with the library's `FromStr` (its error names the accepted values).
 /// `--threads`: at least 1, at most 4 threads per core of this machine (more only makes the
 /// threads wait for each other: 1,000 on 2 cores took 30 s to evaluate 40 images).
 fn thread_count(s: &str) -> std::result::Result<usize, String> {
@@ -248,6 +247,7 @@ fn thread_count(s: &str) -> std::result::Result<usize, String> {
     Ok(n)
 }
 
+/// Parses a flag value with the library's `FromStr` (its error names the accepted values).
 pub fn parsed<T: std::str::FromStr<Err = eio::Error>>(s: &str) -> std::result::Result<T, String> {
     s.parse().map_err(|e: eio::Error| e.to_string())
 }

@@ -535,12 +535,7 @@ impl Plan {
     /// name with other sizes, from another eio version): its files would count as this plan's.
     pub fn check_folder(&self, out: &Path) -> Result<()> {
         let file = out.join("plan.toml");
-        if out.exists() && !out.is_dir() {
-            return Err(Error::config(format!(
-                "--out {}: a file, expected a folder",
-                out.display()
-            )));
-        }
+        crate::fsx::check_folder_or_absent(out)?;
         if !file.exists() {
             // A folder of other files: a reproduction would write summary.json, report.html,
             // runs/ and eval/ among them.

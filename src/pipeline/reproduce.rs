@@ -1,11 +1,11 @@
 /*!
 The paper's comparison in one resumable command (`eio reproduce --preset NAME --out DIR`): run
 the [`Plan`] of a [`Preset`](super::preset::Preset) in `DIR`: train every arm the preset lists,
-derive and fine-tune the EIO model, craft the black-box transfer set once from baseline surrogate ensembles,
-evaluate every model (clean and white-box, then black-box on the transfer set as a job of its
-own, so that white-box results do not wait for the transfer set; whole ensembles and one
-selected member, as the paper's Fig. 9), transferability matrices and the stability of derived
-paths, then write `summary.json` (see [`super::summary`]) and the report.
+derive and fine-tune the EIO model, craft the black-box transfer set once from baseline
+surrogate ensembles, evaluate every model (clean and white-box, then black-box on the transfer
+set as a job of its own, so that white-box results do not wait for the transfer set; whole
+ensembles and one selected member, as the paper's Fig. 9), transferability matrices and the
+stability of derived paths, then write `summary.json` (see [`super::summary`]) and the report.
 
 A job whose outputs exist is skipped, so a rerun continues where it stopped (training runs also
 resume inside an epoch from their checkpoints, white-box evaluations from their last restart).
