@@ -178,6 +178,29 @@ fn smoke_preset_runs_resumes_and_summarises() {
         "--from /no/such/zoo",
     );
 
+    // A folder that kept an evaluation without its model (scripts/experiment-baselines keeps
+    // evaluations in git, ensembles' model files not): on a fresh folder the evaluation is
+    // loaded and the training only it needed within --only is not run again, with or without
+    // workers.
+    let kept = dir.path().join("kept");
+    std::fs::create_dir_all(kept.join("eval")).unwrap();
+    std::fs::copy(out.join("eval/adp.json"), kept.join("eval/adp.json")).unwrap();
+    for (name, workers) in [("fresh", "1"), ("fresh-workers", "2")] {
+        let fresh = dir.path().join(name);
+        let args = ["reproduce", "--preset", "smoke", "--out", fresh.to_str().unwrap()];
+        let more = ["--from", kept.to_str().unwrap(), "--only", "train/adp,eval/adp"];
+        let (ok, _, err) = eio(&[&args[..], &more, &["--workers", workers]].concat());
+        assert!(ok, "{err}");
+        assert!(err.contains("not needed") || err.contains("nothing to run"), "{err}");
+        assert!(!fresh.join("runs/adp").exists(), "trained what a loaded evaluation needed");
+        let s: Summary =
+            serde_json::from_str(&std::fs::read_to_string(fresh.join("summary.json")).unwrap())
+                .unwrap();
+        let b = s.models.iter().find(|m| m.name.contains("ADP")).expect("the loaded row");
+        let a = summary.models.iter().find(|m| m.name == b.name).unwrap();
+        assert_eq!((a.clean, &a.whitebox), (b.clean, &b.whitebox));
+    }
+
     // The same plan with its jobs side by side, each in its own process: the same numbers.
     let side = dir.path().join("side");
     let side_s = side.to_str().unwrap();

@@ -505,13 +505,24 @@ impl Plan {
     /// all done (for instance loaded with [`load_from`](super::reproduce::load_from)) is not
     /// needed.
     pub fn needed(&self, out: &Path) -> Vec<bool> {
+        self.needed_for(out, &[])
+    }
+
+    /// [`Plan::needed`] within the jobs of `only` (all when empty), as `--only` runs them: the
+    /// jobs left out neither run nor ask for anything, so a job of `only` is needed when it is
+    /// not done and a job of `only` still to run reads its files, or when no job of `only`
+    /// reads them (it was asked for itself). A training whose evaluations of `only` are all
+    /// done (loaded from a folder that kept them without the model) is not run again.
+    pub fn needed_for(&self, out: &Path, only: &[String]) -> Vec<bool> {
         let n = self.jobs.len();
         let deps: Vec<Vec<usize>> = (0..n).map(|k| self.dependencies(k)).collect();
+        let in_scope = |k: usize| only.is_empty() || only.contains(&self.jobs[k].name);
         let mut needed = vec![false; n];
         // Dependencies come earlier in the plan (every_input_is_an_earlier_jobs_output), so a
         // job's readers are decided before it.
         for k in (0..n).rev() {
-            let readers: Vec<usize> = (k + 1..n).filter(|&r| deps[r].contains(&k)).collect();
+            let readers: Vec<usize> =
+                (k + 1..n).filter(|&r| in_scope(r) && deps[r].contains(&k)).collect();
             needed[k] = !self.jobs[k].is_done(out)
                 && (readers.is_empty() || readers.iter().any(|&r| needed[r]));
         }
@@ -800,6 +811,26 @@ mod tests {
         let is = |name: &str| needed[plan.jobs.iter().position(|j| j.name == name).unwrap()];
         assert!(is("blackbox/adp") && is("transfer-gen") && !is("eval/adp"));
         assert!(!is("train/eio") && !is("eval/baseline"));
+    }
+
+    /// Within `--only`, the jobs left out ask for nothing: a training whose evaluations of
+    /// `--only` are done is not needed though a black-box job outside reads its model, and a
+    /// job of `--only` that nothing of `--only` reads is needed (asked for itself).
+    #[test]
+    fn only_scopes_what_is_needed() {
+        let dir = tempfile::tempdir().unwrap();
+        let plan = Plan::new(Preset::named("smoke").unwrap());
+        let pos = |name: &str| plan.jobs.iter().position(|j| j.name == name).unwrap();
+        let only: Vec<String> = ["train/adp", "eval/adp"].map(String::from).into();
+        assert!(plan.needed_for(dir.path(), &only)[pos("train/adp")]);
+        std::fs::create_dir_all(dir.path().join("eval")).unwrap();
+        std::fs::write(dir.path().join("eval/adp.json"), b"").unwrap();
+        let (all, scoped) = (plan.needed(dir.path()), plan.needed_for(dir.path(), &only));
+        assert!(all[pos("train/adp")], "blackbox/adp still reads it");
+        assert!(!scoped[pos("train/adp")] && !scoped[pos("eval/adp")]);
+        let alone = plan.needed_for(dir.path(), &["train/adp".to_string()]);
+        assert!(alone[pos("train/adp")]);
+        assert_eq!(plan.needed_for(dir.path(), &[]), all);
     }
 
     /// Every file a job reads is written by an earlier job of the plan, for every preset: the

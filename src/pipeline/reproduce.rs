@@ -137,7 +137,7 @@ pub fn run(
     let eval_set = data.test.first_per_class(p.eval_per_class);
     let test = data.test.first_per_class(p.test_per_class);
     let seed = Seed(p.seed);
-    let needed = plan.needed(out);
+    let needed = plan.needed_for(out, only);
     for k in plan.order(only) {
         let job = &plan.jobs[k];
         if !only.is_empty() && !only.contains(&job.name) {
@@ -147,9 +147,10 @@ pub fn run(
             eprintln!("[{}/{}] {}: done", k + 1, plan.jobs.len(), job.name);
             continue;
         }
-        if only.is_empty() && !needed[k] {
+        if !needed[k] {
+            let of = if only.is_empty() { "" } else { " of --only" };
             eprintln!(
-                "[{}/{}] {}: not needed (every job that reads its files is done)",
+                "[{}/{}] {}: not needed (every job{of} that reads its files is done)",
                 k + 1,
                 plan.jobs.len(),
                 job.name

@@ -99,7 +99,7 @@ pub fn run_workers(
     let logs = out.join("logs");
     std::fs::create_dir_all(&logs).map_err(|e| Error::io(&logs, e))?;
     let selected = |k: usize| only.is_empty() || only.contains(&plan.jobs[k].name);
-    let needed = plan.needed(out);
+    let needed = plan.needed_for(out, only);
     let deps: Vec<Vec<usize>> = (0..plan.jobs.len()).map(|k| plan.dependencies(k)).collect();
     let mut state: Vec<State> = plan
         .jobs
@@ -110,7 +110,7 @@ pub fn run_workers(
                 State::Unselected
             } else if j.is_done(out) {
                 State::Ended(Outcome::AlreadyDone)
-            } else if only.is_empty() && !needed[k] {
+            } else if !needed[k] {
                 State::Ended(Outcome::NotNeeded)
             } else {
                 State::Pending
