@@ -30,7 +30,7 @@ pub struct ReproduceArgs {
     out: PathBuf,
     /// Run only these jobs (names as listed by --list), in the order named (a job never before
     /// one it needs: so the cheap jobs of a long run can go first); the others are left as they
-    /// are.
+    /// are and ask for nothing (a job whose readers among these are all done is skipped).
     #[arg(long, value_name = "JOB", value_delimiter = ',')]
     only: Vec<String>,
     /// First copy in, from this folder, the outputs of every job it holds whole (shipped
