@@ -548,15 +548,13 @@ fn whitebox_cli_runs_apgd_fgsm_and_mpgd() {
         "1",
         "--eps",
         "0.01,0.05",
-        "--steps",
-        "2",
         "--restarts",
         "2",
     ];
     for (attack, extra, says) in [
-        ("apgd", &["--loss", "dlr"][..], "APGD-2, 2 restart(s), loss dlr"),
+        ("apgd", &["--steps", "2", "--loss", "dlr"][..], "APGD-2, 2 restart(s), loss dlr"),
         ("fgsm", &[][..], "FGSM, 1 restart(s), loss ce"),
-        ("mpgd", &["--momentum", "0.5"][..], "mu 0.5"),
+        ("mpgd", &["--steps", "2", "--momentum", "0.5"][..], "mu 0.5"),
     ] {
         let (json, csv) = (d(&format!("{attack}.json")), d(&format!("{attack}.csv")));
         // The state file of some other run (here unreadable) is not used, and is gone after.
@@ -1018,4 +1016,8 @@ fn whitebox_config_files_choose_any_attack_and_reports_feed_back() {
             &format!("{flag} applies only to the PGD attacks (pgd, mpgd), not {kind}"),
         );
     }
+    let config = d("fgsm.toml");
+    let mut args = vec!["attack", "whitebox", "--model", &model, "--device", "cpu"];
+    args.extend(["--data", &data, "--first-per-class", "1", "--config", &config, "--steps", "7"]);
+    assert_user_error(&args, "--steps applies to pgd, mpgd and apgd; fgsm takes one step");
 }

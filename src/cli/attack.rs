@@ -253,6 +253,9 @@ impl WhiteboxFlags {
                 );
             }
         }
+        if matches!(cfg.attack, AttackConfig::Fgsm(_)) && self.steps.is_some() {
+            bail!("--steps applies to pgd, mpgd and apgd; fgsm takes one step of eps");
+        }
         let mut attack = AttackOverrides {
             steps: self.steps,
             step_ratio: self.step_ratio,
