@@ -165,7 +165,7 @@ pub fn check_dir_writable(dir: &Path) -> Result<()> {
 /// `flock` (released by the kernel when the process ends, also on kill -9).
 #[derive(Debug)]
 pub struct RunLock {
-    _file: File,
+    file: File,
     path: PathBuf,
 }
 
@@ -183,7 +183,7 @@ impl RunLock {
             .open(&path)
             .map_err(|e| Error::io(&path, e))?;
         match file.try_lock() {
-            Ok(()) => Ok(RunLock { _file: file, path }),
+            Ok(()) => Ok(RunLock { file, path }),
             Err(std::fs::TryLockError::WouldBlock) => Err(Error::config(format!(
                 "{} is in use by another eio process (it holds {}); wait for it to finish or use \
                  another folder",
@@ -197,6 +197,15 @@ impl RunLock {
     /// The lock file.
     pub fn path(&self) -> &Path {
         &self.path
+    }
+}
+
+impl Drop for RunLock {
+    /// Unlocks before the file closes: a child process that another thread forked (and has not
+    /// yet exec'd) shares the open file, and closing our copy alone would leave the folder
+    /// locked until that child execs.
+    fn drop(&mut self) {
+        let _ = self.file.unlock();
     }
 }
 
@@ -232,6 +241,19 @@ mod tests {
         assert!(RunLock::acquire(&dir).is_err(), "a second lock on one folder fails");
         drop(lock);
         RunLock::acquire(&dir).unwrap();
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn a_dropped_lock_is_free_though_a_copy_of_its_file_lives() {
+        // A child forked by another thread between our open and its exec holds such a copy
+        // (the same open file): the folder must be free once the lock is dropped.
+        let dir = std::env::temp_dir().join(format!("eio-fsx-lock-{}", std::process::id()));
+        let lock = RunLock::acquire(&dir).unwrap();
+        let copy = lock.file.try_clone().unwrap();
+        drop(lock);
+        RunLock::acquire(&dir).expect("free after drop");
+        drop(copy);
         std::fs::remove_dir_all(&dir).unwrap();
     }
 }

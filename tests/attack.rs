@@ -905,29 +905,8 @@ fn transfer_gen_force_replaces_a_damaged_file() {
     };
     let dir = tempdir();
     let sur = [Named::new("lin", &linear)];
-    // A process that another test thread spawns holds a copy of this process's descriptors, the
-    // folder's lock included, until it execs: a call that meets the lock so held tries again.
     let gen = |force: bool| {
-        let mut tries = 0;
-        loop {
-            let r = transfer_gen_with(
-                &sur,
-                &data,
-                &index,
-                &cfg,
-                dir.path(),
-                Device::Cpu,
-                Seed(1),
-                force,
-            );
-            match r {
-                Err(e) if e.to_string().contains("in use by another eio process") && tries < 50 => {
-                    tries += 1;
-                    std::thread::sleep(std::time::Duration::from_millis(100));
-                }
-                r => return r,
-            }
-        }
+        transfer_gen_with(&sur, &data, &index, &cfg, dir.path(), Device::Cpu, Seed(1), force)
     };
     gen(false).unwrap();
     let path = dir.path().join("lin_eps0.03.safetensors");

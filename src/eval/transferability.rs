@@ -179,9 +179,8 @@ pub fn transferability(
         return Err(Error::config("the transferability matrix needs at least one member"));
     }
     let start = Instant::now();
-    let mut index = eligible(members, data, cfg.batch, device)?;
-    let n_eligible = index.len();
-    if n_eligible == 0 {
+    let index = eligible(members, data, cfg.batch, device)?;
+    if index.is_empty() {
         // Every entry would be 0 of 0: a matrix of zeros would read as "nothing transfers".
         return Err(Error::config(format!(
             "no image is eligible for the transferability matrix: none of the {} test images is \
@@ -189,6 +188,25 @@ pub fn transferability(
             data.len()
         )));
     }
+    let mut report = transferability_on(members, ensemble, data, index, cfg, device, seed)?;
+    report.seconds = start.elapsed().as_secs_f64(); // the eligibility pass included
+    Ok(report)
+}
+
+/// [`transferability`] on the images `eligible` (indices into `data`, not empty) that
+/// [`eligible`] found, for a caller that looked at them first.
+pub fn transferability_on(
+    members: &[Named],
+    ensemble: Option<&dyn Classifier>,
+    data: &Dataset,
+    eligible: Vec<usize>,
+    cfg: &TransferabilityConfig,
+    device: Device,
+    seed: Seed,
+) -> Result<TransferabilityReport> {
+    let start = Instant::now();
+    let mut index = eligible;
+    let n_eligible = index.len();
     if index.len() > cfg.images {
         index.shuffle(&mut seed.rng(Stream::Eval, key("transferability/images"), 0));
         index.truncate(cfg.images);

@@ -508,6 +508,12 @@ impl Plan {
         self.needed_for(out, &[])
     }
 
+    /// Which jobs `only` names (every job when it is empty), by plan index: the scope of
+    /// `--only` that running, loading and the workers share.
+    pub fn selected(&self, only: &[String]) -> Vec<bool> {
+        self.jobs.iter().map(|j| only.is_empty() || only.contains(&j.name)).collect()
+    }
+
     /// [`Plan::needed`] within the jobs of `only` (all when empty), as `--only` runs them: the
     /// jobs left out neither run nor ask for anything, so a job of `only` is needed when it is
     /// not done and a job of `only` still to run reads its files, or when no job of `only`
@@ -516,13 +522,13 @@ impl Plan {
     pub fn needed_for(&self, out: &Path, only: &[String]) -> Vec<bool> {
         let n = self.jobs.len();
         let deps: Vec<Vec<usize>> = (0..n).map(|k| self.dependencies(k)).collect();
-        let in_scope = |k: usize| only.is_empty() || only.contains(&self.jobs[k].name);
+        let in_scope = self.selected(only);
         let mut needed = vec![false; n];
         // Dependencies come earlier in the plan (every_input_is_an_earlier_jobs_output), so a
         // job's readers are decided before it.
         for k in (0..n).rev() {
             let readers: Vec<usize> =
-                (k + 1..n).filter(|&r| in_scope(r) && deps[r].contains(&k)).collect();
+                (k + 1..n).filter(|&r| in_scope[r] && deps[r].contains(&k)).collect();
             needed[k] = !self.jobs[k].is_done(out)
                 && (readers.is_empty() || readers.iter().any(|&r| needed[r]));
         }
@@ -590,14 +596,20 @@ impl Plan {
         }
     }
 
-    /// Makes `out` this plan's folder: checks it ([`Plan::check_folder`]) and writes plan.toml,
-    /// before anything else (loaded results, job workers) writes there.
+    /// Makes `out` this plan's folder: checks it ([`Plan::check_folder`]) and writes plan.toml
+    /// (unless it holds this plan already), before anything else (loaded results, job workers)
+    /// writes there.
     pub fn claim_folder(&self, out: &Path) -> Result<()> {
         self.check_folder(out)?;
         std::fs::create_dir_all(out).map_err(|e| Error::io(out, e))?;
         let text =
             toml::to_string(self).map_err(|e| Error::config(format!("internal: plan: {e}")))?;
-        crate::model::io::write_atomic(&out.join("plan.toml"), text.as_bytes())
+        let file = out.join("plan.toml");
+        // Claimed already (by the CLI before --from, or by this run's parent): nothing to write.
+        if std::fs::read_to_string(&file).is_ok_and(|t| t == text) {
+            return Ok(());
+        }
+        crate::model::io::write_atomic(&file, text.as_bytes())
     }
 
     /// Refuses names in `only` that are not jobs of this plan.

@@ -24,7 +24,7 @@ use super::summary::{epoch_cost, Curve, MatrixResult, ModelResult, StabilityResu
 use crate::data::Dataset;
 use crate::error::{Error, Result};
 use crate::eval::transfer::{transfer_eval, transfer_files, transfer_gen, Named};
-use crate::eval::transferability::{eligible, members, transferability, TransferabilityConfig};
+use crate::eval::transferability::{eligible, members, transferability_on, TransferabilityConfig};
 use crate::eval::whitebox::whitebox_resumable;
 use crate::fsx::{read_json, write_json};
 use crate::model::io::{write_atomic, TensorFile};
@@ -89,12 +89,10 @@ pub fn load_from(plan: &Plan, from: &Path, out: &Path, only: &[String]) -> Resul
     if !from.is_dir() {
         return Err(Error::config(format!("--from {}: no such folder", from.display())));
     }
+    let selected = plan.selected(only);
     let mut loaded = Vec::new();
-    for job in &plan.jobs {
-        if (!only.is_empty() && !only.contains(&job.name))
-            || matches!(job.kind, JobKind::TransferGen { .. })
-            || job.is_done(out)
-            || !job.is_done(from)
+    for (job, _) in plan.jobs.iter().zip(&selected).filter(|(_, &s)| s) {
+        if matches!(job.kind, JobKind::TransferGen { .. }) || job.is_done(out) || !job.is_done(from)
         {
             continue;
         }
@@ -138,11 +136,9 @@ pub fn run(
     let test = data.test.first_per_class(p.test_per_class);
     let seed = Seed(p.seed);
     let needed = plan.needed_for(out, only);
-    for k in plan.order(only) {
+    let selected = plan.selected(only);
+    for k in plan.order(only).into_iter().filter(|&k| selected[k]) {
         let job = &plan.jobs[k];
-        if !only.is_empty() && !only.contains(&job.name) {
-            continue;
-        }
         if job.is_done(out) {
             eprintln!("[{}/{}] {}: done", k + 1, plan.jobs.len(), job.name);
             continue;
@@ -312,7 +308,8 @@ pub fn run(
                 };
                 // Without an image every member gets right there is no matrix (an empty one in
                 // the summary, which the report says), rather than a failed reproduction.
-                let success = if eligible(&named, &eval_set, cfg.batch, device)?.is_empty() {
+                let index = eligible(&named, &eval_set, cfg.batch, device)?;
+                let success = if index.is_empty() {
                     eprintln!(
                         "warning: {}: no evaluation image is classified correctly by every \
                          member: no matrix",
@@ -320,7 +317,7 @@ pub fn run(
                     );
                     Vec::new()
                 } else {
-                    transferability(&named, None, &eval_set, &cfg, device, seed)?.success
+                    transferability_on(&named, None, &eval_set, index, &cfg, device, seed)?.success
                 };
                 let res = MatrixResult {
                     name: name.clone(),

@@ -98,7 +98,7 @@ pub fn run_workers(
     plan.check_only(only)?;
     let logs = out.join("logs");
     std::fs::create_dir_all(&logs).map_err(|e| Error::io(&logs, e))?;
-    let selected = |k: usize| only.is_empty() || only.contains(&plan.jobs[k].name);
+    let selected = plan.selected(only);
     let needed = plan.needed_for(out, only);
     let deps: Vec<Vec<usize>> = (0..plan.jobs.len()).map(|k| plan.dependencies(k)).collect();
     let mut state: Vec<State> = plan
@@ -106,7 +106,7 @@ pub fn run_workers(
         .iter()
         .enumerate()
         .map(|(k, j)| {
-            if !selected(k) {
+            if !selected[k] {
                 State::Unselected
             } else if j.is_done(out) {
                 State::Ended(Outcome::AlreadyDone)

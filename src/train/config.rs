@@ -300,8 +300,9 @@ fn read_table(path: &Path) -> Result<toml::Table> {
 /// with anything else (e.g. a training run's `config.toml`, with its `method`) is an error
 /// naming the file rather than a switch to that run's method.
 pub fn resolve_finetune(file: Option<&Path>, overrides: &impl Serialize) -> Result<TrainSpec> {
-    if let Some(path) = file {
-        let other: Vec<String> = read_table(path)?
+    let file = file.map(|path| read_table(path).map(|t| (path, t))).transpose()?;
+    if let Some((path, table)) = &file {
+        let other: Vec<String> = table
             .iter()
             .filter(|(k, _)| !["train", "optim"].contains(&k.as_str()))
             .map(|(k, v)| match (k.as_str(), v) {
@@ -323,18 +324,31 @@ pub fn resolve_finetune(file: Option<&Path>, overrides: &impl Serialize) -> Resu
             )));
         }
     }
-    resolve(&TrainSpec::finetune(), file, overrides)
+    resolve_table(&TrainSpec::finetune(), file, overrides)
 }
 
 /// `base`, overridden by the TOML `file` (if any), overridden by `overrides` (which serialises
-/// only the flags that were given). Returns the configuration and its TOML text.
+/// only the flags that were given).
 pub fn resolve<C>(base: &C, file: Option<&Path>, overrides: &impl Serialize) -> Result<C>
 where
     C: Serialize + DeserializeOwned,
 {
+    let file = file.map(|path| read_table(path).map(|t| (path, t))).transpose()?;
+    resolve_table(base, file, overrides)
+}
+
+/// [`resolve`] with the file already read into its table.
+fn resolve_table<C>(
+    base: &C,
+    file: Option<(&Path, toml::Table)>,
+    overrides: &impl Serialize,
+) -> Result<C>
+where
+    C: Serialize + DeserializeOwned,
+{
     let mut table = to_table(base)?;
-    if let Some(path) = file {
-        merge(&mut table, read_table(path)?);
+    if let Some((path, file_table)) = file {
+        merge(&mut table, file_table);
         if let Err(e) = toml::Value::Table(table.clone()).try_into::<C>() {
             return Err(Error::config(format!("{}: {}", path.display(), e.message())));
         }
