@@ -20,9 +20,10 @@ use eio::model::MemoryFormat;
 /// Ensemble-in-One: train and evaluate adversarially robust CIFAR-10 classifiers.
 ///
 /// Typical pipeline: `eio train rgn-warmup`, `eio train eio`, `eio derive`, `eio finetune`,
-/// `eio eval` / `eio attack`. Every training command takes a TOML file (`--config`) whose
-/// values any flag overrides; the resolved configuration is saved as `config.toml` in the run
-/// folder.
+/// `eio eval` / `eio attack`; the baselines: `eio train baseline|dverge|adp|gal|trs|adv`; the
+/// whole comparison with its report: `eio reproduce --preset NAME`. Every training command takes
+/// a TOML file (`--config`) whose values any flag overrides; the resolved configuration is
+/// saved as `config.toml` in the run folder.
 #[derive(Debug, Parser)]
 #[command(name = "eio", version, about, long_about)]
 pub struct Cli {
@@ -71,7 +72,8 @@ pub struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Command {
-    /// Train a model (baseline ResNet-20s, RGN warm-up, Ensemble-in-One diversification).
+    /// Train a model: baseline ResNet-20s, RGN warm-up, Ensemble-in-One, and the baselines DVERGE,
+    /// ADP, GAL, TRS and PGD adversarial training.
     #[command(subcommand)]
     Train(train::TrainCommand),
     /// Fine-tune a plain (derived) model: SGD lr 1e-3, decays at 50% and 75%, 40 epochs.

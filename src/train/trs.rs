@@ -86,13 +86,14 @@ impl TrsConfig {
                 return Err(Error::config(format!("TRS {name} must be >= 0, got {v}")));
             }
         }
-        for (name, v) in [("init_eps", self.init_eps), ("adv_eps", self.adv_eps)] {
+        // adv_eps is `eio train trs --vicinity-eps` (--adv-eps is the AdvT term's radius).
+        for (name, v) in [("init_eps", self.init_eps), ("adv_eps (--vicinity-eps)", self.adv_eps)] {
             if !(v.is_finite() && v > 0.0 && v <= 1.0) {
                 return Err(Error::config(format!("TRS {name} must be in (0, 1], got {v}")));
             }
         }
         if self.steps == 0 {
-            return Err(Error::config("TRS steps must be at least 1"));
+            return Err(Error::config("TRS steps (--vicinity-steps) must be at least 1"));
         }
         Ok(())
     }
