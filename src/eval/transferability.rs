@@ -173,28 +173,26 @@ pub fn transferability(
     device: Device,
     seed: Seed,
 ) -> Result<TransferabilityReport> {
-    cfg.validate()?;
-    crate::validate::check_classes(data)?;
-    if members.is_empty() {
-        return Err(Error::config("the transferability matrix needs at least one member"));
-    }
+    check(members, data, cfg)?;
     let start = Instant::now();
     let index = eligible(members, data, cfg.batch, device)?;
-    if index.is_empty() {
-        // Every entry would be 0 of 0: a matrix of zeros would read as "nothing transfers".
-        return Err(Error::config(format!(
-            "no image is eligible for the transferability matrix: none of the {} test images is \
-             classified correctly by every member; use more test images",
-            data.len()
-        )));
-    }
     let mut report = transferability_on(members, ensemble, data, index, cfg, device, seed)?;
     report.seconds = start.elapsed().as_secs_f64(); // the eligibility pass included
     Ok(report)
 }
 
-/// [`transferability`] on the images `eligible` (indices into `data`, not empty) that
-/// [`eligible`] found, for a caller that looked at them first.
+/// The settings and data [`transferability`] can work with.
+fn check(members: &[Named], data: &Dataset, cfg: &TransferabilityConfig) -> Result<()> {
+    cfg.validate()?;
+    crate::validate::check_classes(data)?;
+    if members.is_empty() {
+        return Err(Error::config("the transferability matrix needs at least one member"));
+    }
+    Ok(())
+}
+
+/// [`transferability`] on the images `eligible` (indices into `data`) that [`eligible`] found,
+/// for a caller that looked at them first.
 pub fn transferability_on(
     members: &[Named],
     ensemble: Option<&dyn Classifier>,
@@ -204,7 +202,16 @@ pub fn transferability_on(
     device: Device,
     seed: Seed,
 ) -> Result<TransferabilityReport> {
+    check(members, data, cfg)?;
     let start = Instant::now();
+    if eligible.is_empty() {
+        // Every entry would be 0 of 0: a matrix of zeros would read as "nothing transfers".
+        return Err(Error::config(format!(
+            "no image is eligible for the transferability matrix: none of the {} test images is \
+             classified correctly by every member; use more test images",
+            data.len()
+        )));
+    }
     let mut index = eligible;
     let n_eligible = index.len();
     if index.len() > cfg.images {
