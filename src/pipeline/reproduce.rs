@@ -91,7 +91,7 @@ pub fn load_from(plan: &Plan, from: &Path, out: &Path, only: &[String]) -> Resul
     }
     let selected = plan.selected(only);
     let mut loaded = Vec::new();
-    for (job, _) in plan.jobs.iter().zip(&selected).filter(|(_, &s)| s) {
+    for job in plan.jobs.iter().zip(&selected).filter_map(|(j, &s)| s.then_some(j)) {
         if matches!(job.kind, JobKind::TransferGen { .. }) || job.is_done(out) || !job.is_done(from)
         {
             continue;

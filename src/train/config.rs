@@ -294,13 +294,18 @@ fn read_table(path: &Path) -> Result<toml::Table> {
     toml::from_str(&text).map_err(|e| Error::config(format!("{}: {}", path.display(), e.message())))
 }
 
+/// The file (if any) with its TOML table.
+fn read_file(file: Option<&Path>) -> Result<Option<(&Path, toml::Table)>> {
+    file.map(|path| read_table(path).map(|t| (path, t))).transpose()
+}
+
 /// `eio finetune`'s configuration ([`TrainSpec::finetune`]), overridden by the TOML `file` (if
 /// any), overridden by `overrides`. A fine-tuning file holds only `[train]` and `[optim]`: the
 /// model fixes the members and the architecture, and fine-tuning is clean training, so a file
 /// with anything else (e.g. a training run's `config.toml`, with its `method`) is an error
 /// naming the file rather than a switch to that run's method.
 pub fn resolve_finetune(file: Option<&Path>, overrides: &impl Serialize) -> Result<TrainSpec> {
-    let file = file.map(|path| read_table(path).map(|t| (path, t))).transpose()?;
+    let file = read_file(file)?;
     if let Some((path, table)) = &file {
         let other: Vec<String> = table
             .iter()
@@ -333,8 +338,7 @@ pub fn resolve<C>(base: &C, file: Option<&Path>, overrides: &impl Serialize) -> 
 where
     C: Serialize + DeserializeOwned,
 {
-    let file = file.map(|path| read_table(path).map(|t| (path, t))).transpose()?;
-    resolve_table(base, file, overrides)
+    resolve_table(base, read_file(file)?, overrides)
 }
 
 /// [`resolve`] with the file already read into its table.
