@@ -288,6 +288,13 @@ fn write_puts_the_page_csvs_and_summary_in_a_folder() {
             e.test_acc
         );
     }
+    // Where each epoch ran, the last column: epochs of one run may differ in cost by 50x.
+    assert!(training.lines().next().unwrap().ends_with(",train_secs,ran_on"), "{training}");
+    let ran_on: Vec<&str> =
+        training.lines().skip(1).map(|l| l.rsplit(',').next().unwrap()).collect();
+    let want: Vec<String> =
+        s.training.iter().flat_map(|c| &c.epochs).map(|e| e.devices.join(" + ")).collect();
+    assert_eq!(ran_on, want);
     let json: Summary =
         serde_json::from_str(&std::fs::read_to_string(dir.join("summary.json")).unwrap()).unwrap();
     assert_eq!(json, s);

@@ -546,12 +546,23 @@ pub fn transferability_data(s: &Summary) -> Table {
     }
 }
 
-/// Long-format data of the training-curve figures: one row per (run, epoch).
+/// Long-format data of the training-curve figures: one row per (run, epoch), with where the
+/// epoch ran (a run resumed on a lent GPU has epochs of very different `train_secs`; several
+/// devices joined by " + " when the epoch itself was split, empty in old records).
 pub fn training_data(s: &Summary) -> Table {
-    let header =
-        ["run", "method", "epoch", "lr", "train_loss", "train_acc", "test_acc", "train_secs"]
-            .map(String::from)
-            .to_vec();
+    let header = [
+        "run",
+        "method",
+        "epoch",
+        "lr",
+        "train_loss",
+        "train_acc",
+        "test_acc",
+        "train_secs",
+        "ran_on",
+    ]
+    .map(String::from)
+    .to_vec();
     let rows = s
         .training
         .iter()
@@ -567,6 +578,7 @@ pub fn training_data(s: &Summary) -> Table {
                     Cell::Acc(Some(e.train_acc)),
                     Cell::Acc(Some(e.test_acc)),
                     Cell::Secs(e.train_secs),
+                    Cell::Text(e.devices.join(" + ")),
                 ],
             })
         })
