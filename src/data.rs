@@ -286,6 +286,20 @@ impl Dataset {
         (images, Tensor::from_slice(&labels))
     }
 
+    /// The images in order, `batch_size` at a time, as [`Dataset::batch`] makes them: cropped
+    /// and flipped by a generator from `augment` when given.
+    pub fn batches(
+        &self,
+        batch_size: usize,
+        augment: Option<Seed>,
+    ) -> impl Iterator<Item = (Tensor, Tensor)> + '_ {
+        let mut rng = augment.map(|s| s.rng(Stream::Augment, 0, 0));
+        let idx: Vec<usize> = (0..self.len()).collect();
+        let chunks: Vec<Vec<usize>> =
+            idx.chunks(batch_size.max(1)).map(<[usize]>::to_vec).collect();
+        chunks.into_iter().map(move |b| self.batch(&b, rng.as_mut()))
+    }
+
     /// All images as one `[N, 3, 32, 32]` f32 tensor in [0, 1] and labels `[N]`.
     pub fn tensors(&self) -> (Tensor, Tensor) {
         let idx: Vec<usize> = (0..self.len()).collect();

@@ -580,6 +580,93 @@ fn cli_user_errors_are_one_line() {
     );
 }
 
+/// BatchNorm recalibration: the new statistics come from the images alone (two models that
+/// differ only in their old statistics end bit-identical), the weights stay, eval-mode logits
+/// move; an RGN and an empty image set are refused. (Values against PyTorch's update_bn:
+/// tests/interop.rs.)
+#[test]
+fn batchnorm_recalibration_forgets_the_old_statistics_and_keeps_the_weights() {
+    let a = Model::new(&plain(), Device::Cpu, Seed(5)).unwrap();
+    let b = Model::new(&plain(), Device::Cpu, Seed(5)).unwrap();
+    randomise_bn_stats(&b, 3);
+    let x = probe_input(32);
+    let eval = |m: &Model| tch::no_grad(|| m.nets[0].forward(&x, &Route::default(), false));
+    let is_stat = |k: &str| k.ends_with("running_mean") || k.ends_with("running_var");
+    let snapshot = |m: &Model| -> Vec<(String, Tensor)> {
+        let mut v: Vec<(String, Tensor)> =
+            m.vs.variables().into_iter().map(|(k, t)| (k, t.copy())).collect();
+        v.sort_by(|p, q| p.0.cmp(&q.0));
+        v
+    };
+    let (b_before, logits_before) = (snapshot(&b), eval(&b));
+    for m in [&a, &b] {
+        assert_eq!(m.recalibrate_batchnorm(x.split(8, 0)).unwrap(), 32);
+    }
+    let (sa, sb) = (snapshot(&a), snapshot(&b));
+    for ((ka, ta), ((kb, tb), (_, t0))) in sa.iter().zip(sb.iter().zip(&b_before)) {
+        assert_eq!(ka, kb);
+        assert!(ta.equal(tb), "{ka}: depends on the old statistics");
+        if is_stat(ka) {
+            assert!(!tb.equal(t0), "{ka}: not recalibrated");
+        } else {
+            assert!(tb.equal(t0), "{ka}: a weight changed");
+        }
+    }
+    let moved = (eval(&b) - logits_before).abs().max().double_value(&[]);
+    assert!(moved > 1e-3, "eval-mode logits did not move ({moved})");
+    let r = Model::new(&rgn(2, Augment::All, false), Device::Cpu, Seed(5)).unwrap();
+    assert!(err_text(r.recalibrate_batchnorm(x.split(8, 0))).contains("derive a path first"));
+    assert!(err_text(a.recalibrate_batchnorm(Vec::new())).contains("at least one image"));
+}
+
+/// `eio recalibrate` end to end on a few images: writes a model file, refuses to overwrite it
+/// without --force, more images than the training set has, and an RGN.
+#[test]
+fn recalibrate_command_writes_a_model_and_refuses_bad_requests() {
+    let dir = tempdir();
+    let src = dir.path().join("plain.safetensors");
+    let out = dir.path().join("recal.safetensors");
+    let m = Model::new(&plain(), Device::Cpu, Seed(8)).unwrap();
+    randomise_bn_stats(&m, 4);
+    m.save(&src, TensorFile::default()).unwrap();
+    let data = cifar_jpeg();
+    let args = |images: &str| -> Vec<String> {
+        ["recalibrate", "--model", src.to_str().unwrap(), "--output", out.to_str().unwrap()]
+            .iter()
+            .map(|s| s.to_string())
+            .chain(["--images", images, "--batch-size", "16", "--device", "cpu"].map(String::from))
+            .chain(["--data".to_string(), data.to_str().unwrap().to_string()])
+            .collect()
+    };
+    let run = |a: &[String]| crate::util::eio(&a.iter().map(|s| s.as_str()).collect::<Vec<_>>());
+    let (ok, stdout, stderr) = run(&args("48"));
+    assert!(ok, "{stderr}");
+    assert!(stdout.contains("on 48 training images"), "{stdout}");
+    let (back, _) = Model::load(&out, Device::Cpu).unwrap();
+    let stat = |m: &Model| m.vs.variables()["bn1.running_mean"].copy();
+    assert!(!stat(&back).equal(&stat(&m)), "the written file kept the old statistics");
+    let a = args("48");
+    assert_user_error(&a.iter().map(|s| s.as_str()).collect::<Vec<_>>(), "--force");
+    std::fs::remove_file(&out).unwrap();
+    let a = args("60000");
+    assert_user_error(&a.iter().map(|s| s.as_str()).collect::<Vec<_>>(), "--images 60000");
+    let official = official_rgn();
+    assert_user_error(
+        &[
+            "recalibrate",
+            "--model",
+            official.to_str().unwrap(),
+            "--output",
+            out.to_str().unwrap(),
+            "--images",
+            "16",
+            "--data",
+            data.to_str().unwrap(),
+        ],
+        "derive a path first",
+    );
+}
+
 fn tiny_cfg() -> (TrainConfig, OptimConfig) {
     let t =
         TrainConfig { epochs: 2, batch_size: 16, checkpoint_every: 2, ..TrainConfig::default() };

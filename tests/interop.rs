@@ -395,6 +395,55 @@ fn python_package_logits_equal_eio() {
     }
 }
 
+/// `Model::recalibrate_batchnorm` against PyTorch's `torch.optim.swa_utils.update_bn` (momentum
+/// `None`: each running statistic the plain average of the batches') on one model file and
+/// the same three batches; the file's own statistics are far from them, so neither side can
+/// pass by keeping them.
+#[test]
+fn batchnorm_recalibration_matches_pytorch_update_bn() {
+    let Some(py) = python() else { return };
+    let dir = tempdir();
+    let spec = ModelSpec { arch: ArchConfig::plain(), members: 2 };
+    let m = Model::new(&spec, Device::Cpu, Seed(71)).unwrap();
+    vary_bn(&m);
+    let p = dir.path().join("m.safetensors");
+    m.save(&p, TensorFile::default()).unwrap();
+    let x = probe_input(24);
+    m.recalibrate_batchnorm(x.split(8, 0)).unwrap();
+    let script = format!(
+        "import json, torch, eio_torch\n\
+         from torch.optim.swa_utils import update_bn\n\
+         net = eio_torch.load({p:?})\n\
+         update_bn(list(eio_torch.probe_input(24).split(8)), net)\n\
+         print(json.dumps({{k: v.flatten().tolist() for k, v in net.state_dict().items()\n\
+             if k.endswith(('running_mean', 'running_var'))}}))\n",
+        p = p.to_str().unwrap()
+    );
+    let theirs = run_python(&py, &["-c", &script]);
+    let theirs = theirs.as_object().unwrap();
+    let ours: Vec<(String, Tensor)> =
+        m.vs.variables()
+            .into_iter()
+            .filter(|(k, _)| k.ends_with("running_mean") || k.ends_with("running_var"))
+            .collect();
+    assert_eq!(ours.len(), theirs.len());
+    assert_eq!(ours.len(), 2 * 2 * 21, "two statistics of 21 BatchNorms per member");
+    for (name, t) in &ours {
+        let want = Tensor::from_slice(
+            &theirs[name]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|v| v.as_f64().unwrap())
+                .collect::<Vec<_>>(),
+        )
+        .to_kind(Kind::Float);
+        let scale = want.abs().max().double_value(&[]).max(1.0);
+        let err = max_diff(t, &want) / scale;
+        assert!(err < 1e-4, "{name}: relative error {err}");
+    }
+}
+
 #[test]
 fn python_converter_and_transfer_writer_feed_eio() {
     let Some(py) = python() else { return };

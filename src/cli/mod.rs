@@ -88,6 +88,9 @@ enum Command {
     Import(model::ImportArgs),
     /// Write a plain ResNet-20 holding the weights of one RGN path (PyTorch layout).
     Derive(model::DeriveArgs),
+    /// Re-estimate a model's BatchNorm running statistics on clean training images (the
+    /// average over batches, as PyTorch's update_bn), weights unchanged.
+    Recalibrate(model::RecalibrateArgs),
     /// Reproduce the paper's comparison from a preset: train every arm, craft the transfer set,
     /// evaluate every model, write summary.json (resumable; --only runs some jobs).
     Reproduce(reproduce::ReproduceArgs),
@@ -127,6 +130,7 @@ pub fn run(cli: Cli) -> Result<()> {
         Command::Eval(a) => model::eval(a),
         Command::Import(a) => model::import(a),
         Command::Derive(a) => model::derive(a),
+        Command::Recalibrate(a) => model::recalibrate(a),
         Command::Bench(a) => bench::run(a),
         Command::Reproduce(a) => reproduce::run_cmd(a),
         Command::Attack(c) => attack::run(c),

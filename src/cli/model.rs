@@ -1,4 +1,4 @@
-//! `eio eval`, `eio import`, `eio derive`.
+//! `eio eval`, `eio import`, `eio derive`, `eio recalibrate`.
 
 use std::path::PathBuf;
 
@@ -245,5 +245,59 @@ pub fn derive(a: DeriveArgs) -> Result<()> {
     if let Some(j) = &a.json {
         write_json(j, &report)?;
     }
+    Ok(())
+}
+
+#[derive(Debug, Args)]
+pub struct RecalibrateArgs {
+    /// Plain model or ensemble whose BatchNorm statistics to re-estimate.
+    #[arg(long, value_name = "FILE")]
+    model: PathBuf,
+    /// Model file to write (the same weights, new running statistics).
+    #[arg(long, value_name = "FILE")]
+    output: PathBuf,
+    /// Use this many training images drawn with --seed (default: all of them).
+    #[arg(long, value_name = "N", value_parser = super::positive)]
+    images: Option<usize>,
+    /// Images per batch (the statistics are the average of the batches').
+    #[arg(long, value_name = "N", default_value_t = 128, value_parser = super::positive)]
+    batch_size: usize,
+    /// Use the images as they are. By default they are cropped and flipped as in training
+    /// (seeded by --seed), so that the statistics describe the inputs the weights were trained
+    /// on: re-estimated so, a baseline ensemble keeps its accuracy (84.3% against 84.2%), while
+    /// unaugmented images cost it 1.6 points (results/baselines/README.md).
+    #[arg(long)]
+    no_augment: bool,
+    /// Overwrite --output if it exists.
+    #[arg(long)]
+    force: bool,
+    #[command(flatten)]
+    data: DataArgs,
+}
+
+pub fn recalibrate(a: RecalibrateArgs) -> Result<()> {
+    check_new_output(&a.output, a.force)?;
+    let (model, _) = Model::load(&a.model, super::device()?)?;
+    let train = a.data.load(Split::Train, None)?;
+    let train = match a.images {
+        Some(n) if n > train.len() => {
+            bail!("--images {n}: the training set has {} images", train.len())
+        }
+        Some(n) => train.random_subset(n, Seed(super::seed())),
+        None => train,
+    };
+    let augment = (!a.no_augment).then_some(Seed(super::seed()));
+    let seen = model
+        .recalibrate_batchnorm(train.batches(a.batch_size, augment).map(|(x, _)| x))
+        .map_err(|e| anyhow::anyhow!("{}: {e}", a.model.display()))?;
+    let mut extra = TensorFile::default();
+    extra.meta.insert("eio.recalibrated_from".into(), a.model.display().to_string());
+    extra.meta.insert("eio.recalibration_images".into(), seen.to_string());
+    model.save(&a.output, extra)?;
+    println!(
+        "recalibrated the BatchNorm statistics of {} on {seen} training images -> {}",
+        a.model.display(),
+        a.output.display()
+    );
     Ok(())
 }

@@ -497,6 +497,66 @@ impl Model {
     pub fn device(&self) -> Device {
         self.vs.device()
     }
+
+    /// Re-estimates every BatchNorm's running statistics from `batches` of clean images
+    /// (`[B,3,32,32]` in [0, 1]), leaving the weights as they are: the statistics are reset and
+    /// become the plain average of the batches' statistics, as PyTorch's
+    /// `torch.optim.swa_utils.update_bn` makes them (momentum `None`), whatever they were
+    /// before. Why: a method whose train-mode forwards include perturbed inputs (TRS's vicinity
+    /// PGD) leaves running statistics that describe those inputs, not the clean images a
+    /// deployed model sees. Returns the number of images seen. Plain models and ensembles only:
+    /// an RGN's BatchNorm copies are each on many paths (derive a path first).
+    pub fn recalibrate_batchnorm(
+        &self,
+        batches: impl IntoIterator<Item = Tensor>,
+    ) -> Result<usize> {
+        if self.gates() > 0 {
+            return Err(Error::config(
+                "recalibrating an RGN's BatchNorms is not supported: derive a path first",
+            ));
+        }
+        let _guard = tch::no_grad_guard();
+        // libtorch moves a statistic r to (1 - m) r + m b; with r set to the running average c
+        // before each forward, b = (r' - (1 - m) c) / m, and c takes b into its average.
+        let m = resnet::BN_MOMENTUM;
+        let mut stats: Vec<(Tensor, f64)> = self
+            .vs
+            .variables()
+            .into_iter()
+            .filter_map(|(name, t)| {
+                let start = if name.ends_with(".running_mean") {
+                    0.0
+                } else if name.ends_with(".running_var") {
+                    1.0
+                } else {
+                    return None;
+                };
+                Some((t, start))
+            })
+            .collect();
+        for (t, start) in &mut stats {
+            let _ = t.fill_(*start);
+        }
+        let route = Route::zeros(0);
+        let (mut seen, mut k) = (0usize, 0.0f64);
+        for x in batches {
+            let x = x.to_device(self.device());
+            let before: Vec<Tensor> = stats.iter().map(|(t, _)| t.copy()).collect();
+            for net in &self.nets {
+                let _ = net.forward(&x, &route, true);
+            }
+            k += 1.0;
+            for ((t, _), c) in stats.iter_mut().zip(&before) {
+                let b = (&*t - c * (1.0 - m)) / m;
+                t.copy_(&(c + (b - c) / k));
+            }
+            seen += x.size()[0] as usize;
+        }
+        if seen == 0 {
+            return Err(Error::config("recalibrating BatchNorms needs at least one image"));
+        }
+        Ok(seen)
+    }
 }
 
 /// Something an attack can attack: maps [0, 1] images to logits, in eval mode, differentiably.

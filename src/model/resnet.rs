@@ -25,6 +25,9 @@ pub const STD: [f64; 3] = [0.2023, 0.1994, 0.2010];
 pub const FEATURE_LAYERS: usize = 20;
 /// Number of conv+BN slots in ResNet-20 (19 3x3 convs + 2 projection shortcuts).
 pub const SLOTS: usize = 21;
+/// BatchNorm momentum of every layer (PyTorch's default): a train-mode forward moves each
+/// running statistic a tenth of the way to the batch's.
+pub const BN_MOMENTUM: f64 = 0.1;
 
 /// A conv+BN slot, gated when it has several copies.
 #[derive(Debug)]
@@ -70,7 +73,7 @@ impl ConvBn {
             ..Default::default()
         };
         let bcfg = nn::BatchNormConfig {
-            momentum: 0.1,
+            momentum: BN_MOMENTUM,
             eps: 1e-5,
             ws_init: nn::Init::Const(1.0),
             bs_init: nn::Init::Const(0.0),
@@ -103,7 +106,7 @@ impl ConvBn {
             Some(cat(&|s| s.bns[0].running_mean.shallow_clone())),
             Some(cat(&|s| s.bns[0].running_var.shallow_clone())),
             false,
-            0.1,
+            BN_MOMENTUM,
             1e-5,
             true,
         )
