@@ -24,5 +24,6 @@ eio recalibrate --no-augment --model $R/trs/model.safetensors --output trs-recal
 wb --model trs-recal-plain.safetensors --json trs-no-augment.json
 wb --model trs-recal-plain.safetensors --member 0 --json trs-no-augment-member0.json
 
-# Clean accuracy of each member and of the unaugmented baseline/DVERGE recalibrations:
+# Clean accuracy of each member, of DVERGE, GAL and ADP recalibrated the same way (their
+# runs/<method>/model.safetensors), and of the unaugmented baseline/DVERGE recalibrations:
 #   eio eval --model F [--member K] --test-per-class 100
