@@ -294,10 +294,11 @@ impl Dataset {
         augment: Option<Seed>,
     ) -> impl Iterator<Item = (Tensor, Tensor)> + '_ {
         let mut rng = augment.map(|s| s.rng(Stream::Augment, 0, 0));
-        let idx: Vec<usize> = (0..self.len()).collect();
-        let chunks: Vec<Vec<usize>> =
-            idx.chunks(batch_size.max(1)).map(<[usize]>::to_vec).collect();
-        chunks.into_iter().map(move |b| self.batch(&b, rng.as_mut()))
+        let (n, bs) = (self.len(), batch_size.max(1));
+        (0..n).step_by(bs).map(move |lo| {
+            let idx: Vec<usize> = (lo..(lo + bs).min(n)).collect();
+            self.batch(&idx, rng.as_mut())
+        })
     }
 
     /// All images as one `[N, 3, 32, 32]` f32 tensor in [0, 1] and labels `[N]`.

@@ -630,39 +630,25 @@ fn recalibrate_command_writes_a_model_and_refuses_bad_requests() {
     randomise_bn_stats(&m, 4);
     m.save(&src, TensorFile::default()).unwrap();
     let data = cifar_jpeg();
-    let args = |images: &str| -> Vec<String> {
-        ["recalibrate", "--model", src.to_str().unwrap(), "--output", out.to_str().unwrap()]
-            .iter()
-            .map(|s| s.to_string())
-            .chain(["--images", images, "--batch-size", "16", "--device", "cpu"].map(String::from))
-            .chain(["--data".to_string(), data.to_str().unwrap().to_string()])
-            .collect()
+    let (src_s, out_s, data_s) =
+        (src.to_str().unwrap(), out.to_str().unwrap(), data.to_str().unwrap());
+    let args = |images| {
+        let a = ["recalibrate", "--model", src_s, "--output", out_s, "--images", images];
+        [&a[..], &["--batch-size", "16", "--device", "cpu", "--data", data_s]].concat()
     };
-    let run = |a: &[String]| crate::util::eio(&a.iter().map(|s| s.as_str()).collect::<Vec<_>>());
-    let (ok, stdout, stderr) = run(&args("48"));
+    let (ok, stdout, stderr) = crate::util::eio(&args("48"));
     assert!(ok, "{stderr}");
     assert!(stdout.contains("on 48 training images"), "{stdout}");
     let (back, _) = Model::load(&out, Device::Cpu).unwrap();
     let stat = |m: &Model| m.vs.variables()["bn1.running_mean"].copy();
     assert!(!stat(&back).equal(&stat(&m)), "the written file kept the old statistics");
-    let a = args("48");
-    assert_user_error(&a.iter().map(|s| s.as_str()).collect::<Vec<_>>(), "--force");
+    assert_user_error(&args("48"), "--force");
     std::fs::remove_file(&out).unwrap();
-    let a = args("60000");
-    assert_user_error(&a.iter().map(|s| s.as_str()).collect::<Vec<_>>(), "--images 60000");
+    assert_user_error(&args("60000"), "--images 60000");
     let official = official_rgn();
+    let rgn = ["recalibrate", "--model", official.to_str().unwrap(), "--output", out_s];
     assert_user_error(
-        &[
-            "recalibrate",
-            "--model",
-            official.to_str().unwrap(),
-            "--output",
-            out.to_str().unwrap(),
-            "--images",
-            "16",
-            "--data",
-            data.to_str().unwrap(),
-        ],
+        &[&rgn[..], &["--images", "16", "--data", data_s]].concat(),
         "derive a path first",
     );
 }

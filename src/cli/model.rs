@@ -278,15 +278,16 @@ pub struct RecalibrateArgs {
 pub fn recalibrate(a: RecalibrateArgs) -> Result<()> {
     check_new_output(&a.output, a.force)?;
     let (model, _) = Model::load(&a.model, super::device()?)?;
+    let seed = Seed(super::seed());
     let train = a.data.load(Split::Train, None)?;
     let train = match a.images {
         Some(n) if n > train.len() => {
             bail!("--images {n}: the training set has {} images", train.len())
         }
-        Some(n) => train.random_subset(n, Seed(super::seed())),
+        Some(n) => train.random_subset(n, seed),
         None => train,
     };
-    let augment = (!a.no_augment).then_some(Seed(super::seed()));
+    let augment = (!a.no_augment).then_some(seed);
     let seen = model
         .recalibrate_batchnorm(train.batches(a.batch_size, augment).map(|(x, _)| x))
         .map_err(|e| anyhow::anyhow!("{}: {e}", a.model.display()))?;

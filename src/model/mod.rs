@@ -519,34 +519,31 @@ impl Model {
         // libtorch moves a statistic r to (1 - m) r + m b; with r set to the running average c
         // before each forward, b = (r' - (1 - m) c) / m, and c takes b into its average.
         let m = resnet::BN_MOMENTUM;
-        let mut stats: Vec<(Tensor, f64)> = self
+        // Reset as PyTorch's reset_running_stats: means 0, variances 1.
+        let mut stats: Vec<Tensor> = self
             .vs
             .variables()
             .into_iter()
-            .filter_map(|(name, t)| {
-                let start = if name.ends_with(".running_mean") {
-                    0.0
-                } else if name.ends_with(".running_var") {
-                    1.0
-                } else {
-                    return None;
+            .filter_map(|(name, mut t)| {
+                let start = match () {
+                    _ if name.ends_with(".running_mean") => 0.0,
+                    _ if name.ends_with(".running_var") => 1.0,
+                    _ => return None,
                 };
-                Some((t, start))
+                let _ = t.fill_(start);
+                Some(t)
             })
             .collect();
-        for (t, start) in &mut stats {
-            let _ = t.fill_(*start);
-        }
         let route = Route::zeros(0);
         let (mut seen, mut k) = (0usize, 0.0f64);
         for x in batches {
             let x = x.to_device(self.device());
-            let before: Vec<Tensor> = stats.iter().map(|(t, _)| t.copy()).collect();
+            let before: Vec<Tensor> = stats.iter().map(Tensor::copy).collect();
             for net in &self.nets {
                 let _ = net.forward(&x, &route, true);
             }
             k += 1.0;
-            for ((t, _), c) in stats.iter_mut().zip(&before) {
+            for (t, c) in stats.iter_mut().zip(&before) {
                 let b = (&*t - c * (1.0 - m)) / m;
                 t.copy_(&(c + (b - c) / k));
             }
